@@ -1,0 +1,26 @@
+"""pyinfra loads this file before the inventory: hook host-data validation in before connecting.
+
+pyinfra has no pre-connect hook, so State.init (called once the inventory is loaded and
+before connect_all) is wrapped; see docs/adr/0003-validate-before-connect.md.
+"""
+
+import sys
+
+from pyinfra.api.state import State
+
+from rave.validation import HostDataError, validate_inventory
+
+_original_init = State.init
+
+
+def _validating_init(self, inventory, config, *args, **kwargs):
+    inventory_file = next((arg for arg in sys.argv[1:] if arg.endswith(".py")), "the inventory")
+    try:
+        validate_inventory(inventory, inventory_file)
+    except HostDataError as error:
+        sys.stderr.write(f"--> Refusing to connect: {error}\n")
+        raise SystemExit(2) from None
+    return _original_init(self, inventory, config, *args, **kwargs)
+
+
+State.init = _validating_init  # type: ignore[method-assign]

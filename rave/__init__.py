@@ -1,0 +1,1 @@
+"""RAVE deploy: the project's own code (settings, components, staging harness, tools)."""

@@ -1,0 +1,65 @@
+"""Settings every host needs: identity, mode, egress, service account."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rave.modes import Mode
+
+HOSTNAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class Concern(BaseModel):
+    """Base of every settings group: strict, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class BaseSettings(Concern):
+    rave_environment: str = Field(
+        "staging", pattern=r"^[a-z][a-z0-9-]*$", description="secrets environment this host reads"
+    )
+    rave_mode: Mode = Field(
+        Mode.SAFE, description="resource profile: SAFE (2 GB) or FULL_PIPE (4 GB)"
+    )
+    hostname: str = Field(pattern=HOSTNAME_PATTERN, description="the host's short name")
+    timezone: str = Field("UTC", description="an IANA zone name, e.g. Europe/Berlin")
+    locale: str = Field("C.UTF-8", description="system locale")
+    ntp_servers: list[str] = Field(
+        default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"],
+        description="servers for systemd-timesyncd",
+    )
+    egress_proxy: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="forward proxy for apt and npm (http://host:port); none means direct",
+    )
+    apt_check_valid_until: bool = Field(
+        True, description="false only for frozen snapshot mirrors (staging)"
+    )
+    base_packages: list[str] = Field(
+        default_factory=lambda: [
+            "ca-certificates",
+            "curl",
+            "less",
+            "procps",
+            "iproute2",
+            "sudo",
+            "systemd-timesyncd",
+            "locales",
+            "age",
+        ],
+        description="packages every host gets",
+    )
+    service_user: str = Field(
+        "rave", pattern=r"^[a-z_][a-z0-9_-]*$", description="unprivileged account for project files"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        if value not in zoneinfo.available_timezones():
+            raise ValueError(f"unknown time zone {value!r}")
+        return value

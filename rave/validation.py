@@ -1,0 +1,92 @@
+"""Validate every host's data against HostSettings before pyinfra connects to anything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from rave.settings import PASSTHROUGH_PREFIXES, HostSettings
+
+
+def _pyinfra_connector_keys() -> frozenset[str]:
+    from pyinfra.connectors.ssh import ConnectorData
+
+    return frozenset(ConnectorData.__annotations__)
+
+
+@dataclass(frozen=True)
+class DataLayer:
+    """One place host data came from, most specific first (as pyinfra looks it up)."""
+
+    source: str  # a file name an operator can open
+    data: Mapping[str, Any]
+
+
+class HostDataError(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid host data:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def settings_input(layers: Iterable[DataLayer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge the layers (first wins) into settings input, remembering where each key came from."""
+    connector_keys = _pyinfra_connector_keys()
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer in layers:
+        for key, value in layer.data.items():
+            if key in merged or key in connector_keys or key.startswith(PASSTHROUGH_PREFIXES):
+                continue
+            merged[key] = value
+            origin[key] = layer.source
+    return merged, origin
+
+
+def validate_host(name: str, layers: list[DataLayer]) -> HostSettings:
+    data, origin = settings_input(layers)
+    data.setdefault("hostname", name.split(".")[0])
+    try:
+        return HostSettings.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = ".".join(str(part) for part in item["loc"]) or "(host data)"
+            top = str(item["loc"][0]) if item["loc"] else ""
+            source = origin.get(top, "defaults (no file sets it)")
+            message = item["msg"]
+            if item["type"] == "extra_forbidden":
+                message = "unknown setting (a typo? every setting is declared in rave/settings/)"
+            problems.append(f"host {name}: {field} in {source}: {message}")
+        raise HostDataError(problems) from None
+
+
+def inventory_layers(inventory: Any, host: Any, inventory_file: str) -> list[DataLayer]:
+    """The data layers of a pyinfra host, in pyinfra's own lookup order."""
+    layers = [
+        DataLayer("command line --data", inventory.get_override_data()),
+        DataLayer(f"{inventory_file} (host {host.name})", inventory.get_host_data(host.name)),
+    ]
+    layers += [
+        DataLayer(f"group_data/{group}.py", inventory.get_group_data(group))
+        for group in host.groups
+    ]
+    layers.append(DataLayer("group_data/all.py", inventory.get_data()))
+    return layers
+
+
+def validate_inventory(inventory: Any, inventory_file: str) -> dict[str, HostSettings]:
+    problems: list[str] = []
+    settings: dict[str, HostSettings] = {}
+    for host in inventory:
+        try:
+            settings[host.name] = validate_host(
+                host.name, inventory_layers(inventory, host, inventory_file)
+            )
+        except HostDataError as error:
+            problems += error.problems
+    if problems:
+        raise HostDataError(problems)
+    return settings
