@@ -89,7 +89,10 @@ def templates(config: HostSettings) -> dict[str, dict[str, Any]]:
 
 def _trivy(config: HostSettings) -> Any:
     files.directory(
-        name="APT keyring directory", path="/etc/apt/keyrings", user="root", group="root",
+        name="APT keyring directory",
+        path="/etc/apt/keyrings",
+        user="root",
+        group="root",
         mode="755",
     )
     key = files.download(
@@ -118,7 +121,9 @@ def vulnscan() -> None:
 
     if not config.vulnscan_enabled:
         systemd.service(
-            name="Vulnerability scan timer off", service=f"{UNIT}.timer", running=False,
+            name="Vulnerability scan timer off",
+            service=f"{UNIT}.timer",
+            running=False,
             enabled=False,
         )
         return

@@ -77,14 +77,14 @@ def log(message: str) -> None:
 
 
 def utc(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- installed packages
 
 
 def installed_packages(dpkg_query: str = "dpkg-query") -> dict[str, dict[str, Any]]:
-    """Installed Debian source packages: {source: {"version": source version, "binaries": [...]}}."""
+    """Installed source packages: {source: {"version": source version, "binaries": [...]}}."""
     fmt = "${db:Status-Abbrev}\\t${binary:Package}\\t${source:Package}\\t${source:Version}\\n"
     try:
         out = subprocess.run(
@@ -553,9 +553,9 @@ def metrics_text(
     last_success: dict[str, Any] | None, last_run: float, ok: bool, source: str
 ) -> str:
     lines = [
-        "# HELP rave_vulnscan_scan_ok 1 if the latest vulnerability scan succeeded, 0 if it failed.",
+        "# HELP rave_vulnscan_scan_ok 1 if the latest scan succeeded, 0 if it failed.",
         "# TYPE rave_vulnscan_scan_ok gauge",
-        f"rave_vulnscan_scan_ok{{source=\"{source}\"}} {1 if ok else 0}",
+        f'rave_vulnscan_scan_ok{{source="{source}"}} {1 if ok else 0}',
         "# HELP rave_vulnscan_last_run_timestamp_seconds Start of the latest scan (ok or not).",
         "# TYPE rave_vulnscan_last_run_timestamp_seconds gauge",
         f"rave_vulnscan_last_run_timestamp_seconds {last_run:.0f}",
