@@ -383,7 +383,7 @@ def npm_findings(tree: str, audit: dict[str, Any]) -> list[dict[str, Any]]:
     if "error" in audit:
         error = audit["error"]
         summary = error.get("summary") if isinstance(error, dict) else error
-        raise ScanError(f"npm audit failed in {tree}: {summary}")
+        raise ScanError(f"npm audit failed in {tree}: {summary or audit.get('message', '?')}")
     if not isinstance(audit.get("vulnerabilities"), dict):
         raise ScanError(f"npm audit output for {tree} has no vulnerabilities object")
     findings = []

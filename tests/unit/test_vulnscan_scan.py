@@ -332,8 +332,17 @@ def test_npm_audit_output_is_parsed(tmp_path):
         "1.3.0",
         "medium",
     )
-    with pytest.raises(scan.ScanError, match="npm audit failed"):
+    with pytest.raises(scan.ScanError, match=r"npm audit failed.*ENOTFOUND registry"):
         scan.npm_findings(str(tmp_path), {"error": {"summary": "ENOTFOUND registry"}})
+    # what npm 10 prints when the registry refuses the audit endpoint (seen on a mirror)
+    refused = {
+        "message": "405 Method Not Allowed - POST https://registry.example/-/npm/v1/security/"
+        "advisories/bulk",
+        "statusCode": 405,
+        "error": {"summary": "", "detail": ""},
+    }
+    with pytest.raises(scan.ScanError, match="405 Method Not Allowed"):
+        scan.npm_findings(str(tmp_path), refused)
 
 
 def test_a_missing_npm_tree_is_reported_not_skipped(tmp_path):
