@@ -24,6 +24,7 @@ import fcntl
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -454,7 +455,26 @@ def setup_host_network(host: Host) -> None:
     teardown_host_network(host)
     inst = host.instance
     run("ip", "netns", "add", host.netns)
-    run("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+    # fixed MACs: the control side's ARP entry stays right across resets and reboots
+    mac = f"02:72:76:{inst.id:02x}:{host.index:02x}"
+    run(
+        "ip",
+        "link",
+        "add",
+        host.veth,
+        "address",
+        f"{mac}:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "address",
+        f"{mac}:02",
+        "netns",
+        host.netns,
+    )
+    run("ip", "neigh", "flush", "to", host.address, "dev", inst.bridge, check=False)
     run("ip", "link", "set", host.veth, "master", inst.bridge, "up")
     ns = ("ip", "-n", host.netns)
     run(*ns, "link", "set", "lo", "up")
@@ -470,7 +490,25 @@ def teardown_host_network(host: Host) -> None:
         run("ip", "link", "del", host.veth, check=False)
 
 
+def stray_indices(inst: Instance) -> set[int]:
+    """Host numbers with a netns or veth named for this instance (e.g. left by a killed run)."""
+    found: set[int] = set()
+    netns_dir = Path("/run/netns")
+    if netns_dir.is_dir():
+        for entry in netns_dir.iterdir():
+            match = re.fullmatch(rf"rv{inst.id}-h(\d+)", entry.name)
+            if match:
+                found.add(int(match.group(1)))
+    links = run("ip", "-o", "link", "show", check=False).stdout
+    for match in re.finditer(rf"^\d+: rv{inst.id}h(\d+)[@:]", links, re.MULTILINE):
+        found.add(int(match.group(1)))
+    return found
+
+
 def teardown_network(inst: Instance) -> None:
+    for index in stray_indices(inst):
+        stop_container(inst.host(index))
+        teardown_host_network(inst.host(index))
     stop_proxy(inst)
     if link_exists(inst.bridge):
         run("ip", "link", "del", inst.bridge, check=False)
@@ -533,13 +571,13 @@ def port_listening(address: str, port: int) -> bool:
 
 def stop_proxy(inst: Instance) -> None:
     pids = {p for p in [proxy_pid(inst)] if p}
-    # a tinyproxy started with our config file but whose pidfile was lost
-    conf = str(inst.state / "tinyproxy.conf")
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            args = cmdline(int(proc.name))
-            if args and "tinyproxy" in args[0] and conf in args:
-                pids.add(int(proc.name))
+    # a tinyproxy of a killed session (pidfile lost, or another checkout with this ID) that
+    # still holds the instance's proxy address
+    listeners = run(
+        "ss", "-Hltnp", "src", inst.gateway, "sport", "=", f":{PROXY_PORT}", check=False
+    ).stdout
+    for match in re.finditer(r'\("tinyproxy",pid=(\d+),', listeners):
+        pids.add(int(match.group(1)))
     for pid in pids:
         terminate(pid)
     inst.proxy_pidfile.unlink(missing_ok=True)
@@ -808,6 +846,10 @@ def bring_up(inst: Instance, indices: list[int]) -> list[Host]:
     ensure_bridge(inst)
     ensure_proxy(inst)
     hosts = [inst.host(i) for i in indices]
+    for stray in stray_indices(inst) - set(indices):
+        log(f"removing leftovers of {inst.host(stray).netns}")
+        stop_container(inst.host(stray))
+        teardown_host_network(inst.host(stray))
     starting = []
     for host in hosts:
         ensure_host_key(host)
