@@ -2,7 +2,14 @@
 
 from pathlib import Path
 
-__all__ = ["apt_check_valid_until", "egress_proxy", "operator_keys", "rave_environment"]
+__all__ = [
+    "apt_check_valid_until",
+    "egress_proxy",
+    "operator_keys",
+    "rave_environment",
+    "vulnscan_data_file",
+    "vulnscan_data_upload",
+]
 
 _STATE = Path(__file__).resolve().parents[1] / ".staging"
 _INSTANCE = (
@@ -15,3 +22,6 @@ egress_proxy = f"http://10.213.{_INSTANCE}.1:3128"
 # the harness's snapshot mirror is frozen; its Release files are past Valid-Until
 apt_check_valid_until = False
 operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
+# no vulnerability database is reachable from staging: a labelled sample in the tracker's format
+vulnscan_data_file = "/var/lib/rave/vulnscan-data/tracker.json"
+vulnscan_data_upload = "files/vulnscan/sample-tracker.json"

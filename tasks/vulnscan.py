@@ -25,6 +25,7 @@ from rave.modes import ServiceLimits
 from rave.render import FILES
 from rave.sandbox import Sandbox, dropin_text
 from rave.settings import HostSettings
+from rave.settings.vulnscan import REPO_ROOT
 
 UNIT = "rave-vulnscan"
 SCRIPT = "/usr/local/sbin/rave-vulnscan-scan"
@@ -141,6 +142,17 @@ def vulnscan() -> None:
         group="root",
         mode="755",
     )
+    uploaded = None
+    if config.vulnscan_data_upload and config.vulnscan_data_file:
+        uploaded = files.put(
+            name="Vulnerability data (offline copy in the tracker's format)",
+            src=str(REPO_ROOT / config.vulnscan_data_upload),
+            dest=config.vulnscan_data_file,
+            user="root",
+            group="root",
+            mode="644",
+            create_remote_dir=True,
+        )
     script = install_host_script(
         "Vulnerability scan script", str(FILES / "vulnscan" / "vulnscan_scan.py"), SCRIPT
     )
@@ -185,5 +197,5 @@ def vulnscan() -> None:
     server.shell(
         name="Start a vulnerability scan (its code or settings changed)",
         commands=[f"systemctl start --no-block {UNIT}.service"],
-        _if=any_changed(script, scan_settings, unit, dropin),
+        _if=any_changed(*[op for op in (script, scan_settings, unit, dropin, uploaded) if op]),
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from rave.settings.base import Concern
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_TRACKER_JSON = "https://security-tracker.debian.org/tracker/data/json"
 
 
@@ -28,6 +30,12 @@ class VulnscanSettings(Concern):
         pattern=r"^/[^\s]*$",
         description="a file ON THE HOST in the tracker's JSON format, used instead of "
         "vulnscan_data_url (an offline mirror)",
+    )
+    vulnscan_data_upload: str | None = Field(
+        None,
+        description="a tracker-format JSON file on the CONTROL machine (relative to the "
+        "repository) that the deploy copies to vulnscan_data_file: an offline mirror; staging "
+        "uses a labelled sample since it reaches no vulnerability database",
     )
     vulnscan_release: str = Field(
         "bookworm", pattern=r"^[a-z]+$", description="Debian release name in the tracker data"
@@ -72,6 +80,17 @@ class VulnscanSettings(Concern):
     vulnscan_trivy_db_repository: str | None = Field(
         None, description="OCI repository of the Trivy vulnerability DB (a mirror); none: default"
     )
+
+    @model_validator(mode="after")
+    def _upload_needs_a_destination(self) -> VulnscanSettings:
+        if self.vulnscan_data_upload is not None:
+            if self.vulnscan_data_file is None:
+                raise ValueError("vulnscan_data_upload needs vulnscan_data_file (where it goes)")
+            if not (REPO_ROOT / self.vulnscan_data_upload).is_file():
+                raise ValueError(
+                    f"vulnscan_data_upload: no file {self.vulnscan_data_upload} in the repository"
+                )
+        return self
 
     @model_validator(mode="after")
     def _trivy_needs_a_pinned_key(self) -> VulnscanSettings:

@@ -76,3 +76,22 @@ def test_the_timer_is_daily_with_a_randomized_delay():
     assert f"ExecStart=/usr/bin/python3 {vulnscan.SCRIPT} --config {vulnscan.CONFIG_PATH}" in (
         service
     )
+
+
+def test_an_uploaded_offline_copy_needs_a_destination_and_must_exist():
+    with pytest.raises(ValidationError, match="needs vulnscan_data_file"):
+        make_settings(vulnscan_data_upload="files/vulnscan/sample-tracker.json")
+    with pytest.raises(ValidationError, match="no file"):
+        make_settings(vulnscan_data_file="/srv/t.json", vulnscan_data_upload="files/nope.json")
+    config = make_settings(
+        vulnscan_data_file="/srv/t.json", vulnscan_data_upload="files/vulnscan/sample-tracker.json"
+    )
+    assert vulnscan.scan_config(config)["data_file"] == "/srv/t.json"
+
+
+def test_the_staging_sample_is_valid_tracker_data_and_says_it_is_a_sample():
+    sample = json.loads((vulnscan.REPO_ROOT / "files/vulnscan/sample-tracker.json").read_text())
+    ((package, issues),) = sample.items()
+    ((_, issue),) = issues.items()
+    assert "bookworm" in issue["releases"]
+    assert "NOT a vulnerability database" in issue["description"]
