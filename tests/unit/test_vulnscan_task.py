@@ -91,7 +91,7 @@ def test_an_uploaded_offline_copy_needs_a_destination_and_must_exist():
 
 def test_the_staging_sample_is_valid_tracker_data_and_says_it_is_a_sample():
     sample = json.loads((vulnscan.REPO_ROOT / "files/vulnscan/sample-tracker.json").read_text())
-    ((package, issues),) = sample.items()
+    ((_package, issues),) = sample.items()
     ((_, issue),) = issues.items()
     assert "bookworm" in issue["releases"]
     assert "NOT a vulnerability database" in issue["description"]
