@@ -62,9 +62,17 @@ def ssh_target(name: str, data: dict[str, Any]) -> SshTarget:
 
 
 def inventory_targets(inventory_file: str, limit: Iterable[str] = ()) -> list[SshTarget]:
+    import os
+
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
-    inventory = make_inventory(inventory_file)
+    # pyinfra executes inventory files inside a State context, as its own CLI does
+    state = State(check_for_changes=False)
+    state.cwd = os.getcwd()
+    ctx_state.set(state)
+    inventory = make_inventory(inventory_file, cwd=state.cwd)
     wanted = set(limit)
     targets = []
     for host in inventory:
@@ -164,7 +172,10 @@ def rows_and_notes(
                 )
             )
         if not success.get("findings"):
-            notes.append(f"{result.host}: no findings (scan of {_when(success['started'])})")
+            notes.append(
+                f"{result.host}: no findings (scan of {_when(success['started'])}, "
+                f"data: {success.get('data', '?')})"
+            )
     rows.sort(key=lambda r: (r[0], SEVERITIES.index(r[4]), r[1], r[5]))
     return rows, notes
 

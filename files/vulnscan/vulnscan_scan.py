@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,7 @@ SECURITY_SEVERITY = {
     "unknown": "5.0",
 }
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9.+~:-]+$")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
 _WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -265,6 +267,8 @@ def tracker_findings(
 
 
 def fetch(url: str, proxy: str | None, timeout: float) -> str:
+    if urllib.parse.urlsplit(url).hostname in LOOPBACK:
+        proxy = None  # the host's own mirror: never through the egress proxy
     handlers: list[urllib.request.BaseHandler] = [
         urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})
     ]

@@ -213,6 +213,14 @@ def test_an_unreachable_source_before_any_success_has_no_findings_metrics(host, 
     assert "rave_vulnscan_last_success_timestamp_seconds" not in metrics
 
 
+def test_a_loopback_source_bypasses_the_egress_proxy(host, capsys):
+    _, config = host
+    config["data_file"] = None
+    config["proxy"] = "http://127.0.0.1:1"  # a proxy that would refuse: must not be used
+    assert scan.run(config) == 1
+    assert "Connection refused" in capsys.readouterr().err
+
+
 def test_environment_overrides_the_data_source(host, monkeypatch, tmp_path):
     _, config = host
     path = tmp_path / "config.json"
