@@ -216,7 +216,7 @@ def test_an_unreachable_source_before_any_success_has_no_findings_metrics(host, 
 def test_a_loopback_source_bypasses_the_egress_proxy(host, capsys):
     _, config = host
     config["data_file"] = None
-    config["proxy"] = "http://127.0.0.1:1"  # a proxy that would refuse: must not be used
+    config["proxy"] = "http://proxy.invalid:3128"  # unresolvable: must not be used
     assert scan.run(config) == 1
     assert "Connection refused" in capsys.readouterr().err
 
