@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "files" / "prometheus" / "rules" / "vulnscan.yml"
-TESTS = ROOT / "tests" / "promtool" / "vulnscan_test.yml"
+TESTS = ROOT / "tests" / "unit" / "promtool" / "vulnscan.test.yml"
 
 
 @pytest.fixture(scope="module")
