@@ -85,7 +85,9 @@ def utc(ts: float) -> str:
 # --------------------------------------------------------------------------- installed packages
 
 
-def installed_packages(dpkg_query: str = "dpkg-query") -> dict[str, dict[str, Any]]:
+def installed_packages(
+    dpkg_query: str = "dpkg-query", dpkg: str = "dpkg"
+) -> dict[str, dict[str, Any]]:
     """Installed source packages: {source: {"version": source version, "binaries": [...]}}."""
     fmt = "${db:Status-Abbrev}\\t${binary:Package}\\t${source:Package}\\t${source:Version}\\n"
     try:
@@ -94,25 +96,31 @@ def installed_packages(dpkg_query: str = "dpkg-query") -> dict[str, dict[str, An
         ).stdout
     except (OSError, subprocess.CalledProcessError) as error:
         raise ScanError(f"cannot list the installed packages: {error}") from error
-    return parse_dpkg_query(out)
+    return parse_dpkg_query(out, dpkg)
 
 
-def parse_dpkg_query(out: str) -> dict[str, dict[str, Any]]:
+def parse_dpkg_query(out: str, dpkg: str = "dpkg") -> dict[str, dict[str, Any]]:
     sources: dict[str, dict[str, Any]] = {}
     for line in out.splitlines():
         parts = line.split("\t")
-        if len(parts) != 4 or not parts[0].startswith("ii"):
+        # status abbreviation: desired action, then state; "i" = installed ("ii", "hi", ...)
+        if len(parts) != 4 or len(parts[0]) < 2 or parts[0][1] != "i":
             continue
         _, binary, source, version = parts
-        entry = sources.setdefault(source, {"version": version, "binaries": []})
+        entry = sources.setdefault(source, {"versions": set(), "binaries": []})
         entry["binaries"].append(binary)
-        if version != entry["version"]:
-            # binaries of one source at different versions (mid-upgrade): keep the oldest
-            entry.setdefault("other_versions", []).append(version)
-    for entry in sources.values():
-        entry["binaries"].sort()
+        entry["versions"].add(version)
     if not sources:
         raise ScanError("dpkg-query listed no installed packages")
+    for entry in sources.values():
+        entry["binaries"].sort()
+        versions = sorted(entry.pop("versions"))
+        # binaries of one source at different versions (mid-upgrade): judge by the oldest
+        oldest = versions[0]
+        for version in versions[1:]:
+            if compare_lt([(version, oldest)], dpkg=dpkg)[(version, oldest)]:
+                oldest = version
+        entry["version"] = oldest
     return sources
 
 
@@ -623,7 +631,9 @@ def scan(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     details: dict[str, Any] = {}
     source = config["source"]
     if source == "debian-tracker":
-        installed = installed_packages(config.get("dpkg_query", "dpkg-query"))
+        installed = installed_packages(
+            config.get("dpkg_query", "dpkg-query"), config.get("dpkg", "dpkg")
+        )
         text, origin = load_data(config)
         details["data"] = origin
         details["installed_source_packages"] = len(installed)

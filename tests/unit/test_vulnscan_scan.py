@@ -234,6 +234,23 @@ def test_environment_overrides_the_data_source(host, monkeypatch, tmp_path):
     assert loaded["data_file"] is None
 
 
+def test_installed_held_and_mixed_version_packages_are_read():
+    packages = scan.parse_dpkg_query(
+        "ii \tcurl\tcurl\t7.88.1-10+deb12u5\n"
+        "hi \tlibcurl4:amd64\tcurl\t7.88.1-10+deb12u10\n"  # held, newer: curl counts as u5
+        "hi \tvim\tvim\t2:9.0.1378-2\n"  # held packages are installed too
+        "rc \tgone\tgone\t1.0\n"  # removed, config files only
+        "un \tnever\tnever\t\n"
+    )
+    assert set(packages) == {"curl", "vim"}
+    assert packages["curl"] == {
+        "version": "7.88.1-10+deb12u5",
+        "binaries": ["curl", "libcurl4:amd64"],
+    }
+    with pytest.raises(scan.ScanError, match="no installed packages"):
+        scan.parse_dpkg_query("rc \tgone\tgone\t1.0\n")
+
+
 def test_versions_are_compared_the_debian_way():
     pairs = [
         ("1:9.2p1-2+deb12u3", "1:9.2p1-2+deb12u10"),  # u10 > u3 (not a string compare)
