@@ -589,7 +589,7 @@ def metrics_text(
         "# TYPE rave_vulnscan_findings gauge",
     ]
     lines += [
-        f'rave_vulnscan_findings{{severity="{s}",fixable="{f}"}} {n}'
+        f'rave_vulnscan_findings{{fixable="{f}",severity="{s}"}} {n}'
         for (s, f), n in counts.items()
     ]
     lines += [

@@ -9,6 +9,7 @@ closed loopback port stands in for an unreachable tracker.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 import urllib.parse
@@ -32,6 +33,7 @@ CVE = "CVE-2099-4711"
 OBSERVABILITY = (ROOT / "tasks" / "observability.py").exists()
 PROMETHEUS = "http://127.0.0.1:9090"
 NODE_EXPORTER = "http://127.0.0.1:9100/metrics"
+CRITICAL = {"severity": "critical", "fixable": "true"}
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 240, every: float = 3) -> Any:
@@ -113,19 +115,27 @@ def read_json(host, path: str) -> dict[str, Any]:
     return json.loads(sh(host, f"cat {path}").stdout)
 
 
-def textfile_metric(host, sample: str) -> float | None:
-    for line in sh(host, f"cat {PROM_FILE}").stdout.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
-    return None
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 
 
-def exporter_metric(host, sample: str) -> float | None:
-    text = sh(host, f"curl -fsS {NODE_EXPORTER}").stdout
+def sample_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in the exposition format, whatever the label order."""
     for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.split()[-1])
+        match = SAMPLE.match(line)
+        if not match or match["name"] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match["value"])
     return None
+
+
+def textfile_metric(host, name: str, **labels: str) -> float | None:
+    return sample_value(sh(host, f"cat {PROM_FILE}").stdout, name, **labels)
+
+
+def exporter_metric(host, name: str, **labels: str) -> float | None:
+    return sample_value(sh(host, f"curl -fsS {NODE_EXPORTER}").stdout, name, **labels)
 
 
 def prometheus(host, path: str, **params: str) -> Any:
@@ -185,8 +195,8 @@ def test_a_vulnerable_package_shows_everywhere_and_clears(scan_host):
     fixed = installed + "+rave1"  # sorts after the installed version
     put(host, f"{TEST_DIR}/vulnerable.json", tracker(vulnerable_issue(fixed)))
     put(host, f"{TEST_DIR}/clean.json", tracker(vulnerable_issue(installed)))
-    critical = 'rave_vulnscan_findings{severity="critical",fixable="true"}'
-    new_critical = 'rave_vulnscan_new_findings{severity="critical"}'
+    findings, new = "rave_vulnscan_findings", "rave_vulnscan_new_findings"
+    critical_expr = 'rave_vulnscan_findings{severity="critical",fixable="true"}'
 
     # a clean scan first, so that the vulnerable one is "new" whatever ran before
     assert scan_with(host, f"RAVE_VULNSCAN_DATA_FILE={TEST_DIR}/clean.json") == 0
@@ -205,12 +215,15 @@ def test_a_vulnerable_package_shows_everywhere_and_clears(scan_host):
     jsonschema.Draft4Validator(json.loads(SARIF_SCHEMA.read_text())).validate(sarif)
     assert CVE in {r["ruleId"] for r in sarif["runs"][0]["results"]}
 
-    assert textfile_metric(host, critical) == 1
-    assert textfile_metric(host, new_critical) == 1
-    assert textfile_metric(host, 'rave_vulnscan_scan_ok{source="debian-tracker"}') == 1
+    assert textfile_metric(host, findings, **CRITICAL) == 1
+    assert textfile_metric(host, new, severity="critical") == 1
+    assert textfile_metric(host, "rave_vulnscan_scan_ok", source="debian-tracker") == 1
     if OBSERVABILITY:
-        wait_for("node exporter to serve the finding", lambda: exporter_metric(host, critical) == 1)
-        wait_for("Prometheus to scrape the finding", lambda: prom_value(host, critical) == 1)
+        wait_for(
+            "node exporter to serve the finding",
+            lambda: exporter_metric(host, findings, **CRITICAL) == 1,
+        )
+        wait_for("Prometheus to scrape the finding", lambda: prom_value(host, critical_expr) == 1)
         wait_for(
             "RaveVulnscanNewCriticalFinding to fire",
             lambda: firing(host, "RaveVulnscanNewCriticalFinding"),
@@ -224,14 +237,16 @@ def test_a_vulnerable_package_shows_everywhere_and_clears(scan_host):
     sarif = read_json(host, f"{STATE}/findings.sarif")
     jsonschema.Draft4Validator(json.loads(SARIF_SCHEMA.read_text())).validate(sarif)
     assert CVE not in {r["ruleId"] for r in sarif["runs"][0]["results"]}
-    assert textfile_metric(host, critical) == 0
-    assert textfile_metric(host, new_critical) == 0
+    assert textfile_metric(host, findings, **CRITICAL) == 0
+    assert textfile_metric(host, new, severity="critical") == 0
     if OBSERVABILITY:
         wait_for(
             "node exporter to serve the cleared finding",
-            lambda: exporter_metric(host, critical) == 0,
+            lambda: exporter_metric(host, findings, **CRITICAL) == 0,
         )
-        wait_for("Prometheus to see the finding cleared", lambda: prom_value(host, critical) == 0)
+        wait_for(
+            "Prometheus to see the finding cleared", lambda: prom_value(host, critical_expr) == 0
+        )
         wait_for(
             "RaveVulnscanNewCriticalFinding to resolve",
             lambda: not firing(host, "RaveVulnscanNewCriticalFinding"),
@@ -256,11 +271,14 @@ def test_an_unreachable_source_is_a_failed_scan(scan_host):
     assert sarif["runs"][0]["invocations"][0]["executionSuccessful"] is False
     assert "results" not in sarif["runs"][0]
 
-    ok = 'rave_vulnscan_scan_ok{source="debian-tracker"}'
-    assert textfile_metric(host, ok) == 0
+    ok = "rave_vulnscan_scan_ok"
+    assert textfile_metric(host, ok, source="debian-tracker") == 0
     journal = sh(host, f"journalctl -u {UNIT} --since {shlex.quote(since)} --no-pager -o cat")
     assert "rave-vulnscan: scan FAILED: cannot fetch" in journal.stdout
     if OBSERVABILITY:
-        wait_for("node exporter to serve scan_ok 0", lambda: exporter_metric(host, ok) == 0)
+        wait_for(
+            "node exporter to serve scan_ok 0",
+            lambda: exporter_metric(host, ok, source="debian-tracker") == 0,
+        )
         wait_for("Prometheus to see the failed scan", lambda: prom_value(host, ok) == 0)
         wait_for("RaveVulnscanScanFailing to fire", lambda: firing(host, "RaveVulnscanScanFailing"))

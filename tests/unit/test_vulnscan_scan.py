@@ -138,9 +138,9 @@ def test_vulnerable_data_gives_findings_sarif_and_metrics(host):
     assert {r["id"] for r in run["tool"]["driver"]["rules"]} == set(results)
 
     assert _metric(metrics, "rave_vulnscan_scan_ok") == 1
-    assert _metric(metrics, 'rave_vulnscan_findings{severity="critical",fixable="true"}') == 1
-    assert _metric(metrics, 'rave_vulnscan_findings{severity="negligible",fixable="false"}') == 1
-    assert _metric(metrics, 'rave_vulnscan_findings{severity="medium",fixable="true"}') == 1
+    assert _metric(metrics, 'rave_vulnscan_findings{fixable="true",severity="critical"}') == 1
+    assert _metric(metrics, 'rave_vulnscan_findings{fixable="false",severity="negligible"}') == 1
+    assert _metric(metrics, 'rave_vulnscan_findings{fixable="true",severity="medium"}') == 1
     assert _metric(metrics, 'rave_vulnscan_new_findings{severity="critical"}') == 1
     assert _metric(metrics, "rave_vulnscan_last_success_timestamp_seconds") == pytest.approx(
         report["started"], abs=1
@@ -156,7 +156,7 @@ def test_findings_clear_when_the_data_no_longer_lists_them(host):
     assert report["findings"] == []
     _validate_sarif(sarif)
     assert sarif["runs"][0]["results"] == []
-    assert _metric(metrics, 'rave_vulnscan_findings{severity="critical",fixable="true"}') == 0
+    assert _metric(metrics, 'rave_vulnscan_findings{fixable="true",severity="critical"}') == 0
     assert _metric(metrics, 'rave_vulnscan_new_findings{severity="critical"}') == 0
 
 
@@ -164,7 +164,7 @@ def test_a_second_scan_with_the_same_findings_has_nothing_new(host):
     _run(host, VULNERABLE)
     _, report, _, metrics = _run(host, VULNERABLE)
     assert report["findings"] and not any(f["new"] for f in report["findings"])
-    assert _metric(metrics, 'rave_vulnscan_findings{severity="critical",fixable="true"}') == 1
+    assert _metric(metrics, 'rave_vulnscan_findings{fixable="true",severity="critical"}') == 1
     assert _metric(metrics, 'rave_vulnscan_new_findings{severity="critical"}') == 0
 
 
@@ -193,7 +193,7 @@ def test_unparsable_data_is_a_failed_scan_not_a_clean_one(host, data, reason, ca
     assert run["invocations"][0]["executionSuccessful"] is False
     assert _metric(metrics, "rave_vulnscan_scan_ok") == 0
     # the last successful scan's findings stay visible, with its timestamp
-    assert _metric(metrics, 'rave_vulnscan_findings{severity="critical",fixable="true"}') == 1
+    assert _metric(metrics, 'rave_vulnscan_findings{fixable="true",severity="critical"}') == 1
     last_success = json.loads((Path(host[1]["state_dir"]) / "last-success.json").read_text())
     assert last_success["status"] == "ok"
     assert _metric(metrics, "rave_vulnscan_last_success_timestamp_seconds") == pytest.approx(
