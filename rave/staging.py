@@ -297,10 +297,14 @@ def ensure_cached_root() -> Path:
             raise StagingError(f"debootstrap failed ({result.returncode}):\n{tail}")
         finish_root(temp)
         (temp / ROOT_MARKER).write_text(ROOT_RECIPE + "\n")
-        if root.exists():
-            old = CACHE_DIR / f"{SUITE}-root.old-{os.getpid()}"
+        if root.exists():  # an older recipe: set aside; delete it unless hosts still use it
+            in_use = f"lowerdir={root}," in Path("/proc/self/mountinfo").read_text()
+            old = CACHE_DIR / f"{SUITE}-root.old-{int(time.time())}"
             root.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
+            if in_use:
+                log(f"the previous root is still in use by running hosts: kept as {old}")
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         temp.rename(root)
         log(f"cached root ready in {time.monotonic() - started:.0f}s: {root}")
     return root
@@ -609,6 +613,14 @@ def mount_overlay(host: Host, lower: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     if is_mounted(host.root):
         return
+    recipe = host.dir / "lower-recipe"
+    if recipe.exists() and recipe.read_text().strip() != ROOT_RECIPE:
+        log(f"{host.name}: the cached root changed; its upper layer is wiped")
+        shutil.rmtree(host.upper)
+        shutil.rmtree(host.work)
+        host.upper.mkdir()
+        host.work.mkdir()
+    recipe.write_text(ROOT_RECIPE + "\n")
     options = f"lowerdir={lower},upperdir={host.upper},workdir={host.work}"
     run("mount", "-t", "overlay", "overlay", "-o", options, str(host.root))
 
@@ -628,48 +640,41 @@ def unmount_root(host: Host) -> None:
                 run("umount", "-l", target, check=False)
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def container_pids(host: Host) -> set[int]:
-    """PID-namespace inits of processes living in the host's netns (the container's PID 1)."""
+    """Processes to SIGKILL so nothing runs in the host's netns: for a process of a container
+    (another PID namespace) that is its namespace's init, found by walking up the parents to
+    the last one outside our PID namespace; killing it kills the whole namespace."""
     if not netns_exists(host.netns):
         return set()
     listed = run("ip", "netns", "pids", host.netns, check=False).stdout.split()
     own_pidns = os.readlink("/proc/self/ns/pid")
-    inits: set[int] = set()
+    targets: set[int] = set()
     for raw in listed:
-        pid = int(raw)
-        try:
-            if os.readlink(f"/proc/{pid}/ns/pid") == own_pidns and pid != os.getpid():
-                # a process of ours in the netns (nspawn itself): kill it as well
-                inits.add(pid)
-                continue
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("NSpid:"):
-                ids = line.split()[1:]
-                if ids[-1] == "1":
-                    inits.add(pid)
-                else:
-                    # find the init of that namespace: its host pid has NSpid ending in 1
-                    inits |= _pidns_init(os.readlink(f"/proc/{pid}/ns/pid"))
-    return inits
-
-
-def _pidns_init(pidns: str) -> set[int]:
-    found: set[int] = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if os.readlink(proc / "ns/pid") != pidns:
-                continue
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("NSpid:") and line.split()[-1] == "1":
-                    found.add(int(proc.name))
-        except OSError:
-            continue
-    return found
+        pid: int | None = int(raw)
+        child = None
+        while pid and pid > 1:
+            try:
+                pidns = os.readlink(f"/proc/{pid}/ns/pid")
+            except OSError:
+                break
+            if pidns == own_pidns:
+                break
+            child, pid = pid, _ppid(pid)
+        if child is not None:
+            targets.add(child)  # the container's init
+        elif int(raw) != os.getpid():
+            targets.add(int(raw))  # e.g. a systemd-nspawn that has joined the netns
+    return targets
 
 
 def stop_container(host: Host) -> None:
