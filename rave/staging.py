@@ -793,9 +793,9 @@ def start_container(host: Host) -> int:
     return process.pid
 
 
-def ssh_ok(host: Host) -> bool:
+def ssh_run(host: Host, command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(
+        return subprocess.run(
             [
                 "ssh",
                 "-F",
@@ -803,15 +803,19 @@ def ssh_ok(host: Host) -> bool:
                 "-o",
                 "ConnectTimeout=3",
                 host.name,
-                "true",
+                command,
             ],
             capture_output=True,
-            timeout=15,
+            text=True,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0
+        return subprocess.CompletedProcess([], 255, "", f"timed out after {timeout:.0f}s")
+
+
+def ssh_ok(host: Host) -> bool:
+    return ssh_run(host, "true").returncode == 0
 
 
 def console_tail(host: Host, lines: int = 30) -> str:
@@ -822,7 +826,9 @@ def console_tail(host: Host, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_for_ssh(hosts: list[Host], timeout: float = BOOT_TIMEOUT) -> None:
+def wait_for_boot(hosts: list[Host], booting: list[Host], timeout: float = BOOT_TIMEOUT) -> None:
+    """Until sshd answers on every host, then until each booting one has finished booting (the
+    units that start at boot, e.g. deployed services after a reboot, are up or have failed)."""
     deadline = time.monotonic() + timeout
     pending = list(hosts)
     while pending:
@@ -842,6 +848,19 @@ def wait_for_ssh(hosts: list[Host], timeout: float = BOOT_TIMEOUT) -> None:
             )
         if pending:
             time.sleep(1)
+    for host in booting:
+        remaining = max(deadline - time.monotonic(), 5)
+        state = ssh_run(host, "systemctl is-system-running --wait", timeout=remaining)
+        status = state.stdout.strip()
+        if status == "degraded":
+            failed = ssh_run(host, "systemctl --failed --no-legend --plain").stdout.strip()
+            log(f"{host.name}: booted degraded; failed units:\n{failed}")
+        elif status != "running":
+            raise StagingError(
+                f"{host.name}: did not finish booting within {timeout:.0f}s "
+                f"({status or state.stderr.strip()}); console log {host.console}:\n"
+                f"{console_tail(host)}"
+            )
 
 
 def bring_up(inst: Instance, indices: list[int]) -> list[Host]:
@@ -869,7 +888,7 @@ def bring_up(inst: Instance, indices: list[int]) -> list[Host]:
     write_state_files(inst, hosts)
     if starting:
         log("booting " + ", ".join(h.name for h in starting) + " ...")
-    wait_for_ssh(hosts)
+    wait_for_boot(hosts, booting=starting)
     write_state_files(inst, hosts)
     secrets_hook(inst, hosts)
     return hosts
