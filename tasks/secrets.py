@@ -18,6 +18,7 @@ from rave.render import FILES
 from rave.sandbox import Sandbox, dropin_text
 from rave.secrets import deploy as sd
 from rave.secrets.store import Environment
+from rave.settings import HostSettings
 
 
 class HostEd25519Key(FactBase[str]):
@@ -41,6 +42,20 @@ SANDBOX = Sandbox(
     protect_proc="default",
     extra=(("PrivateNetwork", "yes"), ("IPAddressDeny", "any")),
 )
+
+
+def templates(config: HostSettings) -> dict[str, dict[str, object]]:
+    """Every template this task renders, for the unit tests (name -> context)."""
+    return {"secrets/rave-secrets.service.j2": unit_context()}
+
+
+def unit_context() -> dict[str, object]:
+    return {
+        "encrypted": sd.REMOTE_ENCRYPTED,
+        "root": sd.SECRETS_ROOT,
+        "consumers": sd.consumer_units(),
+        "script": sd.INSTALL_SCRIPT,
+    }
 
 
 @deploy("Secrets")
@@ -115,10 +130,7 @@ def secrets() -> None:
         "Install rave-secrets.service",
         "secrets/rave-secrets.service.j2",
         f"/etc/systemd/system/{sd.UNIT}.service",
-        encrypted=sd.REMOTE_ENCRYPTED,
-        root=sd.SECRETS_ROOT,
-        consumers=sd.consumer_units(),
-        script=sd.INSTALL_SCRIPT,
+        **unit_context(),
     )
     dropin = put_text(
         "Sandbox rave-secrets.service",
