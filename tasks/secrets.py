@@ -37,7 +37,8 @@ SANDBOX = Sandbox(
     capabilities=("CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH"),
     syscall_filter=(
         "@system-service",
-        "~@resources @mount @debug @cpu-emulation @obsolete @raw-io @reboot @swap @clock @module",
+        # not ~@resources: age (Go) raises its RLIMIT_NOFILE at start
+        "~@mount @debug @cpu-emulation @obsolete @raw-io @reboot @swap @clock @module",
     ),
     protect_proc="default",
     extra=(("PrivateNetwork", "yes"), ("IPAddressDeny", "any")),
