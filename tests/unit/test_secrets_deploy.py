@@ -59,7 +59,7 @@ def host(tmp_path, values):
             text["user"] = me
             (manifests / f"{component.name}.json").write_text(json.dumps(text))
     script = load_script()
-    root = Path(shutil.os.path.join("/dev/shm", f"rave-test-{os.getpid()}-{tmp_path.name}"))
+    root = shm / f"rave-test-{os.getpid()}-{tmp_path.name}"
     script.ENCRYPTED, script.IDENTITY = str(encrypted), str(key)
     script.MANIFESTS, script.ROOT = manifests, root / "secrets"
     yield script, root / "secrets", manifests
