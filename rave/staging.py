@@ -425,10 +425,11 @@ def check_instance_id(inst: Instance) -> None:
                     f"{inst.state} belongs to staging instance {recorded} which is running; "
                     f"stop it first: RAVE_STAGING_ID={recorded} rave-staging down"
                 )
-            log(f"state of stopped instance {recorded} found: clearing its leftovers")
+            # only what lives in this state dir: the ID may belong to someone else by now, so
+            # its netns, links and proxy are left alone (RAVE_STAGING_ID=<old> down clears them)
+            log(f"discarding the state of stopped instance {recorded}")
             for index in other.known_indices():
-                teardown_host(other.host(index))
-            teardown_network(other)
+                unmount_root(other.host(index))
             shutil.rmtree(inst.state / "hosts", ignore_errors=True)
             for name in ("hosts.json", "ssh_config", "known_hosts"):
                 (inst.state / name).unlink(missing_ok=True)

@@ -70,9 +70,10 @@ def test_state_files_pin_the_host_keys(instance):
 
 def test_an_instance_does_not_reuse_another_instances_state(instance, monkeypatch):
     # never touch the machine: instance 5 may be someone's live staging instance
-    torn_down = []
-    monkeypatch.setattr(staging, "teardown_host", lambda host: torn_down.append(host.name))
-    monkeypatch.setattr(staging, "teardown_network", lambda inst: torn_down.append(inst.id))
+    touched = []
+    for name in ("teardown_host", "teardown_network", "stop_container", "teardown_host_network"):
+        monkeypatch.setattr(staging, name, lambda *args, name=name: touched.append(name))
+    monkeypatch.setattr(staging, "unmount_root", lambda host: touched.append(host.name))
     monkeypatch.setattr(staging.Host, "pid", lambda host: None)
     instance.state.mkdir(parents=True)
     (instance.state / "instance-id").write_text("5\n")
@@ -82,4 +83,4 @@ def test_an_instance_does_not_reuse_another_instances_state(instance, monkeypatc
     assert (instance.state / "instance-id").read_text() == "7\n"
     assert not (instance.state / "hosts").exists()
     assert not (instance.state / "hosts.json").exists()
-    assert torn_down == ["rave-staging-1", 5]
+    assert touched == ["rave-staging-1"]  # its own mount only; the network is left alone
