@@ -912,6 +912,7 @@ def wipe_host(host: Host) -> None:
     teardown_host(host)
     shutil.rmtree(host.upper, ignore_errors=True)
     shutil.rmtree(host.work, ignore_errors=True)
+    host.console.unlink(missing_ok=True)
 
 
 def cmd_up(inst: Instance, count: int | None, fresh: bool = False) -> None:
