@@ -948,11 +948,13 @@ def cmd_down(inst: Instance) -> None:
 
 def select(inst: Instance, host: int | None, all_hosts: bool) -> list[int]:
     known = inst.known_indices()
+    if not known:
+        raise StagingError("no staging hosts yet: run `rave-staging up` first")
     if host is not None:
         if host not in known:
             raise StagingError(f"no staging host {host} (known: {known or 'none'})")
         return [host]
-    return known or [1]  # --all, or no --host: every host
+    return known  # --all, or no --host: every host
 
 
 def cmd_reset(inst: Instance, host: int | None, all_hosts: bool) -> None:
