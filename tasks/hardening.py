@@ -373,7 +373,13 @@ def system(report: dict[str, Any], container: bool) -> None:
     else:
         _report(report, "apparmor", "not available (container, or kernel without AppArmor)")
 
-    # audit
+    # audit: rules everywhere; the daemon only where the kernel lets it run
+    skip = _put_file(
+        "auditd is skipped (not failed) inside containers",
+        "auditd-container.conf",
+        "/etc/systemd/system/auditd.service.d/rave-container.conf",
+    )
+    systemd.daemon_reload(name="Reload systemd units (auditd)", _if=skip.did_change)
     ensure_packages("Install auditd", ["auditd"])
     rules = put_text(
         "Audit rules (identity, sudoers, sshd, firewall, secrets)",
@@ -383,6 +389,11 @@ def system(report: dict[str, Any], container: bool) -> None:
     )
     if container:
         _report(report, "auditd", "cannot run in a container (no audit in a child PID namespace)")
+        if host.get_fact(h.UnitActive, unit="auditd.service")["active"] == "failed":
+            server.shell(
+                name="Clear auditd's failed start (it cannot run in a container)",
+                commands=["systemctl reset-failed auditd.service"],
+            )
     else:
         systemd.service(name="auditd runs", service="auditd.service", running=True, enabled=True)
         server.shell(
