@@ -883,7 +883,13 @@ def secrets_hook(inst: Instance, hosts: list[Host]) -> None:
 
 
 # -- commands ----------------------------------------------------------------------------------
-def cmd_up(inst: Instance, count: int | None) -> None:
+def wipe_host(host: Host) -> None:
+    teardown_host(host)
+    shutil.rmtree(host.upper, ignore_errors=True)
+    shutil.rmtree(host.work, ignore_errors=True)
+
+
+def cmd_up(inst: Instance, count: int | None, fresh: bool = False) -> None:
     existing = inst.known_indices()
     if count is None:
         count = max(len(existing), 1)
@@ -897,6 +903,9 @@ def cmd_up(inst: Instance, count: int | None) -> None:
                 teardown_host(inst.host(index))
                 shutil.rmtree(inst.host(index).dir, ignore_errors=True)
         started = time.monotonic()
+        if fresh:
+            for index in inst.known_indices():
+                wipe_host(inst.host(index))
         hosts = bring_up(inst, list(range(1, count + 1)))
     log(f"{len(hosts)} host(s) up in {time.monotonic() - started:.1f}s")
     print_info(inst)
@@ -917,9 +926,7 @@ def select(inst: Instance, host: int | None, all_hosts: bool) -> list[int]:
         if host not in known:
             raise StagingError(f"no staging host {host} (known: {known or 'none'})")
         return [host]
-    if all_hosts or host is None:
-        return known or [1]
-    return known
+    return known or [1]  # --all, or no --host: every host
 
 
 def cmd_reset(inst: Instance, host: int | None, all_hosts: bool) -> None:
@@ -928,10 +935,7 @@ def cmd_reset(inst: Instance, host: int | None, all_hosts: bool) -> None:
         indices = select(inst, host, all_hosts)
         started = time.monotonic()
         for index in indices:
-            target = inst.host(index)
-            teardown_host(target)
-            shutil.rmtree(target.upper, ignore_errors=True)
-            shutil.rmtree(target.work, ignore_errors=True)
+            wipe_host(inst.host(index))
         bring_up(inst, sorted(set(inst.known_indices()) | set(indices)))
     log(f"reset {indices} in {time.monotonic() - started:.1f}s")
 
@@ -1000,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="boot the staging hosts (no-op for running ones)")
     up.add_argument("--hosts", type=int, default=None, help="number of hosts (default: 1)")
+    up.add_argument("--fresh", action="store_true", help="wipe every host's changes first")
     sub.add_parser("down", help="stop everything this instance started")
     reset = sub.add_parser("reset", help="wipe a host's changes and boot it fresh")
     group = reset.add_mutually_exclusive_group()
@@ -1017,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inst = Instance(instance_id())
         if args.command == "up":
-            cmd_up(inst, args.hosts)
+            cmd_up(inst, args.hosts, args.fresh)
         elif args.command == "down":
             cmd_down(inst)
         elif args.command == "reset":
