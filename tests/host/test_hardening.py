@@ -308,9 +308,10 @@ def test_firewall_ruleset_is_loaded_and_matches_the_installed_file(host):
 def test_port_scan_finds_only_ssh_and_the_edge(address):
     """A full TCP connect scan (1-65535) from the control machine over the staging subnet."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    limit = min(hard, 8192)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
     try:
-        open_ports = asyncio.run(_scan(address, range(1, 65536), concurrency=2000, timeout=1.5))
+        open_ports = asyncio.run(_scan(address, range(1, 65536), concurrency=min(4000, limit - 256), timeout=2.0))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     print(f"open TCP ports on {address}: {sorted(open_ports)}")
