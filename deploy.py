@@ -2,6 +2,8 @@
 
 from tasks.base import base
 from tasks.hardening import hardening
+from tasks.secrets import secrets
 
 base()
 hardening()
+secrets()
