@@ -311,7 +311,9 @@ def test_port_scan_finds_only_ssh_and_the_edge(address):
     limit = min(hard, 8192)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
     try:
-        open_ports = asyncio.run(_scan(address, range(1, 65536), concurrency=min(4000, limit - 256), timeout=2.0))
+        open_ports = asyncio.run(
+            _scan(address, range(1, 65536), concurrency=min(4000, limit - 256), timeout=2.0)
+        )
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     print(f"open TCP ports on {address}: {sorted(open_ports)}")
