@@ -11,6 +11,7 @@ in the deploy output and in /var/lib/rave-hardening/report.json, never silently 
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from pyinfra import host, logger
@@ -253,9 +254,7 @@ def kernel(report: dict[str, Any]) -> None:
     state = host.get_fact(h.SysctlState, keys=tuple(sorted(desired)))
     plan = h.plan_sysctl(desired, state)
     if plan.apply:
-        assignments = " ".join(
-            f"{key}={value.replace(' ', '_')}" for key, value in plan.apply.items()
-        )
+        assignments = " ".join(shlex.quote(f"{key}={value}") for key, value in plan.apply.items())
         server.shell(
             name=f"Apply {len(plan.apply)} kernel setting(s) now",
             commands=[f"sysctl -q -w {assignments}"],
