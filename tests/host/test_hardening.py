@@ -427,6 +427,50 @@ def test_a_broken_firewall_setting_is_refused_by_nft_check(host, host_name):
         assert restore.ok, restore.log_tail()
 
 
+def tcp_state(address: str, port: int, timeout: float = 3.0) -> str:
+    """open / closed (the host answered: RST) / filtered (dropped: no answer)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return "open"
+    except ConnectionRefusedError:
+        return "closed"
+    except OSError:
+        return "filtered"
+
+
+def test_monitoring_ports_open_only_to_the_named_sources(staging, host, host_name, address):
+    """Deployed through the real path (nft -c, timed revert, reconnect, confirm), then undone."""
+    port = monitoring_ports()[0]
+    if host.socket(f"tcp://0.0.0.0:{port}").is_listening:
+        pytest.skip(f"something listens on {port}: the filtered/closed probe needs a free port")
+    deployed = live_marker(host)
+    assert tcp_state(address, port) == "filtered"
+    control = staging.instance.gateway
+    result = run_deploy(
+        "inventories/staging.py",
+        [str(DEPLOYS / "hardening_firewall.py")],
+        limit=host_name,
+        extra_args=["--data", f"firewall_monitoring_sources={json.dumps([control])}"],
+    )
+    try:
+        assert result.ok, result.log_tail()
+        assert any("Confirm the firewall" in op for op in result.changed_operations())
+        ruleset = sh(host, "nft list table inet rave")
+        assert f"elements = {{ {control} }}" in ruleset
+        assert re.search(rf"ip saddr @monitoring_v4 tcp dport \{{ [\d, ]*\b{port}\b", ruleset)
+        assert host.run("systemctl is-active rave-nft-revert.timer").stdout.strip() != "active"
+        assert sh(host, f"cat {h.NFT_CONFIG}") == sh(host, f"cat {h.NFT_CANDIDATE}")
+        # the control machine now reaches the port (nothing listens: the host answers RST)
+        assert tcp_state(address, port) == "closed"
+    finally:
+        restore = run_deploy(
+            "inventories/staging.py", [str(DEPLOYS / "hardening_firewall.py")], limit=host_name
+        )
+        assert restore.ok, restore.log_tail()
+    assert live_marker(host) == deployed
+    assert tcp_state(address, port) == "filtered"
+
+
 # --- fail2ban --------------------------------------------------------------------------------
 
 
@@ -627,3 +671,26 @@ def test_packaged_services_report(host):
     for unit in ("ssh", "fail2ban", "nginx", "postgresql@15-main"):
         if host.run(f"systemctl cat {unit}.service").rc == 0:
             _exposure(host, f"{unit}.service")
+
+
+# --- after a reboot --------------------------------------------------------------------------
+
+
+def test_controls_survive_a_reboot(staging, host, host_name, address):
+    before = {
+        "marker": live_marker(host),
+        "ciphers": sshd_effective(host)["ciphers"],
+    }
+    staging.reboot(host_name)
+    assert live_marker(host) == before["marker"], "nftables.service loads /etc/nftables.conf"
+    assert sshd_effective(host)["ciphers"] == before["ciphers"]
+    assert host.service("ssh").is_running
+    wait_until(
+        lambda: host.run("fail2ban-client status sshd").rc == 0,
+        60,
+        what="fail2ban's sshd jail after the reboot",
+    )
+    failed = sh(host, "systemctl list-units --failed --no-legend --plain")
+    for unit in ("ssh", "nftables", "fail2ban", "auditd", "systemd-journald"):
+        assert f"{unit}.service" not in failed, failed
+    wait_for_ssh(address)
