@@ -1,9 +1,11 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.hardening import hardening
 from tasks.secrets import secrets
 from tasks.vulnscan import vulnscan
 
 base()
+hardening()
 secrets()
 vulnscan()
