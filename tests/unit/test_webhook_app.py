@@ -10,9 +10,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from webhook_support import Cluster, Server, app_config, cluster, github_headers, rows, wait_until
 
 from rave.webhook import migrate
+from tests.unit.webhook_support import (
+    Cluster,
+    Server,
+    app_config,
+    cluster,
+    github_headers,
+    rows,
+    wait_until,
+)
 
 SECRET = b"unit-test-secret"
 OLD_SECRET = b"unit-test-old-secret"
@@ -279,7 +287,8 @@ def test_migrations_are_idempotent_and_append_only(pg: Cluster, tmp_path: Path) 
 
 def test_writer_role_cannot_read_or_change_events(pg: Cluster) -> None:
     import psycopg
-    from webhook_support import WRITER_PASSWORD
+
+    from tests.unit.webhook_support import WRITER_PASSWORD
 
     with psycopg.connect(
         pg.dsn("rave_webhook", WRITER_PASSWORD, "rave_webhook"), autocommit=True
