@@ -1,7 +1,13 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.database import database
+from tasks.edge import edge
 from tasks.secrets import secrets
+from tasks.webhook import webhook
 
 base()
 secrets()
+database()
+edge()
+webhook()

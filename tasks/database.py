@@ -12,11 +12,11 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import server, systemd
-from rave.secrets.deploy import secret_path, secrets_changed
 
 from rave.components import component
 from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
 from rave.sandbox import limits_dropin_text
+from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
 
 DATABASE = "rave_webhook"
@@ -34,6 +34,10 @@ ROLES: dict[str, tuple[str, str, str | None]] = {
 
 class PostgresRoles(FactBase):
     """Login roles and their memberships ({} before PostgreSQL is installed or running)."""
+
+    @staticmethod
+    def default() -> dict[str, dict[str, Any]]:
+        return {}
 
     def command(self) -> str:
         query = (
@@ -57,6 +61,10 @@ class PostgresRoles(FactBase):
 
 
 class PostgresDatabases(FactBase):
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
     def command(self) -> str:
         return (
             f"{RUN_AS_POSTGRES} -d postgres -c 'SELECT datname FROM pg_database' "
@@ -69,6 +77,10 @@ class PostgresDatabases(FactBase):
 
 class RolePassword(FactBase):
     """ok | mismatch | missing-role | missing-secret | unknown (script not installed yet)."""
+
+    @staticmethod
+    def default() -> str:
+        return "unknown"
 
     def command(self, role: str, secret_file: str) -> str:
         return (
@@ -92,7 +104,7 @@ def conf_context(config: HostSettings) -> dict[str, object]:
     profile = config.profile
     memory = profile.limits_for("postgresql").memory_max_mb
     return {
-        "mode": config.rave_mode.value,
+        "rave_mode": config.rave_mode.value,
         "port": component("postgresql").ports[0].number,
         "max_connections": profile.postgres_max_connections,
         "shared_buffers_mb": profile.postgres_shared_buffers_mb,

@@ -13,12 +13,12 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files, server, systemd
-from rave.secrets.deploy import secret_path, secrets_changed
 
 from rave.components import COMPONENTS, Exposure, component, routes
 from rave.deploykit import ensure_packages, put_template, put_text, settings
 from rave.render import render
 from rave.sandbox import limits_dropin_text
+from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
@@ -67,7 +67,7 @@ def status_context(config: HostSettings) -> dict[str, object]:
     return {
         "hostname": config.hostname,
         "environment": config.rave_environment,
-        "mode": config.rave_mode.value,
+        "rave_mode": config.rave_mode.value,
         "routes": listed,
     }
 
@@ -84,7 +84,7 @@ def edge() -> None:
     config = settings()
     ensure_packages("Install nginx", component("nginx").packages)
 
-    files.file(
+    files.link(
         name="No default site (nothing on port 80)",
         path="/etc/nginx/sites-enabled/default",
         present=False,

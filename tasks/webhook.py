@@ -8,12 +8,12 @@ import json
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
-from rave.secrets.deploy import secret_path, secrets_changed
 
 from rave.components import Exposure, component
 from rave.deploykit import ensure_packages, put_text, settings
 from rave.render import render
 from rave.sandbox import Sandbox, dropin_text
+from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
 from rave.webhook import migrate
 from tasks.database import DATABASE, WRITER_ROLE, unit_name
@@ -29,6 +29,10 @@ EXTRA_PACKAGES = ("python3-uvloop",)  # a faster event loop; uvicorn picks it up
 
 class AppliedMigrations(FactBase):
     """Versions in schema_migrations ([] when the database or the table does not exist yet)."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
 
     def command(self, database: str) -> str:
         return (
