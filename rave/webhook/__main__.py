@@ -12,7 +12,12 @@ from .config import Config
 
 def main() -> None:
     config = Config.load()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("rave_webhook")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
     package = __package__ or "rave_webhook"
     if config.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/run/rave-webhook/metrics")

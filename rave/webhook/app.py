@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .config import Config, load_secrets
 from .metrics import Metrics
@@ -28,13 +29,12 @@ log = logging.getLogger("rave_webhook")
 RECENT_DELIVERIES = 65536  # answered from memory as duplicates without touching the spool
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")).encode() + b"\n",
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(_encode(body), status_code=status, media_type="application/json")
 
 
 class SecretSource:
@@ -116,25 +116,41 @@ class Receiver:
         await self.drainer.stop()
         self.spool.close()
 
-    # -- handlers ------------------------------------------------------------------------------
-    async def webhook(self, request: Request) -> Response:
+    # -- the webhook path: plain ASGI (no Request/Response objects: it is the hot path) --------
+    async def webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
         try:
-            response = await self._handle(request)
-            outcome = "duplicate" if response.status_code == 200 else "accepted"
+            status, body = await self._handle(scope["method"], headers, receive)
+            outcome = "duplicate" if status == 200 else "accepted"
+            extra: list[tuple[bytes, bytes]] = []
         except Rejected as rejected:
             outcome = rejected.outcome
-            headers = {"Allow": "POST"} if rejected.status == 405 else None
-            response = _json(rejected.status, {"error": rejected.reason}, headers)
-            if rejected.status >= 500:
+            status = rejected.status
+            body = _encode({"error": rejected.reason})
+            extra = [(b"allow", b"POST")] if status == 405 else []
+            if status >= 500:
                 log.error("refused a delivery: %s", rejected.reason)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
         self.metrics.requests.labels(outcome).inc()
         self.metrics.latency.observe(time.perf_counter() - started)
-        return response
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self.config.max_body_bytes
-        length = request.headers.get("content-length")
+        length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 raise malformed("invalid Content-Length")
@@ -142,18 +158,24 @@ class Receiver:
                 raise Rejected(413, "too_large", f"body over {limit} bytes")
         chunks = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Rejected(400, "malformed", "client went away before the body was read")
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise Rejected(413, "too_large", f"body over {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-    async def _handle(self, request: Request) -> Response:
-        if request.method != "POST":
-            raise Rejected(405, "method", f"method {request.method} not allowed")
-        body = await self._read_body(request)
-        headers = request.headers
+    async def _handle(
+        self, method: str, headers: dict[str, str], receive: Receive
+    ) -> tuple[int, bytes]:
+        if method != "POST":
+            raise Rejected(405, "method", f"method {method} not allowed")
+        body = await self._read_body(headers, receive)
         try:
             verified = verify(
                 headers,
@@ -173,7 +195,7 @@ class Receiver:
             event = str(document.get("type", ""))[:100]
         key = (verified.provider, verified.delivery_id)
         if key in self.recent:
-            return _json(200, {"status": "duplicate", "delivery": verified.delivery_id})
+            return 200, _encode({"status": "duplicate", "delivery": verified.delivery_id})
         record = Event(verified.provider, verified.delivery_id, event, time.time(), body)
         try:
             await self.spool.append(record.encode())
@@ -184,8 +206,9 @@ class Receiver:
         self.recent[key] = None
         if len(self.recent) > RECENT_DELIVERIES:
             self.recent.popitem(last=False)
-        return _json(202, {"status": "accepted", "delivery": verified.delivery_id})
+        return 202, _encode({"status": "accepted", "delivery": verified.delivery_id})
 
+    # -- the rest: Starlette ---------------------------------------------------------------------
     async def metrics_endpoint(self, request: Request) -> Response:
         body, content_type = self.metrics.exposition()
         return Response(body, media_type=content_type)
@@ -211,19 +234,27 @@ def _provider(headers: Any) -> str:
     return "unknown"
 
 
-def create_app(config: Config | None = None, secrets: list[bytes] | None = None) -> Starlette:
+class Application:
+    """ASGI entry: /webhook straight to the receiver, everything else (and lifespan) Starlette."""
+
+    def __init__(self, receiver: Receiver):
+        self.receiver = receiver
+        self.starlette = Starlette(
+            routes=[
+                Route("/metrics", receiver.metrics_endpoint, methods=["GET"]),
+                Route("/healthz", receiver.health, methods=["GET"]),
+            ],
+            lifespan=receiver.lifespan,
+        )
+        self.state = self.starlette.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/webhook":
+            await self.receiver.webhook(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
+
+
+def create_app(config: Config | None = None, secrets: list[bytes] | None = None) -> Application:
     receiver = Receiver(config or Config.load(), secrets)
-    app = Starlette(
-        routes=[
-            Route(
-                "/webhook",
-                receiver.webhook,
-                methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            ),
-            Route("/metrics", receiver.metrics_endpoint, methods=["GET"]),
-            Route("/healthz", receiver.health, methods=["GET"]),
-        ],
-        lifespan=receiver.lifespan,
-    )
-    app.state.receiver = receiver
-    return app
+    return Application(receiver)
