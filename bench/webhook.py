@@ -55,10 +55,10 @@ class Result:
         )
 
 
-def signed_request(host: str, secret: bytes, n: int) -> tuple[str, bytes]:
+def signed_request(host: str, secret: bytes, n: int, run: str = "") -> tuple[str, bytes]:
     delivery = str(uuid.uuid4())
     body = json.dumps(
-        {"ref": "refs/heads/main", "n": n, "bench": True, "pad": "x" * 200},
+        {"ref": "refs/heads/main", "n": n, "run": run, "pad": "x" * 200},
         separators=(",", ":"),
     ).encode()
     signature = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
@@ -174,8 +174,10 @@ async def run_load(
     return result
 
 
-def webhook_requests(host: str, secret: bytes, count: int) -> Iterator[tuple[str, bytes]]:
-    prepared = [signed_request(host, secret, n) for n in range(count)]
+def webhook_requests(
+    host: str, secret: bytes, count: int, run: str = ""
+) -> Iterator[tuple[str, bytes]]:
+    prepared = [signed_request(host, secret, n, run) for n in range(count)]
     return iter(prepared)
 
 
