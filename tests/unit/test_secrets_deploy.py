@@ -143,3 +143,30 @@ def test_accounts_are_created_only_when_missing():
     assert {"prometheus", "rave-webhook", "grafana", "rave-ccr"} <= set(names)
     postgres = next(a for a in accounts_to_create(set()) if a.name == "postgres")
     assert (postgres.home, postgres.shell) == ("/var/lib/postgresql", "/bin/bash")
+
+
+class _Op:
+    def __init__(self, changed: bool):
+        self.changed = changed
+
+    def did_change(self) -> bool:
+        return self.changed
+
+
+class _Host:
+    def __init__(self, name: str):
+        self.name = name
+
+
+def test_secrets_changed_follows_the_components_own_manifest():
+    from pyinfra.context import ctx_host
+
+    from rave.secrets.deploy import record_manifest_op, secrets_changed
+
+    with ctx_host.use(_Host("h-test")):
+        record_manifest_op("h-test", "webhook", _Op(True))
+        record_manifest_op("h-test", "nginx", _Op(False))
+        webhook, nginx, ccr = (secrets_changed(c) for c in ("webhook", "nginx", "ccr"))
+    assert webhook() is True
+    assert nginx() is False
+    assert ccr() is False  # the secrets task did not run for it: nothing to restart
