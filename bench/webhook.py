@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         run_load(
             address,
             args.port,
-            static_requests(host, args.max_requests),
+            static_requests(host, args.max_requests * 10),
             concurrency=args.concurrency,
             seconds=args.seconds,
         )
