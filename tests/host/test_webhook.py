@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import threading
 import time
 import uuid
@@ -168,3 +169,41 @@ def test_latency_at_moderate_rate_is_reported(staging, rate):
     result = asyncio.run(run_load(address, PORT, requests, concurrency=16, seconds=5, rate=rate))
     print(result.line(f"POST /webhook @ {rate}/s"))
     assert result.ok == len(result.statuses) and result.errors == 0
+
+
+def _status(staging, secret: bytes) -> int:
+    body = json.dumps({"rotation": str(uuid.uuid4())}).encode()
+    with client(staging) as https:
+        return https.post("/webhook", content=body, headers=github(secret, body)).status_code
+
+
+def test_hmac_secret_rotation_drops_no_delivery(staging, host):
+    from tests.host.secrets_rotation import rotate_and_deploy
+
+    old, new, _ = rotate_and_deploy(staging, "webhook_hmac_secrets")
+    assert new[1:] == old[:1]  # the new secret first, the old one still active
+    wait_for(lambda: _status(staging, new[0].encode()) == 202, timeout=30)
+    assert _status(staging, old[0].encode()) == 202  # senders not yet switched still delivered
+    rotate_and_deploy(staging, "webhook_hmac_secrets", "--retire-old")
+    wait_for(lambda: _status(staging, old[0].encode()) == 401, timeout=30)
+    assert _status(staging, new[0].encode()) == 202
+    _sentinel(staging, host)
+
+
+def test_database_password_rotation_reaches_the_role_and_the_receiver(staging, host):
+    from tests.host.secrets_rotation import rotate_and_deploy
+
+    old, _new, result = rotate_and_deploy(staging, "postgres_webhook_password")
+    changed = " ".join(result.changed_operations())
+    assert "Set the password of role rave_webhook" in changed, changed
+    check = host.run(
+        "/usr/local/sbin/rave-pg-password check rave_webhook "
+        "/run/rave/secrets/postgresql/postgres_webhook_password"
+    )
+    assert check.stdout.strip() == "ok"
+    login = (
+        "cd / && PGPASSWORD={} psql -XAtq "
+        "'host=127.0.0.1 user=rave_webhook dbname=rave_webhook' -c 'SELECT 1'"
+    )
+    assert host.run(login.format(shlex.quote(old))).rc != 0
+    _sentinel(staging, host)  # the receiver stores deliveries with the new password
