@@ -18,6 +18,11 @@ from rave.settings import HostSettings
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 BACKUP_METRIC = "rave_backup_last_success_timestamp_seconds"
 
+FS_TYPES_EXCLUDE = (
+    "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
+    "iso9660|mqueue|nsfs|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|"
+    "tracefs)$"
+)
 PROMETHEUS_DIR = "/etc/prometheus"
 PROMETHEUS_CANDIDATE_DIR = "/etc/prometheus/rave-candidate"
 ALERTMANAGER_BASE_CONFIG = "/etc/prometheus/alertmanager.base.json"
@@ -130,6 +135,8 @@ def node_exporter_args() -> str:
             # unit states for the SystemdUnitFailed alert (the default exclusions of
             # device/mount/scope/slice/target units stay)
             "--collector.systemd",
+            # Debian's default minus overlay: a staging host's root file system is an overlay
+            f"--collector.filesystem.fs-types-exclude={FS_TYPES_EXCLUDE}",
         ]
     )
 

@@ -315,10 +315,10 @@ def observability() -> None:
 
     # --- health check ---------------------------------------------------------------------
     files.directory(
-        name="Textfile collector directory",
+        name="Textfile collector directory (root writes, the exporter reads)",
         path=obs.TEXTFILE_DIR,
-        user="prometheus",
-        group="prometheus",
+        user="root",
+        group="root",
         mode="755",
     )
     healthcheck = [
