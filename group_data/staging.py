@@ -3,6 +3,7 @@
 from pathlib import Path
 
 __all__ = [
+    "alertmanager_silenced",
     "apt_check_valid_until",
     "egress_proxy",
     "grafana_install",
@@ -23,3 +24,5 @@ apt_check_valid_until = False
 operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
 # Grafana's APT repository is unreachable from staging: deploy its configuration only
 grafana_install = False
+# staging never notifies anyone
+alertmanager_silenced = True

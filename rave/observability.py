@@ -184,6 +184,8 @@ def env_file(values: dict[str, str]) -> str:
 
 
 def receiver_names(settings: HostSettings) -> list[str]:
+    if settings.alertmanager_silenced:
+        return ["null"]
     names = [settings.alertmanager_default_receiver, settings.alertmanager_watchdog_receiver]
     names += [route.receiver for route in settings.alertmanager_routes]
     return sorted(set(names))
@@ -196,17 +198,28 @@ def alertmanager_base_config(settings: HostSettings) -> str:
     alertmanager_receivers secret (a JSON list of Alertmanager receivers) over these by name.
     JSON is YAML, so the merged file needs no YAML library on the host.
     """
+    silenced = settings.alertmanager_silenced
     routes: list[dict[str, Any]] = [
-        {"receiver": settings.alertmanager_watchdog_receiver, "matchers": ['alertname="Watchdog"']}
+        {
+            "receiver": "null" if silenced else settings.alertmanager_watchdog_receiver,
+            "matchers": ['alertname="Watchdog"'],
+        }
     ]
-    for route in settings.alertmanager_routes:
+    for route in [] if silenced else settings.alertmanager_routes:
         entry: dict[str, Any] = {"receiver": route.receiver, "matchers": list(route.matchers)}
         if route.continue_matching:
             entry["continue"] = True
         routes.append(entry)
+    smtp: dict[str, Any] = {
+        "smtp_from": settings.alertmanager_smtp_from or f"alertmanager@{settings.hostname}",
+        "smtp_require_tls": True,
+    }
+    if settings.alertmanager_smtp_smarthost:
+        smtp["smtp_smarthost"] = settings.alertmanager_smtp_smarthost
     config = {
+        "global": smtp,
         "route": {
-            "receiver": settings.alertmanager_default_receiver,
+            "receiver": "null" if silenced else settings.alertmanager_default_receiver,
             "group_by": ["alertname", "instance"],
             "group_wait": settings.alertmanager_group_wait,
             "group_interval": settings.alertmanager_group_interval,

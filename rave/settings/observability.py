@@ -39,10 +39,14 @@ class ObservabilitySettings(Concern):
 
     # Alertmanager: routes and receiver *names* here, receiver definitions (with their
     # webhook URLs, keys and passwords) in the alertmanager_receivers secret.
+    alertmanager_silenced: bool = Field(
+        False, description="route every alert to the 'null' receiver (drops them): staging"
+    )
     alertmanager_default_receiver: str = Field(
-        "null",
+        "default",
         pattern=RECEIVER_NAME,
-        description="receiver of every alert no route matches; 'null' drops them (staging)",
+        description="receiver (a name in the alertmanager_receivers secret) of every alert "
+        "no route matches",
     )
     alertmanager_routes: list[AlertRoute] = Field(
         default_factory=list, description="child routes, first match wins"
@@ -51,6 +55,14 @@ class ObservabilitySettings(Concern):
         "null",
         pattern=RECEIVER_NAME,
         description="receiver of the always-firing Watchdog alert (a dead man's switch)",
+    )
+    alertmanager_smtp_from: str | None = Field(
+        None, description="sender of alert e-mails; none: alertmanager@<hostname>"
+    )
+    alertmanager_smtp_smarthost: str | None = Field(
+        None,
+        pattern=r"^[^\s:]+:[0-9]+$",
+        description="default SMTP relay host:port (a receiver's smtp_smarthost overrides it)",
     )
     alertmanager_group_wait: str = Field("30s", pattern=r"^[0-9]+[smh]$")
     alertmanager_group_interval: str = Field("5m", pattern=r"^[0-9]+[smh]$")

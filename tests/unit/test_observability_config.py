@@ -124,9 +124,20 @@ def test_sandbox_dropins_confine_every_observability_service():
 
 
 def test_alertmanager_routes_every_receiver_name_and_staging_is_silent():
-    silent = json.loads(obs.alertmanager_base_config(make_settings()))
+    silent = json.loads(
+        obs.alertmanager_base_config(
+            make_settings(
+                alertmanager_silenced=True,
+                alertmanager_routes=[{"receiver": "pager", "matchers": ['severity="critical"']}],
+            )
+        )
+    )
     assert silent["route"]["receiver"] == "null"
+    assert [r["receiver"] for r in silent["route"]["routes"]] == ["null"]
     assert silent["receivers"] == [{"name": "null"}]
+    default = json.loads(obs.alertmanager_base_config(make_settings()))
+    assert default["route"]["receiver"] == "default"
+    assert default["global"]["smtp_from"] == "alertmanager@rave-test-1"
     routed = json.loads(
         obs.alertmanager_base_config(
             make_settings(

@@ -241,3 +241,37 @@ def test_bad_secret_is_refused_without_echoing_it(tmp_path, capsys):
     secret.write_text('[{"token": "s3cr3t"}]')
     assert merge.main([str(base), str(secret), str(tmp_path / "out")]) == 1
     assert "s3cr3t" not in capsys.readouterr().err
+
+
+def test_the_secrets_models_receivers_become_alertmanager_integrations():
+    secret = {
+        "name": "ops",
+        "webhook_urls": ["https://hooks.example/a"],
+        "email_to": ["ops@example.org"],
+        "smtp_smarthost": "smtp.example.org:587",
+        "smtp_username": "u",
+        "smtp_password": "p",
+        "slack_webhook_urls": ["https://hooks.slack.example/x"],
+        "pagerduty_routing_keys": ["k1"],
+    }
+    out = merge.translate(secret)
+    assert out["webhook_configs"] == [{"url": "https://hooks.example/a", "send_resolved": True}]
+    assert out["email_configs"] == [
+        {
+            "to": "ops@example.org",
+            "send_resolved": True,
+            "smarthost": "smtp.example.org:587",
+            "auth_username": "u",
+            "auth_password": "p",
+        }
+    ]
+    assert out["slack_configs"][0]["api_url"] == "https://hooks.slack.example/x"
+    assert out["pagerduty_configs"] == [{"routing_key": "k1"}]
+    # the staging default: a named receiver without integrations (drops alerts)
+    empty = {"name": "default", "webhook_urls": [], "email_to": [], "smtp_password": None}
+    assert merge.translate(empty) == {"name": "default"}
+
+
+def test_unknown_receiver_fields_are_refused():
+    with pytest.raises(ValueError, match="unknown field"):
+        merge.translate({"name": "x", "hipchat": "s3cr3t"})
