@@ -275,3 +275,14 @@ def test_the_secrets_models_receivers_become_alertmanager_integrations():
 def test_unknown_receiver_fields_are_refused():
     with pytest.raises(ValueError, match="unknown field"):
         merge.translate({"name": "x", "hipchat": "s3cr3t"})
+
+
+def test_unit_memory_falls_back_to_the_cgroups_resident_memory(tmp_path, monkeypatch):
+    """Without systemd memory accounting (staging containers) the RSS of the unit's processes."""
+    group = tmp_path / "system.slice" / "x.service"
+    group.mkdir(parents=True)
+    (group / "cgroup.procs").write_text(f"{os.getpid()}\n999999999\n")
+    monkeypatch.setattr(hc, "CGROUP_ROOTS", ("/nonexistent", str(tmp_path)))
+    rss = hc.cgroup_rss("/system.slice/x.service")
+    assert rss is not None and rss > 1024 * 1024
+    assert hc.cgroup_rss("/system.slice/none.service") is None
