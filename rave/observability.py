@@ -16,6 +16,8 @@ from rave.settings import HostSettings
 # The node exporter's textfile collector directory (Debian's default, set explicitly).
 # Writers (health check, backup) replace <name>.prom atomically (write a dot-file, rename).
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# the login role tasks/database.py creates for the exporter (pg_monitor, database postgres)
+POSTGRES_EXPORTER_ROLE = "rave_exporter"
 BACKUP_METRIC = "rave_backup_last_success_timestamp_seconds"
 
 FS_TYPES_EXCLUDE = (
@@ -157,7 +159,7 @@ def postgres_exporter_environment() -> dict[str, str]:
     return {
         "DATA_SOURCE_NAME": "",
         "DATA_SOURCE_URI": f"{loopback(port_of('postgresql'))}/postgres?sslmode=disable",
-        "DATA_SOURCE_USER": "postgres_exporter",
+        "DATA_SOURCE_USER": POSTGRES_EXPORTER_ROLE,
         "DATA_SOURCE_PASS_FILE": secret_path("postgres_exporter", "postgres_exporter_password"),
         "ARGS": f"--web.listen-address={loopback(port_of('postgres_exporter'))}",
     }
