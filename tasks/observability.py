@@ -148,47 +148,46 @@ def prometheus_install_script() -> str:
     )
 
 
+def default_files(config: HostSettings) -> dict[str, tuple[str, str, str]]:
+    """component → (operation name, /etc/default file, its text)."""
+    return {
+        "prometheus": (
+            "Prometheus arguments (loopback, retention of the mode)",
+            "/etc/default/prometheus",
+            obs.env_file({"ARGS": obs.prometheus_args(config)}),
+        ),
+        "node_exporter": (
+            "Node exporter arguments (loopback, textfile and systemd collectors)",
+            "/etc/default/prometheus-node-exporter",
+            obs.env_file({"ARGS": obs.node_exporter_args()}),
+        ),
+        "nginx_exporter": (
+            "nginx exporter arguments (loopback, stub_status)",
+            "/etc/default/prometheus-nginx-exporter",
+            obs.env_file({"ARGS": obs.nginx_exporter_args()}),
+        ),
+        "postgres_exporter": (
+            "postgres exporter environment (password read from the secret file)",
+            "/etc/default/prometheus-postgres-exporter",
+            obs.env_file(obs.postgres_exporter_environment()),
+        ),
+        "alertmanager": (
+            "Alertmanager arguments (loopback, no cluster port)",
+            "/etc/default/prometheus-alertmanager",
+            obs.env_file({"ARGS": obs.alertmanager_args(config)}),
+        ),
+    }
+
+
 @deploy("Observability")
 def observability() -> None:
     config = settings()
     changed: dict[str, list] = {name: [] for name in (*obs.OBSERVABILITY_COMPONENTS, "grafana")}
 
     # --- before the packages: loopback-only arguments and the sandbox ---------------------
-    changed["prometheus"].append(
-        put_text(
-            "Prometheus arguments (loopback, retention of the mode)",
-            "/etc/default/prometheus",
-            obs.env_file({"ARGS": obs.prometheus_args(config)}),
-        )
-    )
-    changed["node_exporter"].append(
-        put_text(
-            "Node exporter arguments (loopback, textfile and systemd collectors)",
-            "/etc/default/prometheus-node-exporter",
-            obs.env_file({"ARGS": obs.node_exporter_args()}),
-        )
-    )
-    changed["nginx_exporter"].append(
-        put_text(
-            "nginx exporter arguments (loopback, stub_status)",
-            "/etc/default/prometheus-nginx-exporter",
-            obs.env_file({"ARGS": obs.nginx_exporter_args()}),
-        )
-    )
-    changed["postgres_exporter"].append(
-        put_text(
-            "postgres exporter environment (password read from the secret file)",
-            "/etc/default/prometheus-postgres-exporter",
-            obs.env_file(obs.postgres_exporter_environment()),
-        )
-    )
-    changed["alertmanager"].append(
-        put_text(
-            "Alertmanager arguments (loopback, no cluster port)",
-            "/etc/default/prometheus-alertmanager",
-            obs.env_file({"ARGS": obs.alertmanager_args(config)}),
-        )
-    )
+    defaults = default_files(config)
+    for name, (description, path, text) in defaults.items():
+        changed[name].append(put_text(description, path, text))
     dropins = []
     for name in SANDBOXES:
         op = put_text(
@@ -234,6 +233,10 @@ def observability() -> None:
         "Install Prometheus, Alertmanager and the exporters (Debian's)",
         [*(p for n in obs.OBSERVABILITY_COMPONENTS for p in obs.component(n).packages), "dbus"],
     )
+
+    # some maintainer scripts rewrite their /etc/default file on first install: put ours back
+    for name, (description, path, text) in defaults.items():
+        changed[name].append(put_text(f"{description}, after the install", path, text))
 
     # --- Prometheus: candidate tree, promtool, install, reload ------------------------------
     candidate = [
