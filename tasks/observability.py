@@ -113,19 +113,19 @@ def templates(config: HostSettings) -> dict[str, dict[str, object]]:
     }
 
 
-def grafana_key_script(config: HostSettings) -> str:
+def grafana_key_script(config: HostSettings, keyring: str = GRAFANA_KEYRING) -> str:
     """Fetch Grafana's signing key, refuse it unless its only primary key is the pinned one."""
     proxy = f"--proxy {shlex.quote(config.egress_proxy)} " if config.egress_proxy else ""
     pinned = config.grafana_apt_key_fingerprint
     return (
-        "set -eu; tmp=$(mktemp -d); trap 'rm -rf \"$tmp\"' EXIT; "
+        'set -eu; tmp=$(mktemp -d); trap \'rm -rf "$tmp"\' EXIT; export GNUPGHOME="$tmp"; '
         f'curl -fsSL {proxy}{shlex.quote(config.grafana_apt_key_url)} -o "$tmp/key.asc"; '
         'fprs=$(gpg --batch --with-colons --show-keys "$tmp/key.asc" '
         '| awk -F: \'$1=="pub"{p=1;next} p&&$1=="fpr"{print $10;p=0}\'); '
         f'if [ "$fprs" != "{pinned}" ]; then '
         f'echo "Grafana key fingerprint $fprs is not the pinned {pinned}" >&2; exit 1; fi; '
         f'gpg --batch --dearmor < "$tmp/key.asc" > "$tmp/grafana.gpg"; '
-        f'install -m 644 "$tmp/grafana.gpg" {GRAFANA_KEYRING}'
+        f'install -m 644 "$tmp/grafana.gpg" {shlex.quote(keyring)}'
     )
 
 

@@ -196,3 +196,59 @@ def test_grafana_provisioning_is_valid():
     assert datasource["url"] == "http://127.0.0.1:9090"
     (provider,) = yaml.safe_load(obs.grafana_dashboard_provider())["providers"]
     assert provider["options"]["path"] == obs.GRAFANA_DASHBOARD_DIR
+
+
+def _gpg_key(tmp_path, name: str) -> tuple[str, Path]:
+    home = tmp_path / f"gnupg-{name}"
+    home.mkdir(mode=0o700)
+    env = {"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"{name} <{name}@example.org>",
+            "ed25519",
+            "sign",
+            "1d",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    listing = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--list-keys"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+    fingerprint = next(
+        line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr")
+    )
+    armored = tmp_path / f"{name}.asc"
+    exported = subprocess.run(
+        ["gpg", "--batch", "--armor", "--export"], check=True, capture_output=True, env=env
+    ).stdout
+    armored.write_bytes(exported)
+    subprocess.run(["gpgconf", "--kill", "all"], check=False, env=env)  # no agent left behind
+    return fingerprint, armored
+
+
+def test_grafana_key_script_installs_only_the_pinned_key(tmp_path):
+    """The script itself, with a local key (file:// instead of Grafana's URL)."""
+    assert shutil.which("gpg") and shutil.which("curl")
+    good, good_key = _gpg_key(tmp_path, "pinned")
+    _, other_key = _gpg_key(tmp_path, "other")
+    keyring = tmp_path / "grafana.gpg"
+    config = make_settings(grafana_apt_key_fingerprint=good)
+    for key, ok in ((other_key, False), (good_key, True)):
+        script = task.grafana_key_script(
+            config.model_copy(update={"grafana_apt_key_url": f"file://{key}"}), str(keyring)
+        )
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+        assert (result.returncode == 0) is ok, result.stderr
+        assert keyring.exists() is ok
+    assert keyring.read_bytes()[:1] != b"-"  # dearmored for apt's signed-by
