@@ -1,7 +1,11 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.hardening import hardening
 from tasks.observability import observability
+from tasks.secrets import secrets
 
 base()
+hardening()
+secrets()
 observability()

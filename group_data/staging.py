@@ -6,6 +6,7 @@ __all__ = [
     "alertmanager_silenced",
     "apt_check_valid_until",
     "egress_proxy",
+    "fail2ban_ignore_addresses",
     "grafana_install",
     "operator_keys",
     "rave_environment",
@@ -22,6 +23,8 @@ egress_proxy = f"http://10.213.{_INSTANCE}.1:3128"
 # the harness's snapshot mirror is frozen; its Release files are past Valid-Until
 apt_check_valid_until = False
 operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
+# the control machine (tests, ssh-audit, port scans) must never be banned by fail2ban
+fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1"]
 # Grafana's APT repository is unreachable from staging: deploy its configuration only
 grafana_install = False
 # staging never notifies anyone

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from rave.components import COMPONENTS, Component, Exposure, component, scrape_targets
+from rave.secrets.deploy import secret_path
 from rave.settings import HostSettings
 
 # The node exporter's textfile collector directory (Debian's default, set explicitly).
@@ -33,11 +34,6 @@ HEALTHCHECK_CONFIG = "/etc/rave/healthcheck.json"
 HEALTHCHECK_COMMAND = "/usr/local/sbin/rave-healthcheck"
 GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards/rave"
 GRAFANA_DATASOURCE_UID = "prometheus"
-
-
-def secret_path(component_name: str, secret: str) -> str:
-    # TODO(merge): use rave.secrets.deploy.secret_path once the secrets helper lands
-    return f"/run/rave/secrets/{component_name}/{secret}"
 
 
 # Components this task manages (one package each).

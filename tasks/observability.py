@@ -19,6 +19,7 @@ from rave import observability as obs
 from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
 from rave.render import FILES
 from rave.sandbox import Sandbox, dropin_text
+from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
 
 DROPIN = "rave.conf"
@@ -83,7 +84,7 @@ def alertmanager_dropin_context() -> dict[str, str]:
     return {
         "merge_command": ALERTMANAGER_MERGE,
         "base_config": obs.ALERTMANAGER_BASE_CONFIG,
-        "secret": obs.secret_path("alertmanager", "alertmanager_receivers"),
+        "secret": secret_path("alertmanager", "alertmanager_receivers"),
         "runtime_config": obs.ALERTMANAGER_RUNTIME_CONFIG,
     }
 
@@ -92,7 +93,7 @@ def grafana_ini_context(config: HostSettings) -> dict[str, object]:
     return {
         "http_port": obs.port_of("grafana"),
         "root_url": obs.grafana_root_url(config),
-        "admin_password_file": obs.secret_path("grafana", "grafana_admin_password"),
+        "admin_password_file": secret_path("grafana", "grafana_admin_password"),
     }
 
 
@@ -362,11 +363,12 @@ def observability() -> None:
         unit = obs.component(name).unit
         systemd.service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
         ops = changed[name]
+        secret = secrets_changed(name) if obs.component(name).secrets else (lambda: False)
         systemd.service(
-            name=f"Restart {unit} (its settings changed)",
+            name=f"Restart {unit} (its settings or secrets changed)",
             service=unit,
             restarted=True,
-            _if=lambda ops=ops: any(o.did_change() for o in ops),
+            _if=lambda ops=ops, secret=secret: secret() or any(o.did_change() for o in ops),
         )
     systemd.service(
         name="Reload Prometheus (configuration or rules changed)",
@@ -377,13 +379,14 @@ def observability() -> None:
         ),
     )
     if config.grafana_install:
+        grafana_secret = secrets_changed("grafana")
         unit = obs.component("grafana").unit
         systemd.service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
         systemd.service(
-            name=f"Restart {unit} (its settings changed)",
+            name=f"Restart {unit} (its settings or secrets changed)",
             service=unit,
             restarted=True,
-            _if=lambda: any(o.did_change() for o in changed["grafana"]),
+            _if=lambda: grafana_secret() or any(o.did_change() for o in changed["grafana"]),
         )
 
     systemd.service(

@@ -21,6 +21,7 @@ import yaml
 
 from rave import observability as obs
 from rave.components import Exposure, component, loopback_ports, scrape_targets
+from rave.secrets.deploy import secret_path
 from rave.settings import HostSettings
 from rave.validation import DataLayer, validate_host
 
@@ -239,7 +240,7 @@ def test_alertmanager_runs_with_the_built_config(host):
 
 def test_postgres_exporter_password_stays_off_command_lines(host):
     assert poll("pg_up == 1", lambda: query(host, "pg_up == 1"), timeout=60)
-    secret = obs.secret_path("postgres_exporter", "postgres_exporter_password")
+    secret = secret_path("postgres_exporter", "postgres_exporter_password")
     password = host.check_output(f"cat {secret}").strip()
     assert password
     pid = host.check_output("systemctl show -p MainPID --value prometheus-postgres-exporter")
