@@ -289,6 +289,17 @@ def unit_name(c: Component) -> str:
     return c.unit if "." in c.unit else f"{c.unit}.service"
 
 
+SCHEDULE_PERIODS = {"minutely": 60, "hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
+
+
+def backup_max_age_seconds(settings: HostSettings) -> int:
+    """How old the last successful backup may be before the check fails and BackupTooOld fires."""
+    if settings.healthcheck_backup_max_age_hours is not None:
+        return settings.healthcheck_backup_max_age_hours * 3600
+    schedule = getattr(settings, "backup_schedule", "daily")  # the backup concern's setting
+    return 2 * SCHEDULE_PERIODS.get(schedule, 86400) + 3600
+
+
 def healthcheck_config(settings: HostSettings) -> str:
     components = enabled_components(settings)
     units = [unit_name(c) for c in components]
@@ -301,12 +312,7 @@ def healthcheck_config(settings: HostSettings) -> str:
     certificates = [
         {"name": "tls_certificate", "path": secret_path("nginx", "tls_certificate")},
     ]
-    backup = None
-    if settings.healthcheck_backup_max_age_hours is not None:
-        backup = {
-            "metric": BACKUP_METRIC,
-            "max_age_seconds": settings.healthcheck_backup_max_age_hours * 3600,
-        }
+    backup = {"metric": BACKUP_METRIC, "max_age_seconds": backup_max_age_seconds(settings)}
     config = {
         "textfile_dir": TEXTFILE_DIR,
         "units": units,

@@ -108,9 +108,10 @@ class ObservabilitySettings(Concern):
         14, ge=1, description="a certificate expiring sooner fails the check"
     )
     healthcheck_backup_max_age_hours: int | None = Field(
-        26,
+        None,
         ge=1,
-        description="the last successful backup may be this old; none: backup age not checked",
+        description="the last successful backup may be this old; none: two periods of "
+        "backup_schedule plus an hour (hourly: 3 h, daily: 49 h; other expressions: 49 h)",
     )
     healthcheck_extra_units: list[str] = Field(
         default_factory=lambda: ["rave-secrets.service"],

@@ -252,3 +252,10 @@ def test_grafana_key_script_installs_only_the_pinned_key(tmp_path):
         assert (result.returncode == 0) is ok, result.stderr
         assert keyring.exists() is ok
     assert keyring.read_bytes()[:1] != b"-"  # dearmored for apt's signed-by
+
+
+def test_backup_age_limit_follows_the_schedule():
+    assert obs.backup_max_age_seconds(make_settings(healthcheck_backup_max_age_hours=5)) == 5 * 3600
+    config = make_settings()
+    expected = 3 * 3600 if getattr(config, "backup_schedule", None) == "hourly" else 49 * 3600
+    assert obs.backup_max_age_seconds(config) == expected
