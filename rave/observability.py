@@ -54,6 +54,15 @@ def port_of(name: str) -> int:
     return component(name).ports[0].number
 
 
+def listen_address(settings: HostSettings, name: str) -> str:
+    """127.0.0.1:<port>; a MONITORING port listens on every address only when the firewall
+    admits named monitoring sources (firewall_monitoring_sources), which it then restricts to."""
+    port = component(name).ports[0]
+    if port.exposure is Exposure.MONITORING and settings.firewall_monitoring_sources:
+        return f"0.0.0.0:{port.number}"
+    return loopback(port.number)
+
+
 def enabled_components(settings: HostSettings) -> list[Component]:
     """Components deployed on this host: every required one, plus Grafana when installed."""
     return [
@@ -125,10 +134,10 @@ def prometheus_config(settings: HostSettings) -> str:
 # --- Exporters ---------------------------------------------------------------------------
 
 
-def node_exporter_args() -> str:
+def node_exporter_args(settings: HostSettings) -> str:
     return " ".join(
         [
-            f"--web.listen-address={loopback(port_of('node_exporter'))}",
+            f"--web.listen-address={listen_address(settings, 'node_exporter')}",
             f"--collector.textfile.directory={TEXTFILE_DIR}",
             # unit states for the SystemdUnitFailed alert (the default exclusions of
             # device/mount/scope/slice/target units stay)
@@ -139,25 +148,25 @@ def node_exporter_args() -> str:
     )
 
 
-def nginx_exporter_args() -> str:
+def nginx_exporter_args(settings: HostSettings) -> str:
     stub_status = next(p for p in component("nginx").ports if p.purpose == "stub_status")
     return " ".join(
         [
-            f"-web.listen-address={loopback(port_of('nginx_exporter'))}",
+            f"-web.listen-address={listen_address(settings, 'nginx_exporter')}",
             f"-nginx.scrape-uri=http://{loopback(stub_status.number)}/stub_status",
             "-nginx.retries=10",
         ]
     )
 
 
-def postgres_exporter_environment() -> dict[str, str]:
+def postgres_exporter_environment(settings: HostSettings) -> dict[str, str]:
     """The exporter reads its password from the secret file itself (never in argv or env)."""
     return {
         "DATA_SOURCE_NAME": "",
         "DATA_SOURCE_URI": f"{loopback(port_of('postgresql'))}/postgres?sslmode=disable",
         "DATA_SOURCE_USER": POSTGRES_EXPORTER_ROLE,
         "DATA_SOURCE_PASS_FILE": secret_path("postgres_exporter", "postgres_exporter_password"),
-        "ARGS": f"--web.listen-address={loopback(port_of('postgres_exporter'))}",
+        "ARGS": f"--web.listen-address={listen_address(settings, 'postgres_exporter')}",
     }
 
 

@@ -160,17 +160,17 @@ def default_files(config: HostSettings) -> dict[str, tuple[str, str, str]]:
         "node_exporter": (
             "Node exporter arguments (loopback, textfile and systemd collectors)",
             "/etc/default/prometheus-node-exporter",
-            obs.env_file({"ARGS": obs.node_exporter_args()}),
+            obs.env_file({"ARGS": obs.node_exporter_args(config)}),
         ),
         "nginx_exporter": (
             "nginx exporter arguments (loopback, stub_status)",
             "/etc/default/prometheus-nginx-exporter",
-            obs.env_file({"ARGS": obs.nginx_exporter_args()}),
+            obs.env_file({"ARGS": obs.nginx_exporter_args(config)}),
         ),
         "postgres_exporter": (
             "postgres exporter environment (password read from the secret file)",
             "/etc/default/prometheus-postgres-exporter",
-            obs.env_file(obs.postgres_exporter_environment()),
+            obs.env_file(obs.postgres_exporter_environment(config)),
         ),
         "alertmanager": (
             "Alertmanager arguments (loopback, no cluster port)",

@@ -62,9 +62,9 @@ def test_every_listener_is_on_loopback():
     args = {
         "prometheus": obs.prometheus_args(config),
         "alertmanager": obs.alertmanager_args(config),
-        "node_exporter": obs.node_exporter_args(),
-        "nginx_exporter": obs.nginx_exporter_args(),
-        "postgres_exporter": obs.postgres_exporter_environment()["ARGS"],
+        "node_exporter": obs.node_exporter_args(config),
+        "nginx_exporter": obs.nginx_exporter_args(config),
+        "postgres_exporter": obs.postgres_exporter_environment(config)["ARGS"],
     }
     for name, text in args.items():
         listen = re.findall(r"-web\.listen-address=(\S+)", text)
@@ -76,7 +76,7 @@ def test_every_listener_is_on_loopback():
 
 
 def test_postgres_exporter_reads_its_password_from_the_secret_file():
-    env = obs.postgres_exporter_environment()
+    env = obs.postgres_exporter_environment(make_settings())
     assert env["DATA_SOURCE_PASS_FILE"] == (
         "/run/rave/secrets/postgres_exporter/postgres_exporter_password"
     )
@@ -86,7 +86,17 @@ def test_postgres_exporter_reads_its_password_from_the_secret_file():
 
 
 def test_nginx_exporter_scrapes_the_loopback_stub_status():
-    assert "-nginx.scrape-uri=http://127.0.0.1:8081/stub_status" in obs.nginx_exporter_args()
+    scrape = "-nginx.scrape-uri=http://127.0.0.1:8081/stub_status"
+    assert scrape in obs.nginx_exporter_args(make_settings())
+
+
+def test_monitoring_ports_open_up_only_for_named_monitoring_sources():
+    config = make_settings(firewall_monitoring_sources=["192.0.2.10/32"])
+    assert "--web.listen-address=0.0.0.0:9100" in obs.node_exporter_args(config)
+    assert "-web.listen-address=0.0.0.0:9113" in obs.nginx_exporter_args(config)
+    # loopback components stay on loopback
+    assert "--web.listen-address=127.0.0.1:9090" in obs.prometheus_args(config)
+    assert "--web.listen-address=127.0.0.1:9093" in obs.alertmanager_args(config)
 
 
 def test_promtool_accepts_the_generated_config_with_the_rules(tmp_path):
