@@ -13,6 +13,7 @@ import shlex
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -150,10 +151,19 @@ def test_every_dashboard_query_returns_data(host):
 def test_no_exporter_or_internal_port_reachable_from_outside(host, staging):
     name = host.check_output("hostname")
     address = staging.address(name)
-    for port in loopback_ports():
+
+    def answers(port: int) -> bool:
         with socket.socket() as probe:
-            probe.settimeout(2)
-            assert probe.connect_ex((address, port)) != 0, f"{address}:{port} answers"
+            probe.settimeout(3)
+            return probe.connect_ex((address, port)) == 0
+
+    with ThreadPoolExecutor(max_workers=len(loopback_ports())) as pool:
+        reachable = [
+            p
+            for p, ok in zip(loopback_ports(), pool.map(answers, loopback_ports()), strict=True)
+            if ok
+        ]
+    assert reachable == [], f"{address}: ports {reachable} answer from outside"
     # and not only because of the firewall: bound to loopback
     listening = host.check_output("ss -ltnH")
     for line in listening.splitlines():
