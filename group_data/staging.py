@@ -8,6 +8,7 @@ __all__ = [
     "egress_proxy",
     "fail2ban_ignore_addresses",
     "grafana_install",
+    "nginx_rate_limit_exempt",
     "operator_keys",
     "rave_environment",
 ]
@@ -25,6 +26,8 @@ apt_check_valid_until = False
 operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
 # the control machine (tests, ssh-audit, port scans) must never be banned by fail2ban
 fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1"]
+# the control machine (load generator of bench/webhook.py and the host tests) is not rate limited
+nginx_rate_limit_exempt = [f"10.213.{_INSTANCE}.1/32"]
 # Grafana's APT repository is unreachable from staging: deploy its configuration only
 grafana_install = False
 # staging never notifies anyone
