@@ -25,6 +25,7 @@ from rave.components import Exposure, component, loopback_ports, scrape_targets
 from rave.secrets.deploy import secret_path
 from rave.settings import HostSettings
 from rave.validation import DataLayer, validate_host
+from tests.host.secrets_rotation import rotate_and_deploy
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((REPO / "files" / "grafana" / "dashboards").glob("*.json"))
@@ -298,3 +299,19 @@ def test_grafana_provisioning_files(host):
         assert json.loads(remote.content_string) == json.loads(path.read_text())
     ini = host.file("/etc/grafana/grafana.ini").content_string
     assert "http_addr = 127.0.0.1" in ini and "$__file{" in ini
+
+
+def test_postgres_exporter_follows_a_password_rotation(host, staging):
+    """Rotate its secret and deploy: the exporter is restarted and logs in with the new one."""
+    old, new, result = rotate_and_deploy(staging, "postgres_exporter_password")
+    assert old != new
+    restarts = [
+        op for op in result.changed_operations() if "Restart prometheus-postgres-exporter" in op
+    ]
+    assert restarts, result.changed_operations()
+
+    def logged_in() -> bool:
+        metrics = host.run("curl -fsS --max-time 10 http://127.0.0.1:9187/metrics").stdout
+        return "\npg_up 1\n" in metrics
+
+    poll("the postgres exporter logged in with the rotated password", logged_in, timeout=60)
