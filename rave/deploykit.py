@@ -24,7 +24,7 @@ def settings() -> HostSettings:
 
 
 def ensure_packages(name: str, packages: list[str] | tuple[str, ...]) -> Any:
-    """Install Debian packages without recommends; retried because apt's lock may be busy at boot."""
+    """Debian packages without recommends; retried since apt's lock may be busy at boot."""
     return apt.packages(
         name=name,
         packages=list(packages),
@@ -71,7 +71,7 @@ def put_template(
 
 
 def install_host_script(name: str, src: str, dest: str) -> Any:
-    """A root-owned executable from files/ (mode given as a string: mode=True is never idempotent)."""
+    """A root-owned executable from files/ (mode as a string: mode=True is never idempotent)."""
     return files.put(
         name=name,
         src=src,

@@ -1,4 +1,4 @@
-"""systemd sandboxing as one reusable piece: every project-owned service gets a drop-in from here."""
+"""systemd sandboxing as one reusable piece: each project-owned service gets its drop-in here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from rave.modes import ServiceLimits
 # Syscall groups no network daemon of ours needs.
 DEFAULT_SYSCALL_FILTER = (
     "@system-service",
-    "~@privileged @resources @mount @debug @cpu-emulation @obsolete @raw-io @reboot @swap @clock @module",
+    "~@privileged @resources @mount @debug @cpu-emulation @obsolete @raw-io",
+    "~@reboot @swap @clock @module",
 )
 
 

@@ -47,7 +47,9 @@ def settings_input(layers: Iterable[DataLayer]) -> tuple[dict[str, Any], dict[st
 
 def validate_host(name: str, layers: list[DataLayer]) -> HostSettings:
     data, origin = settings_input(layers)
-    data.setdefault("hostname", name.split(".")[0])
+    if "hostname" not in data:
+        data["hostname"] = name.split(".")[0]
+        origin["hostname"] = "the inventory's host name (set hostname to override)"
     try:
         return HostSettings.model_validate(data)
     except ValidationError as error:

@@ -51,9 +51,25 @@ class BaseSettings(Concern):
         ],
         description="packages every host gets",
     )
+    operator_user: str = Field(
+        "agent", pattern=r"^[a-z_][a-z0-9_-]*$", description="the operators' SSH login (sudo)"
+    )
+    operator_keys: list[str] = Field(
+        min_length=1,
+        description="ssh-ed25519 public keys allowed to log in as operator_user; never empty",
+    )
     service_user: str = Field(
         "rave", pattern=r"^[a-z_][a-z0-9_-]*$", description="unprivileged account for project files"
     )
+
+    @field_validator("operator_keys")
+    @classmethod
+    def _ed25519_only(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            parts = key.split()
+            if len(parts) < 2 or parts[0] != "ssh-ed25519":
+                raise ValueError(f"not an ssh-ed25519 public key: {key[:40]!r}")
+        return keys
 
     @field_validator("timezone")
     @classmethod

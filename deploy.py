@@ -1,0 +1,5 @@
+"""RAVE production host: the table of contents. Each step is one task module under tasks/."""
+
+from tasks.base import base
+
+base()

@@ -1,0 +1,17 @@
+"""Local staging hosts (rave.staging): egress only through the harness's proxy."""
+
+from pathlib import Path
+
+__all__ = ["apt_check_valid_until", "egress_proxy", "operator_keys", "rave_environment"]
+
+_STATE = Path(__file__).resolve().parents[1] / ".staging"
+_INSTANCE = (
+    (_STATE / "instance-id").read_text().strip() if (_STATE / "instance-id").exists() else "0"
+)
+_OPERATOR_KEY = _STATE / "id_ed25519.pub"
+
+rave_environment = "staging"
+egress_proxy = f"http://10.213.{_INSTANCE}.1:3128"
+# the harness's snapshot mirror is frozen; its Release files are past Valid-Until
+apt_check_valid_until = False
+operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []

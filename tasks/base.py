@@ -1,0 +1,98 @@
+"""What every host needs first: identity, time, locale, apt (and its proxy), base packages."""
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Hostname
+from pyinfra.operations import files, server, systemd
+
+from rave.deploykit import ensure_packages, put_template, put_text, settings
+
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/01rave-proxy"
+APT_SNAPSHOT_CONF = "/etc/apt/apt.conf.d/02rave-snapshot"
+NPM_GLOBAL_CONF = "/etc/npmrc"
+
+
+def templates(config):
+    """Every template this task renders, for the unit tests (name → context)."""
+    proxy = config.egress_proxy or "http://proxy.invalid:3128"
+    return {
+        "base/apt-proxy.conf.j2": {"proxy": proxy},
+        "base/npmrc.j2": {"proxy": proxy},
+        "base/timesyncd.conf.j2": {"ntp_servers": config.ntp_servers},
+    }
+
+
+@deploy("Base")
+def base():
+    config = settings()
+
+    if host.get_fact(Hostname) != config.hostname:
+        server.hostname(name=f"Set the hostname to {config.hostname}", hostname=config.hostname)
+
+    if config.egress_proxy:
+        put_template(
+            "Send apt through the egress proxy",
+            "base/apt-proxy.conf.j2",
+            APT_PROXY_CONF,
+            proxy=config.egress_proxy,
+        )
+        put_template(
+            "Send npm through the egress proxy",
+            "base/npmrc.j2",
+            NPM_GLOBAL_CONF,
+            proxy=config.egress_proxy,
+        )
+    else:
+        files.file(name="No apt proxy", path=APT_PROXY_CONF, present=False)
+        files.file(name="No npm proxy", path=NPM_GLOBAL_CONF, present=False)
+
+    if config.apt_check_valid_until:
+        files.file(name="apt checks Valid-Until", path=APT_SNAPSHOT_CONF, present=False)
+    else:
+        put_text(
+            "apt accepts the frozen snapshot mirror (no Valid-Until check)",
+            APT_SNAPSHOT_CONF,
+            'Acquire::Check-Valid-Until "false";\n',
+        )
+
+    ensure_packages("Install the base packages", config.base_packages)
+
+    files.link(
+        name=f"Set the time zone to {config.timezone}",
+        path="/etc/localtime",
+        target=f"/usr/share/zoneinfo/{config.timezone}",
+    )
+    put_text("Record the time zone", "/etc/timezone", f"{config.timezone}\n")
+    put_text("Set the system locale", "/etc/default/locale", f"LANG={config.locale}\n")
+
+    timesync = put_template(
+        "Configure time synchronisation",
+        "base/timesyncd.conf.j2",
+        "/etc/systemd/timesyncd.conf.d/rave.conf",
+        ntp_servers=config.ntp_servers,
+    )
+    systemd.service(name="Enable systemd-timesyncd", service="systemd-timesyncd", enabled=True)
+    systemd.service(
+        name="Restart systemd-timesyncd (its settings changed)",
+        service="systemd-timesyncd",
+        restarted=True,
+        _if=timesync.did_change,
+    )
+
+    server.group(name="Service group", group=config.service_user, system=True)
+    server.user(
+        name=f"Unprivileged service account {config.service_user}",
+        user=config.service_user,
+        group=config.service_user,
+        system=True,
+        shell="/usr/sbin/nologin",
+        home=f"/var/lib/{config.service_user}",
+        create_home=False,
+    )
+    files.directory(
+        name="Project state directory",
+        path="/etc/rave",
+        user="root",
+        group="root",
+        mode="755",
+    )
