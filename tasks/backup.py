@@ -133,7 +133,43 @@ def sandbox(s: HostSettings) -> Sandbox:
 
 
 def sandbox_dropin(s: HostSettings) -> str:
-    return dropin_text(sandbox(s), None, "backup sandbox (tasks/backup.py)")
+    limits = s.profile.limits_for(component("backup").name)
+    return dropin_text(sandbox(s), limits, "backup sandbox (tasks/backup.py)")
+
+
+def unit_templates(s: HostSettings) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{template: (destination, context)} of the units, services first then their timers."""
+    service = {
+        "script": SCRIPT,
+        "config": CONFIG,
+        "secrets_unit": SECRETS_UNIT,
+        "postgres_unit": component("postgresql").unit,
+    }
+    units = "/etc/systemd/system"
+    return {
+        "backup/rave-backup.service.j2": (f"{units}/{UNIT}.service", service),
+        "backup/rave-backup.timer.j2": (
+            f"{units}/{UNIT}.timer",
+            {"unit": UNIT, "schedule": s.backup_schedule, "delay": s.backup_randomized_delay_sec},
+        ),
+        "backup/rave-backup-maintenance.service.j2": (
+            f"{units}/{MAINTENANCE_UNIT}.service",
+            service,
+        ),
+        "backup/rave-backup-maintenance.timer.j2": (
+            f"{units}/{MAINTENANCE_UNIT}.timer",
+            {
+                "unit": MAINTENANCE_UNIT,
+                "schedule": s.backup_maintenance_schedule,
+                "delay": s.backup_maintenance_randomized_delay_sec,
+            },
+        ),
+    }
+
+
+def templates(s: HostSettings) -> dict[str, dict[str, Any]]:
+    """For tests/unit/test_templates.py: every template of this task with its context."""
+    return {template: context for template, (_dest, context) in unit_templates(s).items()}
 
 
 class BackupRepositoryStatus(FactBase):
@@ -198,41 +234,9 @@ def backup() -> None:
     install_host_script("Install rave-backup", str(FILES / "backup" / "rave_backup.py"), SCRIPT)
     put_text("Backup configuration", CONFIG, config_text(s), mode="600")
 
-    context = {
-        "script": SCRIPT,
-        "config": CONFIG,
-        "secrets_unit": SECRETS_UNIT,
-        "postgres_unit": component("postgresql").unit,
-    }
     units = [
-        put_template(
-            "Backup service",
-            "backup/rave-backup.service.j2",
-            f"/etc/systemd/system/{UNIT}.service",
-            **context,
-        ),
-        put_template(
-            "Backup timer",
-            "backup/rave-backup.timer.j2",
-            f"/etc/systemd/system/{UNIT}.timer",
-            unit=UNIT,
-            schedule=s.backup_schedule,
-            delay=s.backup_randomized_delay_sec,
-        ),
-        put_template(
-            "Backup maintenance service",
-            "backup/rave-backup-maintenance.service.j2",
-            f"/etc/systemd/system/{MAINTENANCE_UNIT}.service",
-            **context,
-        ),
-        put_template(
-            "Backup maintenance timer",
-            "backup/rave-backup-maintenance.timer.j2",
-            f"/etc/systemd/system/{MAINTENANCE_UNIT}.timer",
-            unit=MAINTENANCE_UNIT,
-            schedule=s.backup_maintenance_schedule,
-            delay=s.backup_maintenance_randomized_delay_sec,
-        ),
+        put_template(f"Backup unit {dest.rsplit('/', 1)[1]}", template, dest, **context)
+        for template, (dest, context) in unit_templates(s).items()
     ]
     for unit in (UNIT, MAINTENANCE_UNIT):
         units.append(
@@ -251,7 +255,7 @@ def backup() -> None:
         _if=any_changed(*units),
     )
     systemd.daemon_reload(name="Reload systemd (backup units)", _if=any_changed(*units))
-    for unit, timer in ((UNIT, units[1]), (MAINTENANCE_UNIT, units[3])):
+    for unit, timer in ((UNIT, units[1]), (MAINTENANCE_UNIT, units[3])):  # see unit_templates
         systemd.service(
             name=f"Enable and start {unit}.timer",
             service=f"{unit}.timer",
