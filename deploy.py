@@ -1,5 +1,7 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
+from tasks.backup import backup
 from tasks.base import base
 
 base()
+backup()

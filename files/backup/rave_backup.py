@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG = "/etc/rave/backup.json"
+CONFIG_ENV = "RAVE_BACKUP_CONFIG"
 SCRATCH_PREFIX = "rave_verify_"
 PRE_RESTORE_SUFFIX = "__pre_restore"
 
@@ -81,6 +82,9 @@ def human(n: float) -> str:
 
 
 def load_config(path: str) -> dict[str, Any]:
+    inherited = os.environ.get(CONFIG_ENV)  # the postgres-side subcommands get it from root
+    if inherited:
+        return json.loads(inherited)
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -248,6 +252,7 @@ def host_lock(config: dict[str, Any], wait_seconds: int):
 def pg_env(config: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(PGHOST=config["pg_host"], PGPORT=str(config["pg_port"]), HOME=config["pg_home"])
+    env[CONFIG_ENV] = json.dumps(config)  # nothing secret in it
     return env
 
 
@@ -272,6 +277,7 @@ def as_postgres(
 
 
 def self_as_postgres(config_path: str, config: dict[str, Any], *args: str) -> str:
+    """This script as the postgres user (it cannot read the root-only configuration file)."""
     result = as_postgres(
         config, [sys.executable, os.path.abspath(__file__), "--config", config_path, *args]
     )
