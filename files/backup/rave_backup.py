@@ -414,7 +414,11 @@ def cmd_dump(config: dict[str, Any], args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_checksums(config: dict[str, Any], args: argparse.Namespace) -> int:
+def cmd_checksums(config_path: str, config: dict[str, Any], args: argparse.Namespace) -> int:
+    """{table: {rows, checksum}} of a database as JSON (for operators and tests)."""
+    if os.geteuid() == 0 and config["pg_user"] != "root":
+        print(self_as_postgres(config_path, config, "checksums", "--db", args.db), end="")
+        return 0
     with connect(config, args.db) as conn, conn.cursor() as cursor:
         print(json.dumps(table_checksums(cursor), sort_keys=True))
     return 0
@@ -620,13 +624,17 @@ def cmd_now(config: dict[str, Any], args: argparse.Namespace) -> int:
     say(journal.rstrip())
     state = load_state(config)
     ok = result.returncode == 0 and state.get("last_exit_code") == 0
-    say(
-        f"{unit}: {'SUCCEEDED' if ok else 'FAILED'} in {time.time() - started:.1f} s "
-        f"(snapshot {state.get('last_snapshot', '?')[:8]}, "
-        f"{human(state.get('last_size', 0))} covered, {human(state.get('last_added', 0))} added)"
-        if ok
-        else f"{unit}: FAILED (exit {state.get('last_exit_code')}); see journalctl -u {unit}"
-    )
+    if ok:
+        say(
+            f"{unit}.service: SUCCEEDED in {time.time() - started:.1f} s "
+            f"(snapshot {state.get('last_snapshot', '?')[:8]}, "
+            f"{human(state.get('last_size', 0))} covered, "
+            f"{human(state.get('last_added', 0))} added)"
+        )
+    else:
+        say(
+            f"{unit}.service: FAILED (exit {state.get('last_exit_code')}); see journalctl -u {unit}"
+        )
     return 0 if ok else EXIT_FAILED
 
 
@@ -647,6 +655,15 @@ def cmd_list(config: dict[str, Any], args: argparse.Namespace) -> int:
         )
     if snapshots:
         say(f"latest: {snapshots[-1]['short_id']}")
+    return 0
+
+
+def cmd_ls(config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    restic.open()
+    snapshot = restic.resolve(args.snapshot)
+    result = restic.run("ls", "--no-lock", snapshot["id"])
+    print(result.stdout, end="")
     return 0
 
 
@@ -1075,6 +1092,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("now")
     sub.add_parser("list")
     sub.add_parser("status")
+    sub.add_parser("databases")
+    ls = sub.add_parser("ls")
+    ls.add_argument("--snapshot", default="latest")
     check = sub.add_parser("check")
     check.add_argument("--read-data-subset", default="")
     check.add_argument("--wait", type=int, default=1800)
@@ -1110,7 +1130,10 @@ def main(argv: list[str] | None = None) -> int:
         if command == "dump":
             return cmd_dump(config, args)
         if command == "checksums":
-            return cmd_checksums(config, args)
+            return cmd_checksums(args.config, config, args)
+        if command == "databases":
+            print("\n".join(project_databases(config)))
+            return 0
         if command == "status":
             print(Restic(config, args.password_file).status())
             return 0
@@ -1123,6 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
             "list": cmd_list,
             "check": cmd_check,
             "maintain": cmd_maintain,
+            "ls": cmd_ls,
         }
         return handlers[command](config, args)
     except Failure as failure:
