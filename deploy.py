@@ -2,6 +2,8 @@
 
 from tasks.backup import backup
 from tasks.base import base
+from tasks.secrets import secrets
 
 base()
+secrets()
 backup()
