@@ -542,6 +542,8 @@ def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dic
             elif message.get("message_type") == "error":
                 warn(f"restic: {message.get('error')} ({message.get('item')})")
     code = process.wait()
+    for dump in dump_dir.glob("*.dump"):  # in the snapshot now (or failed): free the disk
+        dump.unlink()
     if code != 0:
         reason = f"killed by signal {-code}" if code < 0 else f"exit {code}"
         raise Failure(
