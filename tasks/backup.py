@@ -231,6 +231,13 @@ def backup() -> None:
             group="root",
             mode="700",
         )
+    files.directory(  # as Debian's prometheus-node-exporter ships it (root 755)
+        name="Node exporter textfile directory (backup metrics)",
+        path=s.backup_textfile_dir,
+        user="root",
+        group="root",
+        mode="755",
+    )
     install_host_script("Install rave-backup", str(FILES / "backup" / "rave_backup.py"), SCRIPT)
     put_text("Backup configuration", CONFIG, config_text(s), mode="600")
 

@@ -11,12 +11,21 @@ back; the recovery time is printed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import ssl
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
+import httpx
+
+from rave.components import component
+from rave.secrets import crypto
+from rave.secrets.store import STAGING_IDENTITY, Environment
 from tests.host.conftest import rave_staging
 from tests.host.test_backup import RB, backup, operator_op, psql, run
 
@@ -49,8 +58,62 @@ def _ssh(staging, name: str, command: str, **kwargs) -> subprocess.CompletedProc
     )
 
 
+WEBHOOK_PORT = next(p.number for p in component("nginx").ports if p.exposure == "public")
+WEBHOOK_EVENTS = 40
+
+
+def _send_webhook_events(staging, count: int) -> list[str]:
+    """Signed GitHub-style deliveries through nginx to the webhook; their delivery ids."""
+    state = staging.instance.state
+    secrets = Environment.named("staging", state / "secrets").decrypt(
+        crypto.load_identities(state / STAGING_IDENTITY)
+    )
+    key = secrets.webhook_hmac_secrets[0].encode()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # staging's certificate is self-signed
+    url = f"https://{staging.address(staging.names[0])}:{WEBHOOK_PORT}/webhook"
+    deliveries = []
+    with httpx.Client(verify=context, timeout=30) as client:
+        for n in range(count):
+            body = json.dumps({"drill": n, "ref": "refs/heads/main"}).encode()
+            delivery = str(uuid.uuid4())
+            signature = hmac.new(key, body, hashlib.sha256).hexdigest()
+            response = client.post(
+                url,
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-GitHub-Event": "push",
+                    "X-GitHub-Delivery": delivery,
+                    "X-Hub-Signature-256": f"sha256={signature}",
+                },
+            )
+            assert response.status_code == 202, response.text
+            deliveries.append(delivery)
+    return deliveries
+
+
+def _stored(host, deliveries: list[str]) -> int:
+    ids = ",".join(f"'{d}'" for d in deliveries)
+    return int(
+        psql(
+            host,
+            f"SELECT count(*) FROM webhook_events WHERE delivery_id IN ({ids})",
+            db="rave_webhook",
+        ).strip()
+    )
+
+
+def _wait_stored(host, deliveries: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _stored(host, deliveries) != len(deliveries):
+        assert time.monotonic() < deadline, "accepted events never reached the database"
+        time.sleep(0.5)
+
+
 def _events(host) -> int:
-    """Accepted events: the webhook's when it is there, and the drill's own table."""
+    """The drill's own table besides the webhook's events (a second project database)."""
     psql(host, f"DROP DATABASE IF EXISTS {DRILL_DB}")
     psql(host, f"CREATE DATABASE {DRILL_DB}")
     psql(
@@ -66,6 +129,8 @@ def _events(host) -> int:
 def test_disaster_recovery_drill(staging, host):
     name = staging.names[0]
     events = _events(host)
+    deliveries = _send_webhook_events(staging, WEBHOOK_EVENTS)
+    _wait_stored(host, deliveries)
     before_identity = _identity(host)
     before_databases = _databases(host)
     assert before_databases[DRILL_DB]["public.events"]["rows"] == events
@@ -117,10 +182,15 @@ def test_disaster_recovery_drill(staging, host):
     assert _identity(host) == before_identity
     after_databases = _databases(host)
     assert after_databases == before_databases  # every table, every event, byte for byte
+    assert _stored(host, deliveries) == len(deliveries)  # every accepted webhook event
     assert host.service("rave-secrets.service").is_running
     assert host.service("rave-backup.timer").is_running
+    assert host.service("rave-webhook.service").is_running
+    after = _send_webhook_events(staging, 1)  # the restored host takes events again
+    _wait_stored(host, after)
     print(
-        f"\nDR drill: {events} drill events + {len(before_databases)} database(s) restored "
+        f"\nDR drill: {len(deliveries)} webhook events, {events} rows of {DRILL_DB}, "
+        f"{len(before_databases)} database(s) restored "
         f"from snapshot {snapshot[:8]}; host key {before_identity['host_key']} kept.\n"
         f"recovery time {recovered - disaster:.1f} s (reset {deploy_started - disaster:.1f} s, "
         f"deploy {restore_started - deploy_started:.1f} s, "
