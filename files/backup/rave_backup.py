@@ -41,6 +41,12 @@ from typing import Any
 
 CONFIG = "/etc/rave/backup.json"
 CONFIG_ENV = "RAVE_BACKUP_CONFIG"
+# the host's identity (SSH host key: also its secrets recipient) and the encrypted secrets
+IDENTITY_FILES = (
+    "/etc/rave/secrets.age",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_ed25519_key.pub",
+)
 SCRATCH_PREFIX = "rave_verify_"
 PRE_RESTORE_SUFFIX = "__pre_restore"
 
@@ -731,15 +737,16 @@ def cmd_maintain(config: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def restore_to_temp(
-    config: dict[str, Any], restic: Restic, snapshot: dict[str, Any], only_dumps: bool
+    config: dict[str, Any], restic: Restic, snapshot: dict[str, Any], only: list[str] | None
 ) -> Path:
+    """The snapshot (or only the given paths of it) under <state_dir>/restore."""
     temp = Path(config["state_dir"]) / "restore"
     if temp.exists():
         shutil.rmtree(temp)
     temp.mkdir(mode=0o700)
     args = ["restore", snapshot["id"], "--target", str(temp)]
-    if only_dumps:
-        args += ["--include", config["dump_dir"]]
+    for path in only or []:
+        args += ["--include", path]
     say(f"restoring snapshot {snapshot['short_id']} ({snapshot['time'][:19]}) into {temp} ...")
     restic.run(*args)
     return temp
@@ -812,6 +819,26 @@ def drop_database(config: dict[str, Any], db: str) -> None:
     psql(config, f"DROP DATABASE IF EXISTS {quote_ident(db)}")
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verify_identity_files(temp: Path) -> tuple[int, int]:
+    """The host's identity and secrets file are in the snapshot: (missing, differing from live)."""
+    missing = differing = 0
+    for path in IDENTITY_FILES:
+        restored, live = temp / path.lstrip("/"), Path(path)
+        if not restored.exists():
+            if live.exists():
+                missing += 1
+                say(f"FILE {path}: MISSING from the snapshot")
+            continue
+        same = live.exists() and sha256(restored) == sha256(live)
+        differing += not same
+        say(f"FILE {path}: restored, {'same as live' if same else 'live differs'}")
+    return missing, differing
+
+
 def cmd_verify(config_path: str, config: dict[str, Any], args: argparse.Namespace) -> int:
     restic = Restic(config, args.password_file)
     started = time.time()
@@ -824,10 +851,10 @@ def cmd_verify(config_path: str, config: dict[str, Any], args: argparse.Namespac
         if check.returncode != 0:
             raise Failure(f"restic check found problems: {tail(check, 20)}")
         say("restic check: no errors were found")
-        temp = restore_to_temp(config, restic, snapshot, only_dumps=True)
+        temp = restore_to_temp(config, restic, snapshot, [config["dump_dir"], *IDENTITY_FILES])
         try:
             dump_dir, manifest = read_manifest(temp, config)
-            failures = 0
+            failures, live_differences = verify_identity_files(temp)
             live_differences = 0
             header = f"{'TABLE':<40} {'ROWS@BACKUP':>12} {'RESTORED':>10} {'LIVE':>10}  RESULT"
             for db, info in sorted(manifest["databases"].items()):
@@ -874,14 +901,17 @@ def cmd_verify(config_path: str, config: dict[str, Any], args: argparse.Namespac
             shutil.rmtree(temp, ignore_errors=True)
     elapsed = time.time() - started
     if failures:
-        raise Failure(f"verify: {failures} table(s) differ from the backup", EXIT_MISMATCH)
+        raise Failure(
+            f"verify: {failures} table(s) or file(s) differ from the backup", EXIT_MISMATCH
+        )
     if args.strict_live and live_differences:
         raise Failure(
-            f"verify: {live_differences} table(s) differ between the restore and the live database",
+            f"verify: {live_differences} table(s) or file(s) differ between the restore and "
+            "the live host",
             EXIT_MISMATCH,
         )
     say(
-        f"VERIFIED: snapshot {snapshot['short_id']} restores to identical tables "
+        f"VERIFIED: snapshot {snapshot['short_id']} restores to identical tables and files "
         f"(row counts and checksums) in {elapsed:.1f} s"
     )
     return 0
@@ -1021,7 +1051,8 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
         restic.open()  # a wrong password stops here, before anything is touched
         restic.unlock_stale()
         snapshot = restic.resolve(args.snapshot)
-        temp = restore_to_temp(config, restic, snapshot, only_dumps=args.scope == "database")
+        only = [config["dump_dir"]] if args.scope == "database" else None
+        temp = restore_to_temp(config, restic, snapshot, only)
         try:
             if args.scope == "host":
                 owners = temp / config["dump_dir"].lstrip("/") / "owners.json"

@@ -184,6 +184,7 @@ def test_a_restore_equals_the_original(host, test_db):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"VERIFIED: snapshot {snapshot[:8]}" in result.stdout
     assert "public.items" in result.stdout and "MISMATCH" not in result.stdout
+    assert "FILE /etc/ssh/ssh_host_ed25519_key: restored, same as live" in result.stdout
     assert not psql(host, "SELECT datname FROM pg_database WHERE datname LIKE 'rave_verify_%'")
 
 
