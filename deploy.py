@@ -2,8 +2,10 @@
 
 from tasks.backup import backup
 from tasks.base import base
+from tasks.hardening import hardening
 from tasks.secrets import secrets
 
 base()
+hardening()
 secrets()
 backup()
