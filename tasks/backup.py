@@ -112,8 +112,11 @@ def sandbox(s: HostSettings) -> Sandbox:
     """Root (it reads every backed-up file and switches to postgres for the dumps), but with a
     read-only system: it writes only its state, cache, metrics and a local repository."""
     writable = [STATE_DIR, CACHE_DIR, f"-{s.backup_textfile_dir}"]
+    extra = [("SystemCallErrorNumber", "EPERM")]
     if is_local(s.backup_repository):
         writable.append(s.backup_repository)
+        # no network at all: PostgreSQL is reached over its unix socket
+        extra += [("PrivateNetwork", "yes"), ("IPAddressDeny", "any")]
     # @privileged holds setuid/setgroups/chown (the postgres switch), @resources Go's setrlimit
     deny = "~@mount @debug @cpu-emulation @obsolete @raw-io @reboot @swap @clock @module"
     return Sandbox(
@@ -128,7 +131,7 @@ def sandbox(s: HostSettings) -> Sandbox:
         ),
         syscall_filter=(DEFAULT_SYSCALL_FILTER[0], deny),
         protect_home="read-only",  # an sftp repository reads root's ~/.ssh
-        extra=(("SystemCallErrorNumber", "EPERM"),),
+        extra=tuple(extra),
     )
 
 

@@ -83,8 +83,10 @@ def test_sandbox_writes_only_state_cache_metrics_and_a_local_repository():
         "-/var/lib/prometheus/node-exporter",
         "/srv/restic",
     }
+    assert "PrivateNetwork=yes" in dropin  # a local repository needs no network
     remote = task.sandbox_dropin(make_settings(backup_repository="sftp:b@h:/r"))
     assert "sftp" not in remote
+    assert "PrivateNetwork" not in remote
     assert "SystemCallErrorNumber=EPERM" in remote
 
 
