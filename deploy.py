@@ -2,10 +2,16 @@
 
 from tasks.backup import backup
 from tasks.base import base
+from tasks.database import database
+from tasks.edge import edge
 from tasks.hardening import hardening
 from tasks.secrets import secrets
+from tasks.webhook import webhook
 
 base()
 hardening()
 secrets()
+database()
+edge()
+webhook()
 backup()
