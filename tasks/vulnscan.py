@@ -14,6 +14,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from rave import observability as obs
 from rave.deploykit import (
     ensure_packages,
     install_host_script,
@@ -31,7 +32,7 @@ UNIT = "rave-vulnscan"
 SCRIPT = "/usr/local/sbin/rave-vulnscan-scan"
 CONFIG_PATH = "/etc/rave/vulnscan.json"
 STATE_DIR = "/var/lib/rave/vulnscan"
-TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+TEXTFILE_DIR = obs.TEXTFILE_DIR
 SERVICE_PATH = f"/etc/systemd/system/{UNIT}.service"
 TIMER_PATH = f"/etc/systemd/system/{UNIT}.timer"
 DROPIN_PATH = f"/etc/systemd/system/{UNIT}.service.d/sandbox.conf"
