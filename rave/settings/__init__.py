@@ -14,6 +14,7 @@ from rave.settings.base import BaseSettings
 from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
+from rave.settings.ops import OpsSettings
 from rave.settings.secrets import SecretsSettings
 
 # keys that belong to pyinfra itself (connector settings, global arguments such as _sudo)
@@ -27,6 +28,7 @@ class HostSettings(
     EdgeSettings,
     ObservabilitySettings,
     BackupSettings,
+    OpsSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:
