@@ -399,3 +399,76 @@ class ValidationProbe(FactBase):
             "listeners": sections.get("listeners", []),
             "release": release,
         }
+
+
+SECRETS_ENCRYPTED = "/etc/rave/secrets.age"
+SECRETS_ROOT = "/run/rave/secrets"
+HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"
+
+
+def ssh_key_tag(key: str) -> str | None:
+    """age's stanza tag of an ssh-ed25519 recipient: base64(SHA-256(wire key)[:4])."""
+    import base64
+    import binascii
+    import hashlib
+
+    parts = key.split()
+    if len(parts) < 2 or parts[0] != "ssh-ed25519":
+        return None
+    try:
+        blob = base64.b64decode(parts[1])
+    except binascii.Error:
+        return None
+    return base64.b64encode(hashlib.sha256(blob).digest()[:4]).decode().rstrip("=")
+
+
+class SecretsRecipientStatus(FactBase):
+    """Can this host decrypt its secrets? (needs sudo; outputs public data only)
+
+    host_key: the host's ssh-ed25519 public key (its age recipient); encrypted_to_host: the
+    copy in /etc/rave/secrets.age has a stanza for that key (read from the age header, no key
+    needed); recipients: stanzas in that file; service: rave-secrets.service state;
+    secret_files: how many decrypted files are in /run/rave/secrets.
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {}
+
+    def command(self) -> str:
+        header = (
+            f"sed '1d;$d' {SECRETS_ENCRYPTED} | base64 -d 2>/dev/null | head -c 16384 "
+            "| sed -n '/^---/q;/^-> /p' | cut -c1-40"
+        )
+        return "; ".join(
+            [
+                f"echo {_SECTION}key; cat {HOST_KEY_PUB} 2>/dev/null || true",
+                f"echo {_SECTION}stanzas; if [ -f {SECRETS_ENCRYPTED} ]; then "
+                f"echo present; {header}; fi",
+                f"echo {_SECTION}service; "
+                "systemctl show -p ActiveState,SubState,Result rave-secrets.service || true",
+                f"echo {_SECTION}files; find {SECRETS_ROOT} -type f 2>/dev/null | wc -l",
+            ]
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        sections = _sections(output)
+        key = " ".join("".join(sections.get("key", [])).split()[:2])
+        tag = ssh_key_tag(key) if key else None
+        stanzas = sections.get("stanzas", [])
+        tags = {
+            line.split()[2]
+            for line in stanzas
+            if line.startswith("-> ssh-ed25519 ") and len(line.split()) >= 3
+        }
+        service = dict(line.split("=", 1) for line in sections.get("service", []) if "=" in line)
+        files = "".join(sections.get("files", [])).strip()
+        return {
+            "host_key": key or None,
+            "encrypted_file": "present" in stanzas,
+            "recipients": sum(1 for line in stanzas if line.startswith("-> ")),
+            "encrypted_to_host": tag is not None and tag in tags,
+            "service": f"{service.get('ActiveState', '?')}/{service.get('SubState', '?')}",
+            "service_result": service.get("Result"),
+            "secret_files": int(files) if files.isdigit() else 0,
+        }

@@ -165,3 +165,37 @@ def test_validation_probe_sections():
 def test_probe_command_reads_no_secret():
     command = ValidationProbe().command()
     assert "/run/rave/secrets" not in command
+
+
+def test_secrets_recipient_status():
+    from rave.facts import SecretsRecipientStatus, ssh_key_tag
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLEx"
+    tag = ssh_key_tag(key)
+    assert tag and len(tag) == 6
+    output = [
+        "@@rave-section key",
+        key + " root@host",
+        "@@rave-section stanzas",
+        "present",
+        "-> X25519 abcdef",
+        f"-> ssh-ed25519 {tag} xyz",
+        "@@rave-section service",
+        "ActiveState=active",
+        "SubState=exited",
+        "Result=success",
+        "@@rave-section files",
+        "9",
+    ]
+    status = SecretsRecipientStatus().process(output)
+    assert status == {
+        "host_key": key,
+        "encrypted_file": True,
+        "recipients": 2,
+        "encrypted_to_host": True,
+        "service": "active/exited",
+        "service_result": "success",
+        "secret_files": 9,
+    }
+    other = [line.replace(tag, "ZZZZZZ") for line in output]
+    assert SecretsRecipientStatus().process(other)["encrypted_to_host"] is False
