@@ -24,4 +24,4 @@ if everything is not None:
     click.echo(validation_report(every_check))
     failed = sorted({f"{c.host}: {c.stage}/{c.name}" for c in every_check if not c.ok})
     if failed:
-        raise PyinfraError("validation FAILED: " + "; ".join(failed))
+        raise PyinfraError(f"validation FAILED ({len(failed)} checks): " + "; ".join(failed))

@@ -53,9 +53,9 @@ class Runner:
         return [*cmd, self.inventory, *args]
 
     def run(
-        self, *args: str, limit: list[str] | None = None, capture: bool = False
+        self, *args: str, limit: list[str] | None = None, capture: bool = False, yes: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        cmd = self.command(*args, limit=limit)
+        cmd = self.command(*args, limit=limit, yes=yes)
         return subprocess.run(cmd, cwd=REPO, text=True, capture_output=capture, check=False)
 
     def hosts(self) -> list[str]:
@@ -96,7 +96,8 @@ def cmd_validate(runner: Runner, opts: argparse.Namespace) -> int:
 
 
 def drift(runner: Runner) -> tuple[int, dict[str, drift_mod.HostDrift]]:
-    result = runner.run("--dry", "--json", "deploy.py", capture=True)
+    # no -y: pyinfra detects changes only when it may have to ask (State(check_for_changes=not yes))
+    result = runner.run("--dry", "--json", "deploy.py", capture=True, yes=False)
     try:
         plan = drift_mod.parse_plan_output(result.stdout)
     except ValueError:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pyinfra.api.exceptions import PyinfraError
+
 from rave.components import BY_NAME, COMPONENTS
 from rave.ops.report import human_age, human_bytes, table
+
+
+class NotInstalled(PyinfraError):
+    """A requested component has no unit on the host (pyinfra prints it without a traceback)."""
+
 
 # never stopped or restarted as part of "all": the operator's own way in
 NOT_IN_BULK = frozenset({"sshd"})
@@ -17,7 +24,7 @@ def targets(services: dict[str, dict[str, Any]], requested: list[str], action: s
     if requested:
         missing = [name for name in requested if not services.get(name, {}).get("present")]
         if missing and action != "logs":
-            raise ValueError(f"not installed on this host: {', '.join(missing)}")
+            raise NotInstalled(f"not installed on this host: {', '.join(missing)}")
         chosen = [name for name in requested if name not in missing]
     else:
         chosen = [name for name, state in services.items() if state.get("present")]

@@ -161,7 +161,13 @@ def parse_sysctl(lines: list[str]) -> list[tuple[str, str, str]]:
 # --- evaluation --------------------------------------------------------------------------
 
 
+DETAIL_MAX = 110
+
+
 def _check(host: str, stage: str, name: str, ok: bool, detail: str = "") -> Check:
+    detail = " ".join(detail.split())
+    if len(detail) > DETAIL_MAX:
+        detail = detail[: DETAIL_MAX - 3] + "..."
     return Check(host, stage, name, bool(ok), detail)
 
 

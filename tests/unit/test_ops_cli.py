@@ -19,7 +19,7 @@ class FakeRunner(cli.Runner):
     def hosts(self):
         return self._hosts
 
-    def run(self, *args, limit=None, capture=False):
+    def run(self, *args, limit=None, capture=False, yes=True):
         host = (limit or ["*"])[0]
         self.calls.append((host, args))
         code = 0

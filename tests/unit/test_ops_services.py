@@ -40,7 +40,7 @@ def test_bulk_stop_and_restart_spare_sshd():
 
 
 def test_targets_refuse_units_not_on_the_host():
-    with pytest.raises(ValueError, match="grafana"):
+    with pytest.raises(services.NotInstalled, match="grafana"):
         services.targets(HOST, ["grafana"], "start")
 
 
