@@ -45,8 +45,11 @@ EXTRA_UNITS = ("rave-secrets.service",)
 # path of the public status page behind nginx, and the webhook signature contract
 STATUS_PATH = "/"
 WEBHOOK_PATH = "/webhook"
-SIGNATURE_HEADER = "X-Rave-Signature"
-TIMESTAMP_HEADER = "X-Rave-Timestamp"
+# the webhook accepts GitHub-style deliveries (rave/webhook/verify.py)
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+EVENT_HEADER = "X-GitHub-Event"
+DELIVERY_HEADER = "X-GitHub-Delivery"
+TEST_EVENT = "rave-ops.validation"
 
 
 @dataclass(frozen=True)
@@ -454,10 +457,9 @@ def probe_ports(address: str, ports: list[int] | None = None) -> dict[int, bool]
     return dict(results)
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The webhook's signature of a request (see the webhook app's verifier)."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+def sign(secret: str, body: bytes) -> str:
+    """X-Hub-Signature-256 of a body (GitHub's scheme, as rave/webhook/verify.py checks it)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def first_secret(text: str) -> str | None:
@@ -466,6 +468,8 @@ def first_secret(text: str) -> str | None:
         secrets = json.loads(text)
     except ValueError:
         return None
+    if isinstance(secrets, str) and secrets:
+        return secrets
     if isinstance(secrets, list) and secrets and isinstance(secrets[0], str):
         return secrets[0]
     return None
@@ -497,21 +501,22 @@ def probe_application(
             results[name] = (False, f"{type(error).__name__}: {str(error)[:80]}")
 
     request("status page", "GET", STATUS_PATH, 200)
+    delivery = f"rave-ops-{uuid.uuid4()}"  # new each run: a repeated delivery would get 200
     body = json.dumps(
-        {"event": "rave-ops.validation", "id": str(uuid.uuid4()), "sent_at": int(time.time())}
+        {"event": TEST_EVENT, "delivery": delivery, "sent_at": int(time.time())}
     ).encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {
+        "Content-Type": "application/json",
+        EVENT_HEADER: TEST_EVENT,
+        DELIVERY_HEADER: delivery,
+    }
     if hmac_secret is None:
         results["signed webhook accepted"] = (False, "no HMAC secret readable on the host")
     else:
-        stamp = str(int(time.time()))
-        signed = {
-            **headers,
-            TIMESTAMP_HEADER: stamp,
-            SIGNATURE_HEADER: sign(hmac_secret, stamp, body),
-        }
+        signed = {**headers, SIGNATURE_HEADER: sign(hmac_secret, body)}
         request("signed webhook accepted", "POST", WEBHOOK_PATH, 202, data=body, headers=signed)
-    request("unsigned webhook refused", "POST", WEBHOOK_PATH, 401, data=body, headers=headers)
+    unsigned = {"Content-Type": "application/json"}
+    request("unsigned webhook refused", "POST", WEBHOOK_PATH, 401, data=body, headers=unsigned)
     if "grafana" in installed:
         request("grafana health", "GET", "/grafana/api/health", 200)
     if "ccr" in installed and BY_NAME["ccr"].route is not None:
