@@ -71,7 +71,13 @@ def base():
         "/etc/systemd/timesyncd.conf.d/rave.conf",
         ntp_servers=config.ntp_servers,
     )
-    systemd.service(name="Enable systemd-timesyncd", service="systemd-timesyncd", enabled=True)
+    # running=None: the unit declines to start in containers (ConditionVirtualization=!container)
+    systemd.service(
+        name="Enable systemd-timesyncd",
+        service="systemd-timesyncd",
+        running=None,
+        enabled=True,
+    )
     systemd.service(
         name="Restart systemd-timesyncd (its settings changed)",
         service="systemd-timesyncd",

@@ -1,0 +1,59 @@
+# RAVE deploy: `make staging` boots a local staging host and deploys; `make test` is what CI runs.
+# Everything runs as root on a Debian 12 machine (staging hosts need namespaces and mounts).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := venv
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+# Debian packages the control machine needs (one list: append, keep it sorted by purpose)
+SYSTEM_PACKAGES := python3-venv make git systemd-container debootstrap tinyproxy iproute2 \
+	openssh-client age restic postgresql-client nftables curl
+
+.PHONY: venv system-deps staging staging-down lint typecheck unit host-tests test
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+system-deps:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$' \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $$missing; \
+	else echo "system packages present"; fi
+
+staging: system-deps venv
+	$(BIN)/rave-staging up
+	$(BIN)/pyinfra -y inventories/staging.py deploy.py
+	$(BIN)/rave-staging info
+
+staging-down: venv
+	$(BIN)/rave-staging down
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy rave
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+host-tests: venv
+	$(BIN)/pytest tests/host $(PYTEST_ARGS)
+
+# lint and types first, then every suite under tests/ (unit, then host tests on fresh hosts)
+test: lint typecheck
+	$(BIN)/pytest tests $(PYTEST_ARGS)

@@ -1,0 +1,163 @@
+"""Run pyinfra as a subprocess and report what it did (tests, bench).
+
+pyinfra 3.10's ``--json`` prints one JSON document on stdout after the run:
+``{"plan": [...], "results": {"operations": [{"name", "success", "error", "no_change", ...}],
+"totals": {...}, "failed_hosts": [...]}}`` where an operation's ``success`` lists the hosts on
+which it *changed* something and ``no_change`` those where it did nothing. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    name: str
+    changed_hosts: tuple[str, ...]
+    error_hosts: tuple[str, ...]
+    unchanged_hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    command: tuple[str, ...]
+    returncode: int
+    seconds: float
+    stdout: str
+    stderr: str
+    operations: tuple[OperationResult, ...] = field(default=())
+    failed_hosts: tuple[str, ...] = field(default=())
+    parsed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.parsed and not self.failed_hosts
+
+    @property
+    def changed(self) -> int:
+        """Number of (operation, host) pairs that changed something."""
+        return sum(len(op.changed_hosts) for op in self.operations)
+
+    @property
+    def errors(self) -> int:
+        return sum(len(op.error_hosts) for op in self.operations)
+
+    def changed_operations(self) -> list[str]:
+        return [
+            f"{op.name} on {', '.join(op.changed_hosts)}"
+            for op in self.operations
+            if op.changed_hosts
+        ]
+
+    def summary(self) -> str:
+        return (
+            f"pyinfra exit {self.returncode} in {self.seconds:.1f}s: {self.changed} changed, "
+            f"{self.errors} failed operation(s), failed hosts: {list(self.failed_hosts) or 'none'}"
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join((self.stderr + self.stdout).splitlines()[-lines:])
+
+
+def parse_results(stdout: str) -> dict[str, Any] | None:
+    """The last JSON document on stdout that carries run results."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(payload, dict) and isinstance(payload.get("results"), dict):
+            return payload["results"]
+    return None
+
+
+def pyinfra_bin() -> str:
+    candidate = Path(sys.executable).parent / "pyinfra"
+    return str(candidate) if candidate.exists() else "pyinfra"
+
+
+def run_deploy(
+    inventory: str | Path = "inventories/staging.py",
+    deploys: Sequence[str | Path] = ("deploy.py",),
+    *,
+    limit: str | None = None,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 3600,
+) -> DeployResult:
+    """Run `pyinfra -y --json INVENTORY DEPLOY...` and parse its results."""
+    command = [pyinfra_bin(), "-y", "--json", str(inventory), *map(str, deploys)]
+    if limit:
+        command[3:3] = ["--limit", limit]
+    command[3:3] = list(extra_args)
+    started = time.monotonic()
+    process = subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, "PYINFRA_PROGRESS": "off", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    results = parse_results(process.stdout)
+    operations: list[OperationResult] = []
+    failed: tuple[str, ...] = ()
+    if results is not None:
+        for op in results.get("operations", []):
+            operations.append(
+                OperationResult(
+                    name=str(op.get("name", "?")),
+                    changed_hosts=tuple(op.get("success", [])),
+                    error_hosts=tuple(op.get("error", [])),
+                    unchanged_hosts=tuple(op.get("no_change", [])),
+                )
+            )
+        failed = tuple(results.get("failed_hosts", []))
+    return DeployResult(
+        command=tuple(command),
+        returncode=process.returncode,
+        seconds=seconds,
+        stdout=process.stdout,
+        stderr=process.stderr,
+        operations=tuple(operations),
+        failed_hosts=failed,
+        parsed=results is not None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="run pyinfra and summarise the changes")
+    parser.add_argument("inventory", nargs="?", default="inventories/staging.py")
+    parser.add_argument("deploys", nargs="*", default=["deploy.py"])
+    parser.add_argument("--limit")
+    args = parser.parse_args(argv)
+    result = run_deploy(args.inventory, args.deploys, limit=args.limit)
+    for line in result.changed_operations():
+        print(f"changed: {line}")
+    print(result.summary())
+    if not result.ok:
+        print(result.log_tail(), file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

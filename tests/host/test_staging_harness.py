@@ -1,0 +1,56 @@
+"""The staging harness itself: cheap checks that the hosts are what the other suites assume."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.host.conftest import HOST_NAMES, rave_staging
+
+
+def _boot_id(staging, name: str) -> str:
+    result = staging.ssh(name, "cat /proc/sys/kernel/random/boot_id")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_up_is_a_no_op_for_running_hosts(staging):
+    before = json.loads(staging.instance.hosts_json.read_text())
+    boots = {name: _boot_id(staging, name) for name in staging.names}
+    rave_staging("up")
+    after = json.loads(staging.instance.hosts_json.read_text())
+    assert [h["pid"] for h in after] == [h["pid"] for h in before]
+    assert all(h["pid"] for h in after)
+    assert {name: _boot_id(staging, name) for name in staging.names} == boots
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_ssh_alias_with_checked_host_key(staging, name):
+    result = staging.ssh(name, "hostname")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name
+    # the known_hosts file pins the key: StrictHostKeyChecking is on in the ssh_config
+    config = staging.instance.ssh_config.read_text()
+    assert "StrictHostKeyChecking yes" in config
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_address_lives_in_its_own_netns_only(staging, name):
+    entry = staging.entry(name)
+    inside = subprocess.run(
+        ["ip", "-n", entry["netns"], "-4", "-o", "addr", "show"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f" {entry['address']}/24 " in inside
+    outside = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f" {entry['address']}/" not in outside
+
+
+def test_operator_has_passwordless_sudo(host):
+    assert host.run("id -u").stdout.strip() == "0"  # the host fixture runs commands via sudo
+    assert host.user("agent").exists
+    assert "rave-ssh" in host.user("agent").groups
