@@ -1,7 +1,9 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.ops import ops
 from tasks.release import release
 
 base()
+ops()  # scheduled host-side validation (rave-validate.timer)
 release()  # last: records what is deployed (/etc/rave/release.json)

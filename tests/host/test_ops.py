@@ -146,6 +146,9 @@ def test_validation_fails_loudly_when_nginx_is_stopped(staging, name):
         assert f"{name} services/nginx" in result.stdout
         assert "application/status page" in result.stdout
         assert "validation FAILED" in result.stderr
+        host_side = sudo(staging, name, "/usr/local/sbin/rave-validate-host")
+        assert host_side.returncode == 1
+        assert "FAILED: services/nginx" in host_side.stdout
     finally:
         sudo(staging, name, "systemctl start nginx")
         wait_until(lambda: unit_active(staging, name, "nginx"), "nginx to run again")
@@ -172,6 +175,19 @@ def test_validation_fails_loudly_on_an_extra_open_port(staging, name):
     finally:
         sudo(staging, name, f"systemctl stop {TEST_UNIT}; systemctl reset-failed {TEST_UNIT}")
         wait_until(lambda: not listening(), f"port {TEST_PORT} to close", deadline=30)
+
+
+@requires(*FULL_STACK)
+def test_host_side_validation_timer_passes(staging, name):
+    assert staging.ssh(name, "systemctl is-enabled rave-validate.timer").stdout.strip() == (
+        "enabled"
+    )
+    assert staging.ssh(name, "systemctl is-active rave-validate.timer").stdout.strip() == "active"
+    run = sudo(staging, name, "/usr/local/sbin/rave-validate-host")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "FAILED" not in run.stdout
+    metric = sudo(staging, name, "cat /var/lib/prometheus/node-exporter/rave_validation.prom")
+    assert "rave_validation_failed_checks 0" in metric.stdout
 
 
 @requires("edge")

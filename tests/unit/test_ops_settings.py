@@ -39,3 +39,24 @@ def test_git_state_of_this_checkout():
     commit, modified = git_state()
     assert commit == "unknown" or len(commit) == 40
     assert isinstance(modified, bool)
+
+
+def test_host_validation_expectations_follow_components_and_mode():
+    from rave.components import COMPONENTS
+    from tasks.ops import validate_config
+
+    safe = json.loads(validate_config(make_settings()))
+    full = json.loads(validate_config(make_settings(rave_mode="FULL_PIPE")))
+    assert set(safe["units"]) == {c.name for c in COMPONENTS}
+    assert safe["public_ports"] == [22, 3002]
+    assert safe["memory_max"]["webhook"] == 192 * 1024 * 1024
+    assert full["memory_max"]["webhook"] == 384 * 1024 * 1024
+    assert "grafana" in safe["optional"]
+
+
+def test_host_validation_script_is_valid_python():
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2] / "files/ops/rave-validate-host"
+    ast.parse(source.read_text())
