@@ -322,6 +322,7 @@ class JournalTail(FactBase):
 
 _SECTION = "@@rave-section "
 SYSCTL_GLOB = "/etc/sysctl.d/*rave*.conf"
+HARDENING_REPORT = "/var/lib/rave-hardening/report.json"
 
 
 def _sections(lines: list[str]) -> dict[str, list[str]]:
@@ -365,6 +366,7 @@ class ValidationProbe(FactBase):
             "units": units_command(units),
             "listeners": "ss -Hltn",
             "release": f"cat {RELEASE_FILE} 2>/dev/null",
+            "hardening_report": f"cat {HARDENING_REPORT} 2>/dev/null",
         }
         return "; ".join(
             f"echo {shlex.quote(_SECTION + name)}; {{ {command}; }} || true"
@@ -386,6 +388,10 @@ class ValidationProbe(FactBase):
         by_unit = {unit: name for name, unit in project_units().items()}
         units = {by_unit.get(unit, unit): unit_state(props) for unit, props in blocks.items()}
         release = DeployedRelease().process(sections.get("release", []))
+        try:
+            hardening = json.loads("\n".join(sections.get("hardening_report", [])) or "{}")
+        except ValueError:
+            hardening = {}
         return {
             "ok": True,
             "os": os_release,
@@ -398,6 +404,7 @@ class ValidationProbe(FactBase):
             "units": units,
             "listeners": sections.get("listeners", []),
             "release": release,
+            "hardening_report": hardening if isinstance(hardening, dict) else {},
         }
 
 

@@ -84,39 +84,56 @@ def parse_sshd(lines: list[str]) -> dict[str, str]:
 
 
 _DPORT = re.compile(r"\btcp dport (\{[^}]*\}|[\w-]+)")
+_SADDR = re.compile(r"\b(ip6?) saddr\b")
 
 
-def nft_accepted_tcp_ports(lines: list[str]) -> set[int]:
-    """TCP ports an `nft list ruleset` accepts in an input hook chain (numbers or ranges)."""
+def _ports_of(spec: str) -> set[int]:
     ports: set[int] = set()
-    in_input = False
-    for line in lines:
-        stripped = line.strip()
-        if stripped.startswith("chain "):
-            in_input = False
-        if "hook input" in stripped:
-            in_input = True
-        if not in_input or "accept" not in stripped:
-            continue
-        for match in _DPORT.finditer(stripped):
-            spec = match.group(1).strip("{} ")
-            for item in (part.strip() for part in spec.split(",")):
-                if "-" in item and item.replace("-", "").isdigit():
-                    low, high = (int(x) for x in item.split("-", 1))
-                    ports.update(range(low, high + 1))
-                elif item.isdigit():
-                    ports.add(int(item))
-                elif item == "ssh":
-                    ports.add(22)
+    for item in (part.strip() for part in spec.strip("{} ").split(",")):
+        if "-" in item and item.replace("-", "").isdigit():
+            low, high = (int(x) for x in item.split("-", 1))
+            ports.update(range(low, high + 1))
+        elif item.isdigit():
+            ports.add(int(item))
+        elif item == "ssh":
+            ports.add(22)
     return ports
 
 
+def nft_input_accepts(lines: list[str]) -> tuple[set[int], set[int]]:
+    """TCP ports accepted in input hook chains: (from anyone, from listed sources only)."""
+    public: set[int] = set()
+    restricted: set[int] = set()
+    in_input = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith(("chain ", "table ")):
+            in_input = False
+        if "hook input" in stripped:
+            in_input = True
+        if not in_input or not stripped.endswith("accept"):
+            continue
+        for match in _DPORT.finditer(stripped):
+            target = restricted if _SADDR.search(stripped) else public
+            target.update(_ports_of(match.group(1)))
+    return public, restricted
+
+
+def nft_accepted_tcp_ports(lines: list[str]) -> set[int]:
+    """TCP ports an `nft list ruleset` accepts from anyone in an input hook chain."""
+    return nft_input_accepts(lines)[0]
+
+
 def nft_input_policy(lines: list[str]) -> str | None:
+    """`drop` if any input hook chain drops by default (the project's table), else the first."""
+    policies = []
     for line in lines:
         if "hook input" in line:
             match = re.search(r"policy (\w+)", line)
-            return match.group(1) if match else None
-    return None
+            policies.append(match.group(1) if match else None)
+    if "drop" in policies:
+        return "drop"
+    return policies[0] if policies else None
 
 
 def parse_jails(lines: list[str]) -> list[str]:
@@ -284,16 +301,23 @@ def _security(host: str, probe: dict[str, Any]) -> list[Check]:
         )
     )
     sysctls = parse_sysctl(probe.get("sysctl", []))
-    differing = [f"{k}={a!r} (want {e!r})" for k, e, a in sysctls if e != a]
+    # keys the deploy reported it cannot set here (a container's read-only kernel keys)
+    reported = (probe.get("hardening_report") or {}).get("exceptions", {}).get("sysctl", {})
+    excused = [k for k, e, a in sysctls if e != a and k in reported]
+    differing = [f"{k}={a!r} (want {e!r})" for k, e, a in sysctls if e != a and k not in reported]
+    detail = (
+        f"{len(sysctls) - len(excused)} keys as configured"
+        + (f", {len(excused)} reported unsettable by the deploy" if excused else "")
+        if sysctls
+        else "no rave sysctl file"
+    )
     checks.append(
         _check(
             host,
             "security",
             "sysctl hardening",
             bool(sysctls) and not differing,
-            "; ".join(differing)
-            if differing
-            else (f"{len(sysctls)} keys as configured" if sysctls else "no rave sysctl file"),
+            "; ".join(differing) if differing else detail,
         )
     )
     return checks

@@ -238,3 +238,37 @@ def test_probe_is_not_mutated_by_evaluation():
     before = copy.deepcopy(probe)
     v.evaluate("h", CONFIG, probe, healthy_control())
     assert probe == before
+
+
+def test_sysctl_keys_the_deploy_reported_unsettable_are_excused():
+    probe = healthy_probe()
+    probe["sysctl"] = ["kernel.kptr_restrict|2|1", "net.ipv4.tcp_syncookies|1|1"]
+    assert "security/sysctl hardening" in failures(probe)
+    probe["hardening_report"] = {
+        "exceptions": {
+            "sysctl": {
+                "kernel.kptr_restrict": {"desired": "2", "actual": "1", "reason": "read-only here"}
+            }
+        }
+    }
+    assert "security/sysctl hardening" not in failures(probe)
+
+
+def test_nft_monitoring_ports_from_listed_sources_are_not_public():
+    at = NFT.index("\t\ttcp dport 3002 accept") + 1
+    rules = [*NFT[:at], "\t\tip saddr @monitoring_v4 tcp dport { 9100, 9113 } accept", *NFT[at:]]
+    assert v.nft_input_accepts(rules) == ({22, 3002}, {9100, 9113})
+
+
+def test_nft_policy_of_the_project_table_wins_over_other_tables():
+    rules = [
+        "table inet f2b-table {",
+        "\tchain f2b-chain {",
+        "\t\ttype filter hook input priority filter - 1; policy accept;",
+        "\t\ttcp dport 22 ip saddr @addr-set-sshd reject",
+        "\t}",
+        "}",
+        *NFT,
+    ]
+    assert v.nft_input_policy(rules) == "drop"
+    assert v.nft_accepted_tcp_ports(rules) == {22, 3002}
