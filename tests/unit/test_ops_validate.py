@@ -4,6 +4,8 @@ import copy
 import hashlib
 import hmac
 
+import pytest
+
 from rave.components import COMPONENTS
 from rave.modes import PROFILES, Mode
 from rave.ops import validate as v
@@ -272,3 +274,18 @@ def test_nft_policy_of_the_project_table_wins_over_other_tables():
     ]
     assert v.nft_input_policy(rules) == "drop"
     assert v.nft_accepted_tcp_ports(rules) == {22, 3002}
+
+
+def test_test_delivery_passes_the_webhooks_own_verifier():
+    """The signed delivery validation sends is one the webhook app accepts (same contract)."""
+    verify = pytest.importorskip("rave.webhook.verify")
+    body = b'{"event": "rave-ops.validation"}'
+    headers = {
+        v.SIGNATURE_HEADER.lower(): v.sign("s3cret", body),
+        v.EVENT_HEADER.lower(): v.TEST_EVENT,
+        v.DELIVERY_HEADER.lower(): "rave-ops-1",
+    }
+    verified = verify.verify(headers, body, [b"s3cret"], now=0)
+    assert verified.event == v.TEST_EVENT
+    with pytest.raises(verify.Rejected):
+        verify.verify(headers, body, [b"other"], now=0)
