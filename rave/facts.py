@@ -37,8 +37,29 @@ UNIT_PROPERTIES = (
     "MemoryMax",
     "ActiveEnterTimestamp",
     "NRestarts",
+    "Type",
+    "Result",
+    "TriggeredBy",
 )
 _MARK = "@@rave-unit "
+# where a unit's cgroup may be (v2, hybrid, v1's systemd hierarchy)
+CGROUP_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd")
+
+# Extra lines per unit, for units_command(..., extras=True):
+# RSS=<bytes>: the resident memory of the unit's processes, for hosts where systemd has no
+#   memory accounting (a container with a read-only cgroup v1 memory controller): MemoryCurrent
+#   is "[not set]" there, so the limit cannot be compared without it.
+# TimerState=<state>: for a unit started by a timer (a oneshot like the backup), the timer's.
+_UNIT_EXTRAS = (
+    'cg=$(systemctl show -p ControlGroup --value "$u" 2>/dev/null); '
+    f"for r in {' '.join(CGROUP_ROOTS)}; do f=$r$cg/cgroup.procs; "
+    # cgroup.procs lists 0 for processes outside the container's pid namespace: skipped
+    'if [ -n "$cg" ] && [ -r "$f" ]; then p=$(sed -n "/^[1-9]/s|.*|/proc/&/status|p" "$f"); '
+    'if [ -n "$p" ]; then grep -hs "^VmRSS:" $p | awk \'{s+=$2} END{print "RSS=" s*1024}\'; '
+    "else echo RSS=0; fi; break; fi; done; "
+    't=$(systemctl show -p TriggeredBy --value "$u" 2>/dev/null); '
+    'if [ -n "$t" ]; then echo "TimerState=$(systemctl is-active $t 2>/dev/null)"; fi'
+)
 
 
 def project_units() -> dict[str, str]:
@@ -77,6 +98,8 @@ def parse_unit_blocks(lines: list[str]) -> dict[str, dict[str, str]]:
 
 
 def unit_state(props: dict[str, str]) -> dict[str, Any]:
+    accounted = _int_or_none(props.get("MemoryCurrent", ""))
+    rss = _int_or_none(props.get("RSS", ""))
     return {
         "unit": props.get("Id", ""),
         "present": props.get("LoadState") == "loaded",
@@ -84,19 +107,27 @@ def unit_state(props: dict[str, str]) -> dict[str, Any]:
         "active_state": props.get("ActiveState", "unknown"),
         "sub_state": props.get("SubState", ""),
         "enabled": props.get("UnitFileState", ""),
-        "memory_current": _int_or_none(props.get("MemoryCurrent", "")),
+        "memory_current": accounted if accounted is not None else rss,
+        "memory_source": "accounting" if accounted is not None else ("rss" if rss else None),
         "memory_max": _int_or_none(props.get("MemoryMax", "")),
         "active_since": _timestamp(props.get("ActiveEnterTimestamp", "")),
         "restarts": _int_or_none(props.get("NRestarts", "")) or 0,
+        "type": props.get("Type", ""),
+        "result": props.get("Result", ""),
+        "timer": props.get("TriggeredBy") or None,
+        "timer_state": props.get("TimerState"),
     }
 
 
-def units_command(units: list[str], properties: tuple[str, ...] = UNIT_PROPERTIES) -> str:
+def units_command(
+    units: list[str], properties: tuple[str, ...] = UNIT_PROPERTIES, extras: bool = True
+) -> str:
     props = ",".join(properties)
     names = " ".join(shlex.quote(unit) for unit in units)
+    more = f"; {_UNIT_EXTRAS}" if extras else ""
     return (
         f"for u in {names}; do echo {shlex.quote(_MARK)}$u; "
-        f'systemctl show --timestamp=unix -p {props} "$u" 2>/dev/null || true; done'
+        f'systemctl show --timestamp=unix -p {props} "$u" 2>/dev/null || true{more}; done'
     )
 
 
@@ -165,7 +196,7 @@ class RaveMode(FactBase):
         units = [u for n, u in project_units().items() if n != "sshd"]
         return (
             f"echo {shlex.quote(_MARK)}release; cat {RELEASE_FILE} 2>/dev/null | tr -d '\\n'; "
-            "echo; " + units_command(units, ("LoadState", "MemoryMax"))
+            "echo; " + units_command(units, ("LoadState", "MemoryMax"), extras=False)
         )
 
     def process(self, output: list[str]) -> dict[str, Any]:

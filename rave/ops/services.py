@@ -38,10 +38,17 @@ def memory_cell(state: dict[str, Any]) -> str:
     current, limit = state.get("memory_current"), state.get("memory_max")
     if current is None and limit is None:
         return "-"
+    used = human_bytes(current)
+    if current is not None and state.get("memory_source") == "rss":
+        used = "~" + used  # the processes' RSS: this host has no memory accounting
     if limit is None:
-        return f"{human_bytes(current)} / no limit"
+        return f"{used} / no limit"
     percent = f" ({100 * current // limit}%)" if current is not None and limit else ""
-    return f"{human_bytes(current)} / {human_bytes(limit)}{percent}"
+    return f"{used} / {limit_text(limit)}{percent}"
+
+
+def limit_text(limit: int) -> str:
+    return human_bytes(limit)
 
 
 def status_rows(

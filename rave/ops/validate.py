@@ -337,6 +337,19 @@ def _services(host: str, probe: dict[str, Any]) -> list[Check]:
                     _check(host, "services", component.name, False, f"{component.unit} missing")
                 )
             continue
+        if state.get("type") == "oneshot" and state.get("timer"):
+            # started by its timer (e.g. the backup): the timer runs, the last run succeeded
+            ok = (
+                state["active_state"] != "failed"
+                and state.get("result") in ("success", "")
+                and state.get("timer_state") == "active"
+            )
+            detail = (
+                f"{state['unit']} oneshot, last result {state.get('result') or '-'}; "
+                f"{state['timer']} {state.get('timer_state')}"
+            )
+            checks.append(_check(host, "services", component.name, ok, detail))
+            continue
         running = state["active_state"] == "active"
         enabled = state["enabled"] in _ENABLED_OK
         checks.append(
@@ -429,17 +442,16 @@ def _resources(host: str, config: HostSettings, probe: dict[str, Any]) -> list[C
             continue
         want = limits.memory_max_mb * 1024 * 1024
         have, current = state.get("memory_max"), state.get("memory_current")
-        within = have is not None and current is not None and current < have
-        checks.append(
-            _check(
-                host,
-                "resources",
-                f"{name} memory",
-                have == want and within,
-                f"{_mb(current)} of MemoryMax {_mb(have)} (mode {config.rave_mode.value}: "
-                f"{limits.memory_max_mb}M)",
-            )
-        )
+        mode = f"(mode {config.rave_mode.value}: {limits.memory_max_mb}M)"
+        if state["active_state"] != "active":
+            # not running (a oneshot between runs): only the limit can be checked
+            ok, detail = have == want, f"not running; MemoryMax {_mb(have)} {mode}"
+        else:
+            within = have is not None and current is not None and current < have
+            source = " (RSS)" if state.get("memory_source") == "rss" else ""
+            ok = have == want and within
+            detail = f"{_mb(current)}{source} of MemoryMax {_mb(have)} {mode}"
+        checks.append(_check(host, "resources", f"{name} memory", ok, detail))
     total_kb = probe.get("memtotal_kb") or 0
     checks.append(
         _check(
