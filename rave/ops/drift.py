@@ -59,10 +59,9 @@ def summary(drift: dict[str, HostDrift], limit: int = 10) -> str:
         if not item.drifted:
             lines.append(f"{item.host}: in sync (0 changes)")
             continue
-        lines.append(
-            f"{item.host}: DRIFT, a deploy would change {len(item.changes)} operation(s)"
-            + (f" (+{len(item.conditional)} follow-up)" if item.conditional else "")
-        )
+        # conditional operations (restarts after a change, `_if=`) are left out: the dry run
+        # lists every one of them, whether or not its condition would hold
+        lines.append(f"{item.host}: DRIFT, a deploy would change {len(item.changes)} operation(s)")
         lines += [f"  - {name}" for name in item.changes[:limit]]
         if len(item.changes) > limit:
             lines.append(f"  ... and {len(item.changes) - limit} more")

@@ -34,6 +34,15 @@ def targets(services: dict[str, dict[str, Any]], requested: list[str], action: s
     return sorted(chosen, key=order.index)
 
 
+def state_cell(state: dict[str, Any]) -> str:
+    text = f"{state['active_state']}/{state['sub_state']}"
+    if state.get("timer") and state.get("type") == "oneshot":
+        # started by its timer (e.g. the backup): idle between runs is its normal state
+        result = state.get("result") or "-"
+        text += f", last {result}, {state['timer']} {state.get('timer_state') or '?'}"
+    return text
+
+
 def memory_cell(state: dict[str, Any]) -> str:
     current, limit = state.get("memory_current"), state.get("memory_max")
     if current is None and limit is None:
@@ -66,7 +75,7 @@ def status_rows(
                     host_name,
                     name,
                     state["unit"],
-                    f"{state['active_state']}/{state['sub_state']}",
+                    state_cell(state),
                     state["enabled"] or "-",
                     memory_cell(state),
                     human_age(state.get("active_since"), now),

@@ -93,7 +93,10 @@ def test_status_table_lists_every_installed_service(staging, name):
     assert set(rows) == present
     assert {"nginx", "webhook", "postgresql"} <= present
     for component, row in rows.items():
-        assert "active/running" in row, f"{component} not running: {row}"
+        if installed[component]["timer"]:  # a oneshot its timer starts (the backup)
+            assert f"{installed[component]['timer']} active" in row, row
+        else:
+            assert "active/running" in row, f"{component} not running: {row}"
     # memory against the mode's limit, e.g. "23M / 192M (12%)"
     assert " / 192M (" in rows["webhook"]
 

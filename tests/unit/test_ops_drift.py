@@ -47,7 +47,8 @@ def test_drift_by_host_and_summary():
     assert found["h1"].conditional == ["Edge | Reload nginx"]
     assert not found["h2"].drifted
     text = drift.summary(found)
-    assert "h1: DRIFT, a deploy would change 1 operation(s) (+1 follow-up)" in text
+    assert "h1: DRIFT, a deploy would change 1 operation(s)" in text
+    assert "Reload nginx" not in text
     assert "  - Edge | Install the nginx site" in text
     assert "h2: in sync (0 changes)" in text
 

@@ -57,6 +57,18 @@ def test_status_table_one_row_per_present_service_per_host():
     assert "2h ago" in text
 
 
+def test_timer_driven_oneshot_shows_its_timer():
+    backup = {
+        **state("rave-backup.service", active="inactive"),
+        "type": "oneshot",
+        "timer": "rave-backup.timer",
+        "timer_state": "active",
+        "result": "success",
+    }
+    text = services.status_table({"h": {"backup": backup}}, now=2000)
+    assert "inactive/dead, last success, rave-backup.timer active" in text
+
+
 def test_collect_reports_once_every_host_is_in():
     assert report.collect("t", "b", 2, expected=2) is None
     assert report.collect("t", "a", 1, expected=2) == {"a": 1, "b": 2}
