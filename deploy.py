@@ -3,7 +3,9 @@
 from tasks.base import base
 from tasks.ops import ops
 from tasks.release import release
+from tasks.secrets import secrets
 
 base()
+secrets()
 ops()  # scheduled host-side validation (rave-validate.timer)
 release()  # last: records what is deployed (/etc/rave/release.json)

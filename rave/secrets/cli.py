@@ -1,0 +1,404 @@
+"""rave-secrets: the operators' tool for the encrypted secrets of each environment.
+
+Plaintext never touches the control machine's disk: values are decrypted in memory, and
+`edit` uses a private directory on tmpfs (XDG_RUNTIME_DIR or /dev/shm, mode 0700).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rave.components import secret_readers
+from rave.secrets import crypto, generate
+from rave.secrets.model import (
+    SECRET_NAMES,
+    SecretsFormatError,
+    SecretsModel,
+    file_content,
+    parse,
+)
+from rave.secrets.store import (
+    STAGING_ENVIRONMENT,
+    Environment,
+    Kind,
+    Recipient,
+    StoreError,
+    default_identity,
+)
+
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+
+# how `rotate` makes a new value; the others are external (edit them)
+ROTATABLE = (
+    "webhook_hmac_secrets",
+    "postgres_webhook_password",
+    "postgres_exporter_password",
+    "grafana_admin_password",
+    "backup_repository_password",
+    "ccr_ui_password_hash",
+    "tls_certificate",
+    "tls_private_key",
+)
+
+
+class CliError(Exception):
+    pass
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _env(args: argparse.Namespace) -> Environment:
+    return Environment.named(args.env, Path(args.dir) if args.dir else None)
+
+
+def _identities(args: argparse.Namespace) -> list[Any]:
+    path = Path(args.identity) if args.identity else default_identity(args.env)
+    if not path.exists():
+        raise CliError(
+            f"no identity {path}: pass --identity FILE or set RAVE_AGE_IDENTITY"
+            " (an age key file or your OpenSSH ed25519 private key)"
+        )
+    return crypto.load_identities(path)
+
+
+def _deploy_command(env: str) -> str:
+    return f".venv/bin/pyinfra -y inventories/{env}.py deploy.py"
+
+
+def _readers_of(names: list[str]) -> list[str]:
+    units = []
+    for name in names:
+        for component in secret_readers(name):
+            unit = f"{component.unit}.service"
+            if unit not in units:
+                units.append(unit)
+    return units
+
+
+def filesystem_type(path: Path) -> str | None:
+    best, fstype = "", None
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[1].replace("\\040", " ")
+            text = str(path)
+            if (text == point or text.startswith(point.rstrip("/") + "/")) and len(point) >= len(
+                best
+            ):
+                best, fstype = point, fields[2]
+    return fstype
+
+
+def private_tmpfs_dir() -> Path:
+    """A fresh 0700 directory on a memory filesystem (refuses disk-backed locations)."""
+    candidates = [os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm", f"/run/user/{os.getuid()}"]
+    for candidate in candidates:
+        if not candidate or not Path(candidate).is_dir():
+            continue
+        if filesystem_type(Path(candidate).resolve()) not in MEMORY_FILESYSTEMS:
+            continue
+        try:
+            return Path(tempfile.mkdtemp(prefix="rave-secrets-", dir=candidate))
+        except OSError:
+            continue
+    raise CliError("no writable tmpfs (XDG_RUNTIME_DIR, /dev/shm): refusing to decrypt to disk")
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def to_yaml(model: SecretsModel) -> str:
+    header = (
+        "# rave-secrets: edit the values, save and quit. The file is validated against\n"
+        "# rave/secrets/model.py and re-encrypted; this temporary copy (tmpfs) is then deleted.\n"
+    )
+    body = yaml.dump(model.model_dump(mode="json"), Dumper=_Dumper, sort_keys=True, width=1000)
+    return header + body
+
+
+def _print_rotation(env: str, changed: list[str]) -> None:
+    units = _readers_of(changed)
+    print(f"changed: {', '.join(changed)}")
+    readers = ", ".join(units) or "none"
+    print(f"deploy to put it in place (restarts only its readers: {readers}):")
+    print(f"    {_deploy_command(env)}")
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    env = _env(args)
+    if env.exists():
+        raise CliError(f"{env.encrypted_path} exists already: use edit")
+    identity_path = Path(args.identity) if args.identity else default_identity(args.env)
+    if not identity_path.exists():
+        secret, public = crypto.generate_identity()
+        identity_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(identity_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                crypto.identity_text(secret, public, f"RAVE age identity of {args.member}")
+            )
+        print(f"created your age identity {identity_path} (keep it safe; public key {public})")
+    keys = crypto.public_keys_of(identity_path)
+    if not keys:
+        raise CliError(f"{identity_path}: init needs an age identity (AGE-SECRET-KEY-1...)")
+    env.save_recipients([Recipient("team", args.member, keys[0])])
+    from rave.secrets.staging import generated_values
+
+    model = generated_values(args.tls_name or [f"{args.env}.invalid"])
+    env.write(model, None)
+    print(f"created {env.encrypted_path} with generated values (self-signed TLS for ")
+    print(f"  {', '.join(args.tls_name or [args.env + '.invalid'])}); set real ones with:")
+    print(f"    rave-secrets edit --env {args.env}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    env = _env(args)
+    identities = _identities(args)
+    current = env.decrypt(identities)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    workdir = private_tmpfs_dir()
+    path = workdir / f"{env.name}.yaml"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(to_yaml(current))
+        while True:
+            if subprocess.run([*shlex.split(editor), str(path)], check=False).returncode != 0:
+                raise CliError("the editor failed: nothing changed")
+            try:
+                data = yaml.safe_load(path.read_text())
+                model = parse(data, "your edit")
+                break
+            except (yaml.YAMLError, SecretsFormatError) as error:
+                sys.stderr.write(f"{error}\n")
+                if not sys.stdin.isatty() or input("edit again? [Y/n] ").strip().lower() == "n":
+                    raise CliError("invalid: nothing changed") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if model == current:
+        print("no change")
+        return 0
+    changed = env.write(model, current)
+    _print_rotation(env.name, changed)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    if args.name not in SECRET_NAMES:
+        raise CliError(f"unknown secret {args.name}; known: {', '.join(SECRET_NAMES)}")
+    model = _env(args).decrypt(_identities(args))
+    if getattr(model, args.name) is None:
+        raise CliError(f"{args.name} is not set")
+    sys.stdout.write(file_content(model, args.name))
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    if args.name not in SECRET_NAMES:
+        raise CliError(f"unknown secret {args.name}; known: {', '.join(SECRET_NAMES)}")
+    env = _env(args)
+    current = env.decrypt(_identities(args))
+    raw = sys.stdin.read()
+    value: Any = raw
+    if not isinstance(getattr(current, args.name), str):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise CliError(f"{args.name} takes JSON on stdin") from None
+    elif "\n" not in raw.rstrip("\n"):
+        value = raw.rstrip("\n")
+    data = current.model_dump(mode="json") | {args.name: value}
+    model = parse(data, "the new value")
+    if model == current:
+        print("no change")
+        return 0
+    _print_rotation(env.name, env.write(model, current))
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    if args.name not in ROTATABLE:
+        raise CliError(
+            f"{args.name} cannot be generated (an external credential): "
+            f"use `rave-secrets edit --env {args.env}` or `set`"
+        )
+    env = _env(args)
+    current = env.decrypt(_identities(args))
+    data = current.model_dump(mode="json")
+    if args.name == "webhook_hmac_secrets":
+        keep = [] if args.no_overlap else data["webhook_hmac_secrets"][:1]
+        data["webhook_hmac_secrets"] = [generate.hmac_secret(), *keep]
+    elif args.name == "ccr_ui_password_hash":
+        data["ccr_ui_password"] = generate.password()
+        data["ccr_ui_password_hash"] = generate.htpasswd_line(data["ccr_ui_password"])
+    elif args.name in ("tls_certificate", "tls_private_key"):
+        names = args.tls_name or generate.certificate_names(current.tls_certificate)
+        data["tls_certificate"], data["tls_private_key"] = generate.self_signed(names)
+        print("note: a new self-signed certificate; for a CA-signed one use `set` or `edit`")
+    else:
+        data[args.name] = generate.password()
+    changed = env.write(parse(data, "the rotated values"), current)
+    if args.name == "webhook_hmac_secrets" and not args.no_overlap:
+        print("the previous HMAC secret stays accepted; once senders use the new one, run:")
+        print(f"    rave-secrets rotate webhook_hmac_secrets --env {args.env} --retire-old")
+    if args.name == "ccr_ui_password_hash":
+        print(f"the new password: rave-secrets get ccr_ui_password --env {args.env}")
+    _print_rotation(env.name, changed)
+    return 0
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    env = _env(args)
+    current = env.decrypt(_identities(args))
+    if len(current.webhook_hmac_secrets) < 2:
+        print("only one webhook HMAC secret is active: nothing to retire")
+        return 0
+    data = current.model_dump(mode="json")
+    data["webhook_hmac_secrets"] = data["webhook_hmac_secrets"][:1]
+    _print_rotation(env.name, env.write(parse(data, "the values"), current))
+    return 0
+
+
+def cmd_recipients(args: argparse.Namespace) -> int:
+    env = _env(args)
+    identities = _identities(args)
+    recipients = env.recipients()
+    kind: Kind = "host" if args.host else "team"
+    name = args.host or args.member
+    if args.action == "add":
+        if not args.key:
+            raise CliError("--key is required (age1... for a member, ssh-ed25519 ... for a host)")
+        key = crypto.normalize_key(args.key)
+        if (kind == "host") != key.startswith("ssh-ed25519 "):
+            raise CliError("a host takes its ssh-ed25519 host key; a member an age1 key")
+        recipients = [r for r in recipients if not (r.kind == kind and r.name == name)]
+        recipients.append(Recipient(kind, name, key))
+    else:
+        remaining = [r for r in recipients if not (r.kind == kind and r.name == name)]
+        if len(remaining) == len(recipients):
+            raise CliError(f"no {kind} {name} among the recipients")
+        if not any(r.kind == "team" for r in remaining):
+            raise CliError("refusing to remove the last team member")
+        recipients = remaining
+    current = env.decrypt(identities)  # check we can still read it before changing anything
+    env.save_recipients(recipients)
+    env.write(current, current)
+    print(f"{args.action} {kind} {name}: {env.encrypted_path} re-encrypted to")
+    print("  " + ", ".join(f"{r.kind} {r.name}" for r in recipients))
+    if args.action == "remove":
+        print("a removed recipient may have kept old copies: rotate the values it could read")
+    print(f"commit {env.encrypted_path.name} and {env.recipients_path.name}, then deploy:")
+    print(f"    {_deploy_command(env.name)}")
+    return 0
+
+
+def cmd_reencrypt(args: argparse.Namespace) -> int:
+    env = _env(args)
+    env.reencrypt(_identities(args))
+    print(f"{env.encrypted_path} re-encrypted to {len(env.recipients())} recipient(s)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    env = _env(args)
+    recipients = env.recipients()
+    versions = env.versions()
+    print(f"environment {env.name}: {env.encrypted_path}")
+    print("can decrypt everything:")
+    for r in recipients:
+        tag = ""
+        if r.kind == "host" and env.exists() and not env.encrypted_to_host(r.key):
+            tag = "  (NOT in the encrypted file: run reencrypt)"
+        print(f"  {r.kind:5} {r.name:24} {r.key[:40]}...{tag}")
+    print("on the hosts, each secret is readable by:")
+    for name in SECRET_NAMES:
+        readers = ", ".join(f"{c.name} (user {c.user})" for c in secret_readers(name))
+        print(f"  {name:28} v{versions.get(name, 0):<3} {readers or '(no component)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rave-secrets", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env", default=STAGING_ENVIRONMENT, help="environment (default staging)")
+    common.add_argument("--identity", help="age identity or OpenSSH ed25519 key file")
+    common.add_argument("--dir", help="directory of the environment's files")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create an environment")
+    p.add_argument("--member", default=os.environ.get("USER", "operator"), help="your name")
+    p.add_argument("--tls-name", action="append", help="name for the self-signed certificate")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("edit", parents=[common], help="edit the values in $EDITOR (tmpfs)")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("get", parents=[common], help="print one value (for scripts)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("set", parents=[common], help="set one value, read from stdin")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_set)
+
+    p = sub.add_parser("rotate", parents=[common], help="generate a new value for a secret")
+    p.add_argument("name", choices=ROTATABLE)
+    p.add_argument("--no-overlap", action="store_true", help="webhook: drop the old secret now")
+    p.add_argument("--retire-old", action="store_true", help="webhook: only drop the old secret")
+    p.add_argument("--tls-name", action="append", help="names for a new certificate")
+    p.set_defaults(func=lambda a: cmd_retire(a) if a.retire_old else cmd_rotate(a))
+
+    p = sub.add_parser("recipients", help="add or remove a team member or a host")
+    rsub = p.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        q = rsub.add_parser(action, parents=[common])
+        who = q.add_mutually_exclusive_group(required=True)
+        who.add_argument("--member", help="team member name")
+        who.add_argument("--host", help="host name")
+        if action == "add":
+            q.add_argument("--key", required=True, help="age1... or 'ssh-ed25519 AAAA...'")
+        q.set_defaults(func=cmd_recipients, key=None)
+
+    p = sub.add_parser("reencrypt", parents=[common], help="re-encrypt to the recipients file")
+    p.set_defaults(func=cmd_reencrypt)
+
+    p = sub.add_parser("list", parents=[common], help="who can read what")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, StoreError, crypto.CryptoError, SecretsFormatError) as error:
+        sys.stderr.write(f"rave-secrets: {error}\n")
+        return 1
+    except generate.GenerateError as error:
+        sys.stderr.write(f"rave-secrets: {error}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The secrets model: every declared secret exists, and a wrong or missing key is named."""
+
+import json
+
+import pytest
+
+from rave.components import COMPONENTS
+from rave.secrets import generate
+from rave.secrets.deploy import check_declarations, secret_path
+from rave.secrets.model import SECRET_NAMES, SecretsFormatError, file_content, from_json, to_json
+from rave.secrets.staging import generated_values
+
+COMMON_NAMES = {
+    "tls_certificate",
+    "tls_private_key",
+    "webhook_hmac_secrets",
+    "postgres_webhook_password",
+    "postgres_exporter_password",
+    "grafana_admin_password",
+    "alertmanager_receivers",
+    "backup_repository_password",
+    "ccr_api_keys",
+    "ccr_ui_password_hash",
+}
+
+
+@pytest.fixture(scope="module")
+def values():
+    return generated_values(["rave-test-1", "10.0.0.1"])
+
+
+def test_the_model_holds_the_agreed_names():
+    assert set(SECRET_NAMES) >= COMMON_NAMES
+
+
+def test_components_read_only_declared_secrets_and_have_users():
+    assert check_declarations() == []
+    declared = {name for c in COMPONENTS for name in c.secrets}
+    assert declared <= COMMON_NAMES
+
+
+def test_secret_path():
+    assert (
+        secret_path("webhook", "webhook_hmac_secrets")
+        == "/run/rave/secrets/webhook/webhook_hmac_secrets"
+    )
+    with pytest.raises(KeyError, match="does not declare"):
+        secret_path("webhook", "tls_private_key")
+    with pytest.raises(KeyError, match="unknown component"):
+        secret_path("nope", "tls_private_key")
+
+
+def test_generated_values_round_trip_through_json(values):
+    assert from_json(to_json(values)) == values
+    assert json.loads(file_content(values, "webhook_hmac_secrets")) == values.webhook_hmac_secrets
+    assert file_content(values, "tls_private_key").startswith("-----BEGIN PRIVATE KEY-----")
+    assert set(generate.certificate_names(values.tls_certificate)) == {"rave-test-1", "10.0.0.1"}
+
+
+def _broken(values, **changes):
+    data = values.model_dump(mode="json")
+    for key, value in changes.items():
+        if value is None:
+            del data[key]
+        else:
+            data[key] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named", "message"),
+    [
+        ({"postgres_webhook_password": None}, "postgres_webhook_password", "missing"),
+        ({"webhook_hmac_secret": "x" * 40}, "webhook_hmac_secret", "unknown key"),
+        ({"grafana_admin_password": "short"}, "grafana_admin_password", "at least 16"),
+        ({"tls_certificate": "not a cert"}, "tls_certificate", "PEM certificate"),
+        ({"tls_private_key": "-----BEGIN CERTIFICATE-----"}, "tls_private_key", "PEM private"),
+        ({"webhook_hmac_secrets": []}, "webhook_hmac_secrets", "at least 1"),
+        ({"webhook_hmac_secrets": ["a" * 10]}, "webhook_hmac_secrets", "at least 32"),
+        ({"ccr_ui_password_hash": "rave:plain"}, "ccr_ui_password_hash", "htpasswd"),
+        ({"ccr_api_keys": ["k"]}, "ccr_api_keys", "dictionary"),
+        (
+            {"alertmanager_receivers": [{"name": "x", "url": "http://a"}]},
+            "alertmanager_receivers.0.url",
+            "unknown key",
+        ),
+    ],
+)
+def test_a_file_not_matching_the_model_is_refused_with_the_key_named(
+    values, changes, named, message
+):
+    with pytest.raises(SecretsFormatError) as error:
+        from_json(_broken(values, **changes), "staging.age")
+    text = str(error.value)
+    assert f"- {named}: " in text
+    assert message in text
+    assert "staging.age" in text
+
+
+def test_errors_never_echo_a_secret_value(values):
+    secret = "S" * 15  # one short: refused
+    with pytest.raises(SecretsFormatError) as error:
+        from_json(_broken(values, postgres_exporter_password=secret))
+    assert secret not in str(error.value)
+
+
+def test_htpasswd_line_is_apr1_and_verifies(values):
+    user, hashed = values.ccr_ui_password_hash.split(":", 1)
+    assert user == generate.CCR_UI_USER
+    assert hashed.startswith("$apr1$")
+    salt = hashed.split("$")[2]
+    import subprocess
+
+    again = subprocess.run(
+        ["openssl", "passwd", "-apr1", "-salt", salt, "-stdin"],
+        input=values.ccr_ui_password.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert again.strip() == hashed
