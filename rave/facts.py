@@ -439,25 +439,22 @@ class ValidationProbe(FactBase):
         }
 
 
-SECRETS_ENCRYPTED = "/etc/rave/secrets.age"
-SECRETS_ROOT = "/run/rave/secrets"
-HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"
+SECRETS_ENCRYPTED = "/etc/rave/secrets.age"  # rave.secrets.deploy.REMOTE_ENCRYPTED
+SECRETS_ROOT = "/run/rave/secrets"  # rave.secrets.deploy.SECRETS_ROOT
+HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"  # the host's age recipient
 
 
 def ssh_key_tag(key: str) -> str | None:
-    """age's stanza tag of an ssh-ed25519 recipient: base64(SHA-256(wire key)[:4])."""
-    import base64
-    import binascii
-    import hashlib
+    """age's stanza tag of an ssh-ed25519 recipient (rave.secrets.crypto), None if not one."""
+    from rave.secrets.crypto import ssh_key_tag as tag_of
 
     parts = key.split()
     if len(parts) < 2 or parts[0] != "ssh-ed25519":
         return None
     try:
-        blob = base64.b64decode(parts[1])
-    except binascii.Error:
+        return tag_of(key)
+    except ValueError:
         return None
-    return base64.b64encode(hashlib.sha256(blob).digest()[:4]).decode().rstrip("=")
 
 
 class SecretsRecipientStatus(FactBase):

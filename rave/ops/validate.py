@@ -578,7 +578,11 @@ def report(checks: list[Check]) -> str:
 
 # --- the pyinfra side (ops/validate.py) ----------------------------------------------------
 
-HMAC_SECRETS_FILE = "/run/rave/secrets/webhook/webhook_hmac_secrets"
+
+def hmac_secrets_file() -> str:
+    from rave.secrets.deploy import secret_path
+
+    return secret_path("webhook", "webhook_hmac_secrets")
 
 
 def read_hmac_secret(host: Any) -> str | None:
@@ -586,7 +590,7 @@ def read_hmac_secret(host: Any) -> str | None:
     from pyinfra.api import StringCommand
 
     ok, output = host.run_shell_command(
-        StringCommand("cat", HMAC_SECRETS_FILE), _sudo=True, print_output=False, print_input=False
+        StringCommand("cat", hmac_secrets_file()), _sudo=True, print_output=False, print_input=False
     )
     return first_secret(output.stdout) if ok else None
 

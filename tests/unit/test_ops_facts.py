@@ -199,3 +199,13 @@ def test_secrets_recipient_status():
     }
     other = [line.replace(tag, "ZZZZZZ") for line in output]
     assert SecretsRecipientStatus().process(other)["encrypted_to_host"] is False
+
+
+def test_facts_paths_match_the_secrets_contract():
+    from rave import facts
+    from rave.secrets import deploy
+
+    assert facts.SECRETS_ENCRYPTED == deploy.REMOTE_ENCRYPTED
+    assert facts.SECRETS_ROOT == deploy.SECRETS_ROOT
+    assert facts.HOST_KEY_PUB == deploy.HOST_KEY + ".pub"
+    assert deploy.secret_path("nginx", "tls_certificate") == facts.TLS_CERTIFICATE
