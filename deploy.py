@@ -1,11 +1,13 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.hardening import hardening
 from tasks.ops import ops
 from tasks.release import release
 from tasks.secrets import secrets
 
 base()
+hardening()
 secrets()
 ops()  # scheduled host-side validation (rave-validate.timer)
 release()  # last: records what is deployed (/etc/rave/release.json)
