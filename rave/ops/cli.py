@@ -14,12 +14,14 @@ before anything connects). -i picks the inventory (default: $RAVE_INVENTORY or s
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rave.ops import drift as drift_mod
 
@@ -63,8 +65,17 @@ class Runner:
         if result.returncode != 0:
             sys.stderr.write(result.stderr)
             raise SystemExit(2)
-        names = [entry["name"] for entry in json.loads(result.stdout)]
-        return [name for name in names if not self.limit or name in self.limit]
+        return limited(json.loads(result.stdout), self.limit)
+
+
+def limited(entries: list[dict[str, Any]], patterns: list[str]) -> list[str]:
+    """Host names pyinfra's --limit would keep: a name, a glob or a group name."""
+    names = []
+    for entry in entries:
+        groups = set(entry.get("groups", []))
+        if not patterns or any(fnmatch.fnmatch(entry["name"], p) or p in groups for p in patterns):
+            names.append(entry["name"])
+    return names
 
 
 def _data(**values: object) -> list[str]:

@@ -105,3 +105,15 @@ def test_major_update_prints_the_runbook(capsys):
 def test_unknown_command_is_refused():
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["reboot"])
+
+
+def test_limit_accepts_names_globs_and_groups():
+    entries = [
+        {"name": "rave-prod-1", "groups": ["rave", "prod"]},
+        {"name": "rave-prod-2", "groups": ["rave", "prod"]},
+        {"name": "rave-staging-1", "groups": ["rave", "staging"]},
+    ]
+    assert cli.limited(entries, []) == ["rave-prod-1", "rave-prod-2", "rave-staging-1"]
+    assert cli.limited(entries, ["rave-prod-2"]) == ["rave-prod-2"]
+    assert cli.limited(entries, ["rave-prod-*"]) == ["rave-prod-1", "rave-prod-2"]
+    assert cli.limited(entries, ["staging"]) == ["rave-staging-1"]
