@@ -1,13 +1,19 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.database import database
+from tasks.edge import edge
 from tasks.hardening import hardening
 from tasks.ops import ops
 from tasks.release import release
 from tasks.secrets import secrets
+from tasks.webhook import webhook
 
 base()
 hardening()
 secrets()
+database()
+edge()
+webhook()
 ops()  # scheduled host-side validation (rave-validate.timer)
 release()  # last: records what is deployed (/etc/rave/release.json)
