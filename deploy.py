@@ -4,6 +4,7 @@ from tasks.base import base
 from tasks.database import database
 from tasks.edge import edge
 from tasks.hardening import hardening
+from tasks.observability import observability
 from tasks.ops import ops
 from tasks.release import release
 from tasks.secrets import secrets
@@ -15,5 +16,6 @@ secrets()
 database()
 edge()
 webhook()
+observability()
 ops()  # scheduled host-side validation (rave-validate.timer)
 release()  # last: records what is deployed (/etc/rave/release.json)
