@@ -1,5 +1,6 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
+from tasks.backup import backup
 from tasks.base import base
 from tasks.database import database
 from tasks.edge import edge
@@ -17,5 +18,6 @@ database()
 edge()
 webhook()
 observability()
+backup()
 ops()  # scheduled host-side validation (rave-validate.timer)
 release()  # last: records what is deployed (/etc/rave/release.json)
