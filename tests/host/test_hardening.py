@@ -313,8 +313,13 @@ def test_port_scan_finds_only_ssh_and_the_edge(address):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     print(f"open TCP ports on {address}: {sorted(open_ports)}")
-    assert 22 in open_ports
     assert open_ports <= {22, 3002}
+    # The mass scan can miss 22 when earlier tests used up this source's SSH rate-limit tokens
+    # (new connections are then dropped, which looks filtered): probe it on its own, patiently.
+    if 22 not in open_ports:
+        wait_for_ssh(address, timeout=90)
+    if 3002 not in open_ports:  # a single slow answer under load; the edge must be reachable
+        socket.create_connection((address, 3002), timeout=10).close()
 
 
 async def _scan(address: str, ports: range, concurrency: int, timeout: float) -> set[int]:
