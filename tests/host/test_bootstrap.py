@@ -23,7 +23,7 @@ import pytest
 from rave.deployrun import DeployResult, parse_results, pyinfra_bin, run_deploy
 from rave.staging import MAX_HOSTS, OPERATOR, Host
 from rave.staging_bare import boot_bare_host, remove_bare_host
-from tests.host.conftest import HOST_NAMES, INSTANCE, REPO
+from tests.host.conftest import ALL_NAMES, INSTANCE, REPO
 
 DENY_DROPIN = "etc/ssh/sshd_config.d/10-test-deny-operator.conf"
 
@@ -125,7 +125,7 @@ def wait_for_root_password_login(bare: BareHost, timeout: float = 120) -> None:
 def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareHost]:
     if os.geteuid() != 0:
         pytest.fail("host tests need root (network namespaces, mounts, nspawn)", pytrace=False)
-    index = len(HOST_NAMES) + 1
+    index = len(ALL_NAMES) + 1
     if index > MAX_HOSTS:
         pytest.skip(f"no free staging host number for the bootstrap test (max {MAX_HOSTS})")
     password = secrets.token_urlsafe(18)
