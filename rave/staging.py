@@ -48,7 +48,7 @@ OPERATOR = "agent"
 OPERATOR_GROUP = "rave-ssh"
 BOOT_TIMEOUT = float(os.environ.get("RAVE_STAGING_BOOT_TIMEOUT", "240"))
 STOP_TIMEOUT = 30.0
-MAX_HOSTS = 9  # addresses .11-.19; keeps interface names short
+MAX_HOSTS = 12  # addresses .11-.22; keeps interface names short (bench: 10 hosts)
 
 
 class StagingError(Exception):
