@@ -61,13 +61,19 @@ class DeployResult:
         ]
 
     def summary(self) -> str:
+        head = f"pyinfra exit {self.returncode} in {self.seconds:.1f}s"
+        if not self.parsed:
+            errors = [line.strip() for line in self.stderr.splitlines() if "rror" in line]
+            return f"{head}, no results printed; errors: {errors[-5:] or 'see the log'}"
         return (
-            f"pyinfra exit {self.returncode} in {self.seconds:.1f}s: {self.changed} changed, "
-            f"{self.errors} failed operation(s), failed hosts: {list(self.failed_hosts) or 'none'}"
+            f"{head}: {self.changed} changed, {self.errors} failed operation(s), "
+            f"failed hosts: {list(self.failed_hosts) or 'none'}"
         )
 
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join((self.stderr + self.stdout).splitlines()[-lines:])
+        """The end of pyinfra's log (stderr) and of whatever else it printed (not the JSON)."""
+        other = [line for line in self.stdout.splitlines() if not line.startswith("{")]
+        return "\n".join([*self.stderr.splitlines(), *other][-lines:])
 
 
 def parse_results(stdout: str) -> dict[str, Any] | None:

@@ -297,10 +297,14 @@ def ensure_cached_root() -> Path:
             raise StagingError(f"debootstrap failed ({result.returncode}):\n{tail}")
         finish_root(temp)
         (temp / ROOT_MARKER).write_text(ROOT_RECIPE + "\n")
-        if root.exists():
-            old = CACHE_DIR / f"{SUITE}-root.old-{os.getpid()}"
+        if root.exists():  # an older recipe: set aside; delete it unless hosts still use it
+            in_use = f"lowerdir={root}," in Path("/proc/self/mountinfo").read_text()
+            old = CACHE_DIR / f"{SUITE}-root.old-{int(time.time())}"
             root.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
+            if in_use:
+                log(f"the previous root is still in use by running hosts: kept as {old}")
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         temp.rename(root)
         log(f"cached root ready in {time.monotonic() - started:.0f}s: {root}")
     return root
@@ -421,10 +425,11 @@ def check_instance_id(inst: Instance) -> None:
                     f"{inst.state} belongs to staging instance {recorded} which is running; "
                     f"stop it first: RAVE_STAGING_ID={recorded} rave-staging down"
                 )
-            log(f"state of stopped instance {recorded} found: clearing its leftovers")
+            # only what lives in this state dir: the ID may belong to someone else by now, so
+            # its netns, links and proxy are left alone (RAVE_STAGING_ID=<old> down clears them)
+            log(f"discarding the state of stopped instance {recorded}")
             for index in other.known_indices():
-                teardown_host(other.host(index))
-            teardown_network(other)
+                unmount_root(other.host(index))
             shutil.rmtree(inst.state / "hosts", ignore_errors=True)
             for name in ("hosts.json", "ssh_config", "known_hosts"):
                 (inst.state / name).unlink(missing_ok=True)
@@ -609,6 +614,14 @@ def mount_overlay(host: Host, lower: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     if is_mounted(host.root):
         return
+    recipe = host.dir / "lower-recipe"
+    if recipe.exists() and recipe.read_text().strip() != ROOT_RECIPE:
+        log(f"{host.name}: the cached root changed; its upper layer is wiped")
+        shutil.rmtree(host.upper)
+        shutil.rmtree(host.work)
+        host.upper.mkdir()
+        host.work.mkdir()
+    recipe.write_text(ROOT_RECIPE + "\n")
     options = f"lowerdir={lower},upperdir={host.upper},workdir={host.work}"
     run("mount", "-t", "overlay", "overlay", "-o", options, str(host.root))
 
@@ -628,48 +641,41 @@ def unmount_root(host: Host) -> None:
                 run("umount", "-l", target, check=False)
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def container_pids(host: Host) -> set[int]:
-    """PID-namespace inits of processes living in the host's netns (the container's PID 1)."""
+    """Processes to SIGKILL so nothing runs in the host's netns: for a process of a container
+    (another PID namespace) that is its namespace's init, found by walking up the parents to
+    the last one outside our PID namespace; killing it kills the whole namespace."""
     if not netns_exists(host.netns):
         return set()
     listed = run("ip", "netns", "pids", host.netns, check=False).stdout.split()
     own_pidns = os.readlink("/proc/self/ns/pid")
-    inits: set[int] = set()
+    targets: set[int] = set()
     for raw in listed:
-        pid = int(raw)
-        try:
-            if os.readlink(f"/proc/{pid}/ns/pid") == own_pidns and pid != os.getpid():
-                # a process of ours in the netns (nspawn itself): kill it as well
-                inits.add(pid)
-                continue
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("NSpid:"):
-                ids = line.split()[1:]
-                if ids[-1] == "1":
-                    inits.add(pid)
-                else:
-                    # find the init of that namespace: its host pid has NSpid ending in 1
-                    inits |= _pidns_init(os.readlink(f"/proc/{pid}/ns/pid"))
-    return inits
-
-
-def _pidns_init(pidns: str) -> set[int]:
-    found: set[int] = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if os.readlink(proc / "ns/pid") != pidns:
-                continue
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("NSpid:") and line.split()[-1] == "1":
-                    found.add(int(proc.name))
-        except OSError:
-            continue
-    return found
+        pid: int | None = int(raw)
+        child = None
+        while pid and pid > 1:
+            try:
+                pidns = os.readlink(f"/proc/{pid}/ns/pid")
+            except OSError:
+                break
+            if pidns == own_pidns:
+                break
+            child, pid = pid, _ppid(pid)
+        if child is not None:
+            targets.add(child)  # the container's init
+        elif int(raw) != os.getpid():
+            targets.add(int(raw))  # e.g. a systemd-nspawn that has joined the netns
+    return targets
 
 
 def stop_container(host: Host) -> None:
@@ -788,9 +794,9 @@ def start_container(host: Host) -> int:
     return process.pid
 
 
-def ssh_ok(host: Host) -> bool:
+def ssh_run(host: Host, command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(
+        return subprocess.run(
             [
                 "ssh",
                 "-F",
@@ -798,15 +804,19 @@ def ssh_ok(host: Host) -> bool:
                 "-o",
                 "ConnectTimeout=3",
                 host.name,
-                "true",
+                command,
             ],
             capture_output=True,
-            timeout=15,
+            text=True,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0
+        return subprocess.CompletedProcess([], 255, "", f"timed out after {timeout:.0f}s")
+
+
+def ssh_ok(host: Host) -> bool:
+    return ssh_run(host, "true").returncode == 0
 
 
 def console_tail(host: Host, lines: int = 30) -> str:
@@ -817,7 +827,9 @@ def console_tail(host: Host, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_for_ssh(hosts: list[Host], timeout: float = BOOT_TIMEOUT) -> None:
+def wait_for_boot(hosts: list[Host], booting: list[Host], timeout: float = BOOT_TIMEOUT) -> None:
+    """Until sshd answers on every host, then until each booting one has finished booting (the
+    units that start at boot, e.g. deployed services after a reboot, are up or have failed)."""
     deadline = time.monotonic() + timeout
     pending = list(hosts)
     while pending:
@@ -837,6 +849,19 @@ def wait_for_ssh(hosts: list[Host], timeout: float = BOOT_TIMEOUT) -> None:
             )
         if pending:
             time.sleep(1)
+    for host in booting:
+        remaining = max(deadline - time.monotonic(), 5)
+        state = ssh_run(host, "systemctl is-system-running --wait", timeout=remaining)
+        status = state.stdout.strip()
+        if status == "degraded":
+            failed = ssh_run(host, "systemctl --failed --no-legend --plain").stdout.strip()
+            log(f"{host.name}: booted degraded; failed units:\n{failed}")
+        elif status != "running":
+            raise StagingError(
+                f"{host.name}: did not finish booting within {timeout:.0f}s "
+                f"({status or state.stderr.strip()}); console log {host.console}:\n"
+                f"{console_tail(host)}"
+            )
 
 
 def bring_up(inst: Instance, indices: list[int]) -> list[Host]:
@@ -864,7 +889,7 @@ def bring_up(inst: Instance, indices: list[int]) -> list[Host]:
     write_state_files(inst, hosts)
     if starting:
         log("booting " + ", ".join(h.name for h in starting) + " ...")
-    wait_for_ssh(hosts)
+    wait_for_boot(hosts, booting=starting)
     write_state_files(inst, hosts)
     secrets_hook(inst, hosts)
     return hosts
@@ -887,6 +912,7 @@ def wipe_host(host: Host) -> None:
     teardown_host(host)
     shutil.rmtree(host.upper, ignore_errors=True)
     shutil.rmtree(host.work, ignore_errors=True)
+    host.console.unlink(missing_ok=True)
 
 
 def cmd_up(inst: Instance, count: int | None, fresh: bool = False) -> None:
@@ -922,11 +948,13 @@ def cmd_down(inst: Instance) -> None:
 
 def select(inst: Instance, host: int | None, all_hosts: bool) -> list[int]:
     known = inst.known_indices()
+    if not known:
+        raise StagingError("no staging hosts yet: run `rave-staging up` first")
     if host is not None:
         if host not in known:
             raise StagingError(f"no staging host {host} (known: {known or 'none'})")
         return [host]
-    return known or [1]  # --all, or no --host: every host
+    return known  # --all, or no --host: every host
 
 
 def cmd_reset(inst: Instance, host: int | None, all_hosts: bool) -> None:

@@ -54,3 +54,17 @@ def test_operator_has_passwordless_sudo(host):
     assert host.run("id -u").stdout.strip() == "0"  # the host fixture runs commands via sudo
     assert host.user("agent").exists
     assert "rave-ssh" in host.user("agent").groups
+
+
+def test_reboot_keeps_the_hosts_changes(staging, host):
+    name = host.backend.get_hostname()
+    marker = "/var/lib/rave-staging/reboot-test"
+    host.run_expect([0], f"touch {marker}")
+    boot = _boot_id(staging, name)
+    staging.reboot(name)
+    try:
+        assert _boot_id(staging, name) != boot
+        assert host.file(marker).exists  # the testinfra host reconnected after the reboot
+        assert host.run("systemctl is-system-running").stdout.strip() in ("running", "degraded")
+    finally:
+        host.run(f"rm -f {marker}")

@@ -1,0 +1,86 @@
+"""rave.staging without booting anything: names, addresses and the files the tools read."""
+
+import json
+
+import pytest
+
+from rave import staging
+
+
+@pytest.fixture
+def instance(tmp_path):
+    # only names and files: nothing here may start or stop anything of a live instance
+    return staging.Instance(7, tmp_path / ".staging")
+
+
+def test_names_and_addresses_follow_the_instance_id(instance):
+    host = instance.host(2)
+    assert (host.name, host.address, host.netns) == ("rave-staging-2", "10.213.7.12", "rv7-h2")
+    assert instance.gateway == "10.213.7.1"
+    assert instance.proxy_url == "http://10.213.7.1:3128"
+    assert instance.bridge == "rvbr7"
+
+
+def test_interface_names_fit_the_kernel_limit():
+    worst = staging.Instance(254).host(staging.MAX_HOSTS)
+    for name in (worst.veth, worst.instance.bridge):
+        assert len(name) <= 15  # IFNAMSIZ - 1
+
+
+def test_instance_id_is_validated(monkeypatch):
+    monkeypatch.setenv("RAVE_STAGING_ID", "3")
+    assert staging.instance_id() == 3
+    for bad in ("300", "-1", "x"):
+        monkeypatch.setenv("RAVE_STAGING_ID", bad)
+        with pytest.raises(staging.StagingError):
+            staging.instance_id()
+
+
+def test_state_files_pin_the_host_keys(instance):
+    hosts = [instance.host(1), instance.host(2)]
+    instance.state.mkdir(parents=True)
+    staging.ensure_operator_key(instance)
+    for host in hosts:
+        staging.ensure_host_key(host)
+    staging.write_state_files(instance, hosts)
+
+    entries = json.loads(instance.hosts_json.read_text())
+    assert [(e["name"], e["address"], e["netns"]) for e in entries] == [
+        ("rave-staging-1", "10.213.7.11", "rv7-h1"),
+        ("rave-staging-2", "10.213.7.12", "rv7-h2"),
+    ]
+    assert all(e["pid"] is None for e in entries)  # nothing runs
+
+    known = instance.known_hosts.read_text().splitlines()
+    assert known[0] == f"rave-staging-1,10.213.7.11 {hosts[0].host_public_key()}"
+    assert known[0].split()[1] == "ssh-ed25519"
+    assert hosts[0].host_public_key() != hosts[1].host_public_key()
+
+    config = instance.ssh_config.read_text()
+    assert "Host rave-staging-2 10.213.7.12\n    HostName 10.213.7.12\n" in config
+    for line in (
+        f"IdentityFile {instance.key}",
+        f"UserKnownHostsFile {instance.known_hosts}",
+        "StrictHostKeyChecking yes",
+        "IdentitiesOnly yes",
+        "User agent",
+    ):
+        assert line in config
+
+
+def test_an_instance_does_not_reuse_another_instances_state(instance, monkeypatch):
+    # never touch the machine: instance 5 may be someone's live staging instance
+    touched = []
+    for name in ("teardown_host", "teardown_network", "stop_container", "teardown_host_network"):
+        monkeypatch.setattr(staging, name, lambda *args, name=name: touched.append(name))
+    monkeypatch.setattr(staging, "unmount_root", lambda host: touched.append(host.name))
+    monkeypatch.setattr(staging.Host, "pid", lambda host: None)
+    instance.state.mkdir(parents=True)
+    (instance.state / "instance-id").write_text("5\n")
+    (instance.state / "hosts" / "1" / "upper").mkdir(parents=True)
+    (instance.state / "hosts.json").write_text("[]")
+    staging.check_instance_id(instance)  # instance 5 has nothing running: its state goes
+    assert (instance.state / "instance-id").read_text() == "7\n"
+    assert not (instance.state / "hosts").exists()
+    assert not (instance.state / "hosts.json").exists()
+    assert touched == ["rave-staging-1"]  # its own mount only; the network is left alone
