@@ -2,7 +2,13 @@
 
 from pathlib import Path
 
-__all__ = ["apt_check_valid_until", "egress_proxy", "operator_keys", "rave_environment"]
+__all__ = [
+    "apt_check_valid_until",
+    "egress_proxy",
+    "fail2ban_ignore_addresses",
+    "operator_keys",
+    "rave_environment",
+]
 
 _STATE = Path(__file__).resolve().parents[1] / ".staging"
 _INSTANCE = (
@@ -15,3 +21,5 @@ egress_proxy = f"http://10.213.{_INSTANCE}.1:3128"
 # the harness's snapshot mirror is frozen; its Release files are past Valid-Until
 apt_check_valid_until = False
 operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
+# the control machine (tests, ssh-audit, port scans) must never be banned by fail2ban
+fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1"]

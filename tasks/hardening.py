@@ -1,0 +1,430 @@
+"""Hardening: SSH, firewall, fail2ban, kernel, core dumps, updates, journald, audit, baseline.
+
+Every step is idempotent (a second deploy changes nothing) and every change to the way into the
+host is validated on the host before it is activated:
+- sshd: the candidate config is checked with `sshd -t -f` and only then installed and reloaded;
+- nftables: the candidate is checked with `nft -c`, loaded with a timed automatic revert, and
+  confirmed only after the deploy has opened a NEW SSH connection through it.
+What this host cannot do (a container's read-only kernel keys, auditd, AppArmor) is reported once
+in the deploy output and in /var/lib/rave-hardening/report.json, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.facts.files import Directory, File, Sha256File
+from pyinfra.operations import apt, files, python, server, systemd
+from pyinfra.operations.util import any_changed
+
+from rave import hardening as h
+from rave.deploykit import ensure_packages, install_host_script, put_text, settings
+from rave.render import FILES
+from rave.settings import HostSettings
+
+
+def templates(config: HostSettings) -> dict[str, dict[str, Any]]:
+    """Every template this task renders, for the unit tests (name → context)."""
+    return h.template_contexts(config)
+
+
+def _file(name: str) -> str:
+    return str(FILES / "hardening" / name)
+
+
+def _put_file(name: str, src: str, dest: str, mode: str = "644") -> Any:
+    return files.put(
+        name=name,
+        src=_file(src),
+        dest=dest,
+        user="root",
+        group="root",
+        mode=mode,
+        create_remote_dir=True,
+    )
+
+
+def _report(report: dict[str, Any], key: str, value: Any) -> None:
+    report.setdefault("exceptions", {})[key] = value
+
+
+# --- SSH -------------------------------------------------------------------------------------
+
+
+@deploy("Hardening: SSH")
+def ssh_hardening() -> None:
+    config = settings()
+    login_group = config.sshd_allow_groups[0]
+
+    ensure_packages("Install the OpenSSH server", ["openssh-server"])
+    server.group(name=f"SSH login group {login_group}", group=login_group, system=True)
+    server.user(
+        name=f"Operator {config.operator_user} may log in over SSH",
+        user=config.operator_user,
+        groups=[login_group],
+        append=True,
+    )
+    server.user_authorized_keys(
+        name=f"Authorised keys of {config.operator_user} (exactly operator_keys)",
+        user=config.operator_user,
+        public_keys=config.operator_keys,
+        delete_keys=True,
+    )
+
+    # Ed25519 host key only
+    for kind in ("rsa", "ecdsa", "dsa"):
+        for suffix in ("", ".pub"):
+            files.file(
+                name=f"No {kind} host key{suffix and ' (public)'}",
+                path=f"/etc/ssh/ssh_host_{kind}_key{suffix}",
+                present=False,
+            )
+    if not host.get_fact(File, path="/etc/ssh/ssh_host_ed25519_key"):
+        server.shell(
+            name="Generate the Ed25519 host key",
+            commands=["ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key"],
+        )
+
+    if config.sshd_remove_short_moduli and host.get_fact(h.ShortModuli) > 0:
+        server.shell(
+            name=f"Remove Diffie-Hellman moduli shorter than {h.MODULI_MIN_BITS} bits",
+            commands=[
+                f"awk '$1 ~ /^#/ || $5 >= {h.MODULI_MIN_BITS}' /etc/ssh/moduli "
+                "> /etc/ssh/moduli.rave && chmod 644 /etc/ssh/moduli.rave "
+                "&& mv /etc/ssh/moduli.rave /etc/ssh/moduli"
+            ],
+        )
+
+    text = h.sshd_config_text(config)
+    put_text("sshd config candidate", h.SSHD_CANDIDATE, text, mode="600")
+    installed = None
+    if host.get_fact(Sha256File, path=h.SSHD_CONFIG) != h.sha256(text):
+        # `sshd -t` refuses a bad config: the install (and the reload) never happens then.
+        installed = server.shell(
+            name="Check the sshd config candidate with sshd -t, then install it",
+            commands=[
+                f"sshd -t -f {h.SSHD_CANDIDATE} && "
+                f"install -m 600 -o root -g root {h.SSHD_CANDIDATE} {h.SSHD_CONFIG}"
+            ],
+        )
+
+    socket = host.get_fact(h.UnitActive, unit="ssh.socket")
+    if socket["active"] == "active" or socket["enabled"] == "enabled":
+        # socket activation ignores sshd_config's listeners: run the daemon as ssh.service
+        server.shell(
+            name="Serve SSH from ssh.service (disable socket activation)",
+            commands=[
+                "systemctl disable --now ssh.socket",
+                "systemctl enable ssh.service",
+                "systemctl restart ssh.service",
+            ],
+        )
+    else:
+        systemd.service(name="sshd runs", service="ssh.service", running=True, enabled=True)
+        if installed is not None:
+            systemd.service(
+                name="Reload sshd (its config changed)",
+                service="ssh.service",
+                reloaded=True,
+                _if=installed.did_change,
+            )
+
+
+# --- firewall --------------------------------------------------------------------------------
+
+
+def _reconnect(state: Any, host: Any) -> None:
+    """Open a NEW SSH connection through the just-loaded ruleset (the old one is ESTABLISHED and
+    would survive any ruleset); raise if it fails, so the revert timer is never cancelled."""
+    connector = host.connector
+    old = getattr(connector, "client", None)
+    if old is None:  # not an SSH connector (@local, tests): nothing to prove
+        return
+    connector.connect()
+    connector.disconnect()  # forget file-transfer channels of the old connection
+    old.close()
+    ok, output = host.run_shell_command(command="true")
+    if not ok:
+        raise RuntimeError(f"new SSH connection cannot run commands: {output.stderr}")
+
+
+@deploy("Hardening: firewall")
+def firewall() -> None:
+    config = settings()
+    ensure_packages("Install nftables", ["nftables"])
+    install_host_script("Firewall apply/revert helper", _file("rave-nft-apply"), h.NFT_APPLY)
+    dropin = files.put(
+        name="nftables.service stop removes only the RAVE table",
+        src=_file("nftables-stop.conf"),
+        dest="/etc/systemd/system/nftables.service.d/rave.conf",
+        user="root",
+        group="root",
+        mode="644",
+        create_remote_dir=True,
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
+
+    text = h.nftables_text(config)
+    put_text("Firewall ruleset candidate", h.NFT_CANDIDATE, text, mode="600")
+    live = host.get_fact(h.NftRaveMarker)
+    on_disk = host.get_fact(Sha256File, path=h.NFT_CONFIG)
+    if live != h.nftables_marker(text) or on_disk != h.sha256(text):
+        seconds = config.firewall_revert_seconds
+        server.shell(
+            name=f"Check (nft -c) and load the firewall; it reverts in {seconds}s unless confirmed",
+            commands=[f"{h.NFT_APPLY} stage {h.NFT_CANDIDATE} {seconds}"],
+        )
+        python.call(
+            name="Reconnect over a new SSH connection through the new firewall",
+            function=_reconnect,
+        )
+        server.shell(
+            name="Confirm the firewall: cancel the revert, install /etc/nftables.conf",
+            commands=[f"{h.NFT_APPLY} confirm {h.NFT_CANDIDATE}"],
+        )
+    systemd.service(
+        name="Load the firewall at boot", service="nftables.service", running=True, enabled=True
+    )
+
+
+# --- fail2ban --------------------------------------------------------------------------------
+
+
+@deploy("Hardening: fail2ban")
+def fail2ban() -> None:
+    config = settings()
+    ensure_packages("Install fail2ban (systemd backend)", ["fail2ban", "python3-systemd"])
+
+    # the nginx jails read nginx's files: make sure they exist before nginx does, or fail2ban
+    # would refuse to start
+    log_dir = config.fail2ban_nginx_log_dir
+    if not host.get_fact(Directory, path=log_dir):
+        files.directory(
+            name="nginx log directory (for fail2ban)",
+            path=log_dir,
+            user="root",
+            group="adm",
+            mode="755",
+        )
+    if not host.get_fact(File, path=f"{log_dir}/error.log"):
+        files.file(
+            name="Empty nginx error log (for fail2ban)",
+            path=f"{log_dir}/error.log",
+            user="www-data",
+            group="adm",
+            mode="640",
+        )
+
+    jail = put_text(
+        "fail2ban jails",
+        "/etc/fail2ban/jail.d/rave.local",
+        h.render_file(config, "hardening/jail.local.j2"),
+    )
+    daemon = put_text(
+        "fail2ban daemon settings",
+        "/etc/fail2ban/fail2ban.d/rave.local",
+        h.render_file(config, "hardening/fail2ban.local.j2"),
+    )
+    systemd.service(name="fail2ban runs", service="fail2ban.service", running=True, enabled=True)
+    systemd.service(
+        name="Restart fail2ban (its settings changed)",
+        service="fail2ban.service",
+        restarted=True,
+        _if=any_changed(jail, daemon),
+    )
+
+
+# --- kernel ----------------------------------------------------------------------------------
+
+
+@deploy("Hardening: kernel")
+def kernel(report: dict[str, Any]) -> None:
+    config = settings()
+    desired = config.sysctl_desired
+    put_text(
+        "Kernel settings (dev-sec/CIS)",
+        "/etc/sysctl.d/90-rave-hardening.conf",
+        h.render_file(config, "hardening/sysctl.conf.j2"),
+    )
+    state = host.get_fact(h.SysctlState, keys=tuple(sorted(desired)))
+    plan = h.plan_sysctl(desired, state)
+    if plan.apply:
+        assignments = " ".join(shlex.quote(f"{key}={value}") for key, value in plan.apply.items())
+        server.shell(
+            name=f"Apply {len(plan.apply)} kernel setting(s) now",
+            commands=[f"sysctl -q -w {assignments}"],
+        )
+    if plan.unsettable:
+        _report(report, "sysctl", plan.unsettable)
+
+    put_text(
+        "Unused filesystems and protocols never load",
+        "/etc/modprobe.d/rave-hardening.conf",
+        h.render_file(config, "hardening/modprobe.conf.j2"),
+    )
+    _put_file("No core dumps (limits)", "limits.conf", "/etc/security/limits.d/rave-nocore.conf")
+    _put_file(
+        "No core dumps (systemd-coredump)",
+        "coredump.conf",
+        "/etc/systemd/coredump.conf.d/rave.conf",
+    )
+    nocore = _put_file(
+        "No core dumps (services)",
+        "system-nocore.conf",
+        "/etc/systemd/system.conf.d/rave-nocore.conf",
+    )
+    server.shell(
+        name="Re-execute systemd (default limits changed)",
+        commands=["systemctl daemon-reexec"],
+        _if=nocore.did_change,
+    )
+
+
+# --- system ----------------------------------------------------------------------------------
+
+IDENTITY_FILES = {
+    "/etc/passwd": ("root", "root", "644"),
+    "/etc/passwd-": ("root", "root", "644"),
+    "/etc/group": ("root", "root", "644"),
+    "/etc/group-": ("root", "root", "644"),
+    "/etc/shadow": ("root", "shadow", "640"),
+    "/etc/shadow-": ("root", "shadow", "640"),
+    "/etc/gshadow": ("root", "shadow", "640"),
+    "/etc/gshadow-": ("root", "shadow", "640"),
+}
+SHM_OPTIONS = ("nodev", "nosuid", "noexec")
+
+
+@deploy("Hardening: system")
+def system(report: dict[str, Any], container: bool) -> None:
+    config = settings()
+
+    apt.packages(
+        name="Remove unneeded packages (plaintext clients, needless listeners)",
+        packages=config.hardening_remove_packages,
+        present=False,
+    )
+
+    # security updates
+    if config.unattended_upgrades_enabled:
+        ensure_packages("Install unattended-upgrades", ["unattended-upgrades"])
+        put_text(
+            "unattended-upgrades: Debian-Security origin only",
+            "/etc/apt/apt.conf.d/52rave-unattended-upgrades",
+            h.render_file(config, "hardening/unattended-upgrades.conf.j2"),
+        )
+    put_text(
+        "Periodic apt runs",
+        "/etc/apt/apt.conf.d/20auto-upgrades",
+        h.render_file(config, "hardening/auto-upgrades.conf.j2"),
+    )
+
+    # journald: persistent, capped
+    journald = put_text(
+        "journald: persistent, size-capped",
+        "/etc/systemd/journald.conf.d/rave.conf",
+        h.render_file(config, "hardening/journald.conf.j2"),
+    )
+    systemd.service(
+        name="Restart journald (its settings changed)",
+        service="systemd-journald.service",
+        restarted=True,
+        _if=journald.did_change,
+    )
+
+    # identity files and umask
+    for path, (user, group, mode) in IDENTITY_FILES.items():
+        if path.endswith("-") and not host.get_fact(File, path=path):
+            continue
+        files.file(name=f"Permissions of {path}", path=path, user=user, group=group, mode=mode)
+    files.line(
+        name=f"Default umask {config.login_umask}",
+        path="/etc/login.defs",
+        line=r"^UMASK\s",
+        replace=f"UMASK\t\t{config.login_umask}",
+    )
+
+    # /dev/shm
+    files.line(
+        name="/dev/shm mounted nodev,nosuid,noexec (fstab)",
+        path="/etc/fstab",
+        line=r"^\S+\s+/dev/shm\s",
+        replace="tmpfs /dev/shm tmpfs defaults,nodev,nosuid,noexec 0 0",
+    )
+    options = host.get_fact(h.MountOptions, path="/dev/shm") or []
+    missing = [option for option in SHM_OPTIONS if option not in options]
+    if missing:
+        remount = f"mount -o remount,{','.join(SHM_OPTIONS)} /dev/shm"
+        name = f"Remount /dev/shm nodev,nosuid,noexec (lacks {','.join(missing)})"
+        if container:
+            # the container manager may forbid it: the fstab line is there, say so, don't fail
+            remount += " || echo 'remount of /dev/shm refused in this container' >&2"
+            name += " (may be refused in a container)"
+        server.shell(name=name, commands=[remount])
+
+    # AppArmor where the kernel offers it
+    if host.get_fact(h.AppArmorSupported):
+        ensure_packages("Install AppArmor", ["apparmor"])
+        systemd.service(
+            name="AppArmor runs", service="apparmor.service", running=True, enabled=True
+        )
+    else:
+        _report(report, "apparmor", "not available (container, or kernel without AppArmor)")
+
+    # audit: rules everywhere; the daemon only where the kernel lets it run
+    skip = _put_file(
+        "auditd is skipped (not failed) inside containers",
+        "auditd-container.conf",
+        "/etc/systemd/system/auditd.service.d/rave-container.conf",
+    )
+    systemd.daemon_reload(name="Reload systemd units (auditd)", _if=skip.did_change)
+    ensure_packages("Install auditd", ["auditd"])
+    rules = put_text(
+        "Audit rules (identity, sudoers, sshd, firewall, secrets)",
+        h.AUDIT_RULES,
+        h.render_file(config, "hardening/audit.rules.j2"),
+        mode="640",
+    )
+    if container:
+        _report(report, "auditd", "cannot run in a container (no audit in a child PID namespace)")
+        if host.get_fact(h.UnitActive, unit="auditd.service")["active"] == "failed":
+            server.shell(
+                name="Clear auditd's failed start (it cannot run in a container)",
+                commands=["systemctl reset-failed auditd.service"],
+            )
+    else:
+        systemd.service(name="auditd runs", service="auditd.service", running=True, enabled=True)
+        server.shell(
+            name="Load the audit rules", commands=["augenrules --load"], _if=rules.did_change
+        )
+
+
+@deploy("Hardening")
+def hardening() -> None:
+    virtualization = host.get_fact(h.ContainerVirt)
+    container = virtualization != "none"
+    report: dict[str, Any] = {"virtualization": virtualization}
+
+    ssh_hardening()
+    firewall()
+    fail2ban()
+    kernel(report)
+    system(report, container)
+
+    exceptions = report.get("exceptions", {})
+    if exceptions:
+        lines = [f"{host.name}: hardening controls this host cannot apply ({virtualization}):"]
+        for key, value in sorted(exceptions.items()):
+            if key == "sysctl":
+                for name, item in value.items():
+                    lines.append(
+                        f"  sysctl {name}: want {item['desired']}, is {item['actual']} "
+                        f"({item['reason']})"
+                    )
+            else:
+                lines.append(f"  {key}: {value}")
+        logger.warning("\n".join(lines))
+    put_text("Hardening report", h.REPORT_PATH, h.report_text(report), mode="644")
