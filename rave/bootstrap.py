@@ -17,6 +17,8 @@ from typing import Any, cast
 import paramiko
 from pyinfra.api import FactBase
 
+from rave.settings import HostSettings
+
 SUDOERS_PATH = "/etc/sudoers.d/rave-operator"
 # outside /etc/sudoers.d: sudo never reads the candidate, visudo checks it before it is installed
 SUDOERS_CANDIDATE = "/etc/sudoers.rave-candidate"
@@ -48,10 +50,9 @@ def sudoers_text(user: str) -> str:
     return f"# written by ops/bootstrap.py\n{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
 
 
-def login_group(config: Any) -> str:
+def login_group(config: HostSettings) -> str:
     """The group sshd's AllowGroups admits (the hardening settings' first one)."""
-    groups = getattr(config, "sshd_allow_groups", None) or ["rave-ssh"]
-    return str(groups[0])
+    return config.sshd_allow_groups[0]
 
 
 def sshd_check_command(user: str) -> str:
