@@ -103,7 +103,9 @@ def main() -> int:
     report = [
         line.strip()
         for line in (failing.stderr + failing.stdout).splitlines()
-        if broken in line and ("rror" in line or "fail" in line.lower() or "connect" in line)
+        if broken in line
+        and not line.lstrip().startswith("{")  # the --json document
+        and ("rror" in line or "fail" in line.lower() or "connect" in line)
     ]
     staging("reboot", "--host", str(args.hosts))
     after = must(run_deploy(), "no-change run over all after the broken host is back")
