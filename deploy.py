@@ -5,6 +5,7 @@ from tasks.base import base
 from tasks.database import database
 from tasks.edge import edge
 from tasks.hardening import hardening
+from tasks.observability import observability
 from tasks.secrets import secrets
 from tasks.webhook import webhook
 
@@ -15,3 +16,4 @@ if not settings().monitoring_role:  # a monitoring host runs no service (rave/to
     database()
     edge()
     webhook()
+observability()
