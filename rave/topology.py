@@ -4,8 +4,8 @@ Groups: `rave` holds the service hosts; an optional `monitoring` group holds the
 host(s). From that, each host gets derived settings (rave.settings.topology):
 
 - a service host, when a monitoring host exists: ``monitoring_addresses`` (the firewall opens the
-  MONITORING ports of rave.components to exactly these; the exporters listen on
-  ``host_address`` instead of loopback);
+  MONITORING ports of rave.components to exactly these; the exporters then listen beyond
+  loopback, rave/observability.py listen_address);
 - a monitoring host: ``monitoring_scrape_hosts`` (service host name -> address), whose exporters
   its Prometheus scrapes; ``monitoring_role`` true.
 

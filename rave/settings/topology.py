@@ -16,7 +16,7 @@ class TopologySettings(Concern):
     host_address: str | None = Field(
         None,
         description="this host's address as other hosts reach it (derived: ssh_hostname); "
-        "exporters listen here when a monitoring host exists",
+        "(the monitoring host scrapes service hosts there)",
     )
     monitoring_addresses: list[str] = Field(
         default_factory=list,
