@@ -14,8 +14,10 @@ from rave.settings.base import BaseSettings
 from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
+from rave.settings.ops import OpsSettings
 from rave.settings.secrets import SecretsSettings
 from rave.settings.topology import TopologySettings
+from rave.settings.vulnscan import VulnscanSettings
 
 # keys that belong to pyinfra itself (connector settings, global arguments such as _sudo)
 PASSTHROUGH_PREFIXES = ("_",)
@@ -29,6 +31,8 @@ class HostSettings(
     ObservabilitySettings,
     BackupSettings,
     TopologySettings,
+    VulnscanSettings,
+    OpsSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:
