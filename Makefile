@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := python3-venv make git systemd-container debootstrap tinyproxy
 	openssh-client age openssl restic postgresql-client nftables curl \
 	postgresql-15 prometheus gpg
 
-.PHONY: venv system-deps staging staging-down lint typecheck unit host-tests test
+.PHONY: venv system-deps staging staging-down lint typecheck unit host-tests test test-multihost
 
 venv: $(VENV)/.installed
 
@@ -58,3 +58,8 @@ host-tests: venv
 # lint and types first, then every suite under tests/ (unit, then host tests on fresh hosts)
 test: lint typecheck
 	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+# 2 service hosts + 1 monitoring host: every host suite on the service hosts, plus
+# tests/host/test_multihost.py (skipped by `make test`); not part of `make test` (CI time)
+test-multihost: venv
+	RAVE_STAGING_HOSTS=3 RAVE_STAGING_MONITORING=1 $(BIN)/pytest tests/host $(PYTEST_ARGS)

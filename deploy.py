@@ -1,5 +1,6 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
+from rave.deploykit import settings
 from tasks.backup import backup
 from tasks.base import base
 from tasks.database import database
@@ -15,9 +16,10 @@ from tasks.webhook import webhook
 base()
 hardening()
 secrets()
-database()
-edge()
-webhook()
+if not settings().monitoring_role:  # a monitoring host runs no service (rave/topology.py)
+    database()
+    edge()
+    webhook()
 observability()
 backup()
 vulnscan()

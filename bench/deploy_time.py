@@ -2,6 +2,8 @@
 
     RAVE_STAGING_ID=<n> .venv/bin/python bench/deploy_time.py [--hosts 1 3] [deploy.py ...]
 
+For 10 hosts (no-change run over 10 vs over 1, a host with sshd stopped): bench/deploy_scale.py.
+
 Wipes the instance's staging hosts (rave-staging up --fresh). The apt archive cache
 (/var/cache/rave-staging/apt-archives-<n>) is kept, so "fresh" means fresh hosts with a warm
 package cache, as in `make test`.

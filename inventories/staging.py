@@ -1,10 +1,14 @@
 """Inventory of the local staging hosts (rave-staging up writes .staging/hosts.json).
 
 pyinfra puts every host here into the groups `rave` and `staging` (the file name), so
-group_data/all.py and group_data/staging.py apply.
+group_data/all.py and group_data/staging.py apply. With RAVE_STAGING_MONITORING=1 the last host
+is the monitoring host instead (group `monitoring`, rave/topology.py), e.g.
+`rave-staging up --hosts 3` then `RAVE_STAGING_MONITORING=1 pyinfra inventories/staging.py ...`:
+two service hosts and one monitoring host.
 """
 
 import json
+import os
 import sys
 
 from rave.staging import OPERATOR, Instance, instance_id
@@ -24,6 +28,7 @@ def _staging_hosts() -> list[tuple[str, dict]]:
             f"--> {instance.state} holds staging instance {recorded}, but RAVE_STAGING_ID is "
             f"{instance.id}. Use RAVE_STAGING_ID={recorded} or run `rave-staging up` first."
         )
+    entries = json.loads(hosts_file.read_text())
     return [
         (
             entry["name"],
@@ -36,8 +41,14 @@ def _staging_hosts() -> list[tuple[str, dict]]:
                 "_sudo": True,
             },
         )
-        for entry in json.loads(hosts_file.read_text())
+        for entry in entries
     ]
 
 
-rave = _staging_hosts()
+_hosts = _staging_hosts()
+if os.environ.get("RAVE_STAGING_MONITORING") == "1":
+    if len(_hosts) < 2:
+        sys.exit("--> RAVE_STAGING_MONITORING=1 needs at least 2 staging hosts (up --hosts 3)")
+    rave, monitoring = _hosts[:-1], _hosts[-1:]
+else:
+    rave = _hosts

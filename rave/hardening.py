@@ -50,9 +50,21 @@ def firewall_public_ports(s: HostSettings) -> list[int]:
     return sorted((set(public_ports()) | set(s.firewall_extra_tcp_ports)) - {ssh_port()})
 
 
+def monitoring_sources(s: HostSettings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """firewall_monitoring_sources plus the monitoring hosts of the inventory (rave/topology.py)
+    that those do not already cover."""
+    explicit = [ipaddress.ip_network(source) for source in s.firewall_monitoring_sources]
+    derived = [
+        ipaddress.ip_network(address)
+        for address in s.monitoring_addresses
+        if not any(ipaddress.ip_address(address) in network for network in explicit)
+    ]
+    return explicit + derived
+
+
 def template_contexts(s: HostSettings) -> dict[str, dict[str, Any]]:
     """Every template of this concern with its context (also what the unit tests render)."""
-    sources = [ipaddress.ip_network(source) for source in s.firewall_monitoring_sources]
+    sources = monitoring_sources(s)
     enabled = "1" if s.unattended_upgrades_enabled else "0"
     return {
         "hardening/sshd_config.j2": {"s": s, "ssh_port": ssh_port()},

@@ -10,9 +10,17 @@ from typing import Any
 
 import yaml
 
-from rave.components import COMPONENTS, Component, Exposure, component, scrape_targets
+from rave.components import (
+    COMPONENTS,
+    Component,
+    Exposure,
+    component,
+    monitoring_ports,
+    scrape_targets,
+)
 from rave.secrets.deploy import secret_path
 from rave.settings import HostSettings
+from rave.topology import MONITORING_HOST_COMPONENTS
 
 # The node exporter's textfile collector directory (Debian's default, set explicitly).
 # Writers (health check, backup) replace <name>.prom atomically (write a dot-file, rename).
@@ -56,20 +64,30 @@ def port_of(name: str) -> int:
 
 def listen_address(settings: HostSettings, name: str) -> str:
     """127.0.0.1:<port>; a MONITORING port listens on every address only when the firewall
-    admits named monitoring sources (firewall_monitoring_sources), which it then restricts to."""
+    admits named monitoring sources (firewall_monitoring_sources, or the monitoring hosts of
+    the inventory: rave/topology.py), which it then restricts to."""
     port = component(name).ports[0]
-    if port.exposure is Exposure.MONITORING and settings.firewall_monitoring_sources:
+    sources = settings.firewall_monitoring_sources or settings.monitoring_addresses
+    if port.exposure is Exposure.MONITORING and sources:
         return f"0.0.0.0:{port.number}"
     return loopback(port.number)
 
 
 def enabled_components(settings: HostSettings) -> list[Component]:
-    """Components deployed on this host: every required one, plus Grafana when installed."""
+    """Components deployed on this host: every required one, plus Grafana when installed; on a
+    monitoring host (rave/topology.py) only the monitoring ones."""
     return [
         c
         for c in COMPONENTS
-        if not c.optional or (c.name == "grafana" and settings.grafana_install)
+        if (not c.optional or (c.name == "grafana" and settings.grafana_install))
+        and (not settings.monitoring_role or c.name in MONITORING_HOST_COMPONENTS)
     ]
+
+
+def host_components(settings: HostSettings) -> tuple[str, ...]:
+    """The OBSERVABILITY_COMPONENTS this host runs (fewer on a monitoring host)."""
+    names = enabled_names(settings)
+    return tuple(name for name in OBSERVABILITY_COMPONENTS if name in names)
 
 
 def enabled_names(settings: HostSettings) -> set[str]:
@@ -98,7 +116,7 @@ def prometheus_args(settings: HostSettings) -> str:
 
 def prometheus_config(settings: HostSettings) -> str:
     """prometheus.yml; rule_files is relative, so the candidate tree validates as it will run."""
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for target in scrape_targets(enabled_names(settings)):
         jobs.append(
             {
@@ -112,6 +130,19 @@ def prometheus_config(settings: HostSettings) -> str:
                 ],
             }
         )
+    # a monitoring host also scrapes every service host's MONITORING-exposed exporters
+    for name, address in sorted(settings.monitoring_scrape_hosts.items()):
+        host = f"[{address}]" if ":" in address else address
+        for target in scrape_targets():
+            if target.port not in monitoring_ports():
+                continue
+            job = next((j for j in jobs if j["job_name"] == target.job), None)
+            if job is None:
+                job = {"job_name": target.job, "metrics_path": target.path, "static_configs": []}
+                jobs.append(job)
+            job["static_configs"].append(
+                {"targets": [f"{host}:{target.port}"], "labels": {"instance": name}}
+            )
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": settings.profile.scrape_interval,

@@ -48,7 +48,7 @@ OPERATOR = "agent"
 OPERATOR_GROUP = "rave-ssh"
 BOOT_TIMEOUT = float(os.environ.get("RAVE_STAGING_BOOT_TIMEOUT", "240"))
 STOP_TIMEOUT = 30.0
-MAX_HOSTS = 9  # addresses .11-.19; keeps interface names short
+MAX_HOSTS = 12  # addresses .11-.22; keeps interface names short (bench: 10 hosts)
 
 
 class StagingError(Exception):
@@ -704,8 +704,40 @@ def stop_container(host: Host) -> None:
 
 def teardown_host(host: Host) -> None:
     stop_container(host)
+    harvest_archives(host)
     unmount_root(host)
     teardown_host_network(host)
+
+
+# Each host gets its own apt archive directory (apt locks it for a whole install, so one shared
+# directory serialised parallel deploys to several hosts into lock errors). It is seeded from the
+# instance's shared cache with hard links at start; what a host downloaded goes back at teardown.
+def _link_debs(src: Path, dest: Path) -> None:
+    if not src.is_dir():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for deb in src.glob("*.deb"):
+        target = dest / deb.name
+        if target.exists():
+            continue
+        temp = dest / f".{deb.name}.tmp"
+        temp.unlink(missing_ok=True)
+        try:
+            os.link(deb, temp)
+        except OSError:
+            shutil.copy2(deb, temp)
+        temp.replace(target)
+
+
+def seed_archives(host: Host) -> Path:
+    own = host.dir / "apt-archives"
+    (own / "partial").mkdir(parents=True, exist_ok=True)
+    _link_debs(host.instance.apt_archives, own)
+    return own
+
+
+def harvest_archives(host: Host) -> None:
+    _link_debs(host.dir / "apt-archives", host.instance.apt_archives)
 
 
 def provision(host: Host) -> None:
@@ -761,7 +793,7 @@ def provision(host: Host) -> None:
 def start_container(host: Host) -> int:
     inst = host.instance
     inst.apt_archives.mkdir(parents=True, exist_ok=True)
-    (inst.apt_archives / "partial").mkdir(exist_ok=True)
+    archives = seed_archives(host)
     command = [
         "systemd-nspawn",
         "--boot",
@@ -772,7 +804,7 @@ def start_container(host: Host) -> int:
         "--keep-unit",
         f"--network-namespace-path=/run/netns/{host.netns}",
         "--capability=CAP_NET_ADMIN",
-        f"--bind={inst.apt_archives}:/var/cache/apt/archives",
+        f"--bind={archives}:/var/cache/apt/archives",
         "--resolv-conf=off",
         "--timezone=off",
         "--link-journal=no",

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rave.settings import PASSTHROUGH_PREFIXES, HostSettings
+from rave.topology import derived_data
 
 
 def _pyinfra_connector_keys() -> frozenset[str]:
@@ -76,6 +77,11 @@ def inventory_layers(inventory: Any, host: Any, inventory_file: str) -> list[Dat
         for group in host.groups
     ]
     layers.append(DataLayer("group_data/all.py", inventory.get_data()))
+    try:
+        derived = derived_data(inventory, host)
+    except ValueError as error:
+        raise HostDataError([f"host {host.name}: {error}"]) from None
+    layers.append(DataLayer("the inventory's groups (rave/topology.py)", derived))
     return layers
 
 

@@ -184,13 +184,14 @@ def default_files(config: HostSettings) -> dict[str, tuple[str, str, str]]:
 def observability() -> None:
     config = settings()
     changed: dict[str, list] = {name: [] for name in (*obs.OBSERVABILITY_COMPONENTS, "grafana")}
+    here = obs.host_components(config)  # a monitoring host (rave/topology.py) runs fewer
 
     # --- before the packages: loopback-only arguments and the sandbox ---------------------
-    defaults = default_files(config)
+    defaults = {n: f for n, f in default_files(config).items() if n in here}
     for name, (description, path, text) in defaults.items():
         changed[name].append(put_text(description, path, text))
     dropins = []
-    for name in SANDBOXES:
+    for name in (n for n in SANDBOXES if n in here or n == "grafana"):
         op = put_text(
             f"Sandbox and {config.rave_mode} limits of {name}",
             dropin_path(name),
@@ -198,7 +199,7 @@ def observability() -> None:
         )
         changed[name].append(op)
         dropins.append(op)
-    for name in NEEDS_SECRETS:
+    for name in (n for n in NEEDS_SECRETS if n in here or n == "grafana"):
         op = put_text(
             f"{name} starts after rave-secrets", dropin_path(name, DEPS_DROPIN), deps_dropin(name)
         )
@@ -232,7 +233,7 @@ def observability() -> None:
     # --- packages -----------------------------------------------------------------------
     ensure_packages(
         "Install Prometheus, Alertmanager and the exporters (Debian's)",
-        [*(p for n in obs.OBSERVABILITY_COMPONENTS for p in obs.component(n).packages), "dbus"],
+        [*(p for n in here for p in obs.component(n).packages), "dbus"],
     )
 
     # some maintainer scripts rewrite their /etc/default file on first install: put ours back
@@ -359,7 +360,7 @@ def observability() -> None:
         name="Reload systemd (health check units changed)",
         _if=lambda: any(o.did_change() for o in [*healthcheck, timer]),
     )
-    for name in obs.OBSERVABILITY_COMPONENTS:
+    for name in here:
         unit = obs.component(name).unit
         systemd.service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
         ops = changed[name]

@@ -16,6 +16,7 @@ from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
 from rave.settings.ops import OpsSettings
 from rave.settings.secrets import SecretsSettings
+from rave.settings.topology import TopologySettings
 from rave.settings.vulnscan import VulnscanSettings
 
 # keys that belong to pyinfra itself (connector settings, global arguments such as _sudo)
@@ -29,6 +30,7 @@ class HostSettings(
     EdgeSettings,
     ObservabilitySettings,
     BackupSettings,
+    TopologySettings,
     VulnscanSettings,
     OpsSettings,
 ):

@@ -31,6 +31,8 @@ from rave.staging import OPERATOR, Instance, instance_id
 INSTANCE = Instance(instance_id())
 REUSE = os.environ.get("RAVE_STAGING_REUSE") == "1"
 HOST_COUNT = int(os.environ.get("RAVE_STAGING_HOSTS", "1"))
+# the last host is a monitoring host (inventories/staging.py; `make test-multihost`)
+MONITORING = os.environ.get("RAVE_STAGING_MONITORING") == "1"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,7 +42,16 @@ def _host_names() -> list[str]:
     return [f"rave-staging-{k}" for k in range(1, HOST_COUNT + 1)]
 
 
-HOST_NAMES = _host_names()
+ALL_NAMES = _host_names()
+MONITORING_NAMES = ALL_NAMES[-1:] if MONITORING else []
+# the service hosts: every suite's `host` fixture runs on each of them
+HOST_NAMES = [name for name in ALL_NAMES if name not in MONITORING_NAMES]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "multihost: needs service hosts plus a monitoring host (make test-multihost)"
+    )
 
 
 def rave_staging(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -132,7 +143,7 @@ class StagingHosts:
 def staging() -> Iterator[StagingHosts]:
     if os.geteuid() != 0:
         pytest.fail("host tests need root (network namespaces, mounts, nspawn)", pytrace=False)
-    hosts = StagingHosts(INSTANCE, HOST_NAMES)
+    hosts = StagingHosts(INSTANCE, ALL_NAMES)
     if REUSE:
         status = subprocess.run(
             [sys.executable, "-m", "rave.staging", "status"],
