@@ -822,6 +822,13 @@ def start_container(host: Host) -> int:
             env=env,
             start_new_session=True,
         )
+    # Until the child has exec'd, /proc/PID/cmdline is still ours and Host.pid() would take
+    # the booting host for dead: wait for nspawn's own command line (or for it to exit).
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        if f"--machine={host.machine}" in cmdline(process.pid):
+            break
+        time.sleep(0.05)
     atomic_write(host.pidfile, f"{process.pid}\n")
     return process.pid
 
