@@ -1,4 +1,4 @@
-"""The operator docs: parseable, commands in the convention, alerts and ports documented, links live.
+"""The operator docs: parseable, commands in the convention, alerts and ports in the docs.
 
 Convention (docs/README.md, rave/doccommands.py): commands in ```console blocks, each line
 either `$ ` (control machine, repo root), `host$ ` (on the host) or output/comment text.
