@@ -19,7 +19,12 @@ from rave.doccommands import DocCommand, all_commands
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 600  # seconds; drift (a dry-run deploy) and backup verify are the slow ones
-COMMANDS = [c for c in all_commands(REPO) if not c.production_only]
+# the same command shown in several places runs once; a failure names every place
+UNIQUE: dict[tuple[str, str], list[DocCommand]] = {}
+for _command in all_commands(REPO):
+    if not _command.production_only:
+        UNIQUE.setdefault((_command.where, _command.command), []).append(_command)
+COMMANDS = [shown[0] for shown in UNIQUE.values()]
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -28,7 +33,8 @@ def _tail(text: str, lines: int = 40) -> str:
 
 @pytest.mark.parametrize("doc", COMMANDS, ids=[f"{c.source} {c.command}" for c in COMMANDS])
 def test_doc_command_works_on_staging(staging, doc: DocCommand):
-    where = f"{doc.source}: `{doc.command}`"
+    sources = ", ".join(c.source for c in UNIQUE[(doc.where, doc.command)])
+    where = f"{sources}: `{doc.command}`"
     try:
         if doc.where == "control":
             result = subprocess.run(
