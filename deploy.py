@@ -1,9 +1,15 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.database import database
+from tasks.edge import edge
 from tasks.hardening import hardening
 from tasks.secrets import secrets
+from tasks.webhook import webhook
 
 base()
 hardening()
 secrets()
+database()
+edge()
+webhook()

@@ -6,6 +6,7 @@ __all__ = [
     "apt_check_valid_until",
     "egress_proxy",
     "fail2ban_ignore_addresses",
+    "nginx_rate_limit_exempt",
     "operator_keys",
     "rave_environment",
 ]
@@ -23,3 +24,5 @@ apt_check_valid_until = False
 operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
 # the control machine (tests, ssh-audit, port scans) must never be banned by fail2ban
 fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1"]
+# the control machine (load generator of bench/webhook.py and the host tests) is not rate limited
+nginx_rate_limit_exempt = [f"10.213.{_INSTANCE}.1/32"]

@@ -1,0 +1,212 @@
+"""PostgreSQL (Debian's): localhost only, scram-sha-256, one role per service, sized by the mode.
+
+The webhook database is created here; its schema is migrated by tasks/webhook.py (the
+migrations ship with the receiver's code). Role passwords come from the secrets on the host
+and are set by a host-side script that reads the secret file (never a command line).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.operations import server, systemd
+
+from rave.components import component
+from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
+from rave.sandbox import limits_dropin_text
+from rave.secrets.deploy import secret_path, secrets_changed
+from rave.settings import HostSettings
+
+DATABASE = "rave_webhook"
+WRITER_ROLE = "rave_webhook"  # the receiver: INSERT on webhook_events (granted by migrations)
+EXPORTER_ROLE = "rave_exporter"  # prometheus-postgres-exporter: pg_monitor, database postgres
+PASSWORD_SCRIPT = "/usr/local/sbin/rave-pg-password"
+RUN_AS_POSTGRES = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1"
+
+# role → (secret, database it may connect to, extra membership)
+ROLES: dict[str, tuple[str, str, str | None]] = {
+    WRITER_ROLE: ("postgres_webhook_password", DATABASE, None),
+    EXPORTER_ROLE: ("postgres_exporter_password", "postgres", "pg_monitor"),
+}
+
+
+class PostgresRoles(FactBase):
+    """Login roles and their memberships ({} before PostgreSQL is installed or running)."""
+
+    @staticmethod
+    def default() -> dict[str, dict[str, Any]]:
+        return {}
+
+    def command(self) -> str:
+        query = (
+            "SELECT r.rolname || ':' || r.rolcanlogin::text || ':' || "
+            "coalesce(string_agg(m.rolname, ',' ORDER BY m.rolname), '') FROM pg_roles r "
+            "LEFT JOIN pg_auth_members a ON a.member = r.oid "
+            "LEFT JOIN pg_roles m ON m.oid = a.roleid "
+            "WHERE r.rolname NOT LIKE 'pg\\_%' GROUP BY r.rolname, r.rolcanlogin"
+        )
+        return f'{RUN_AS_POSTGRES} -d postgres -c "{query}" 2>/dev/null || true'
+
+    def process(self, output: list[str]) -> dict[str, dict[str, Any]]:
+        roles = {}
+        for line in output:
+            name, login, members = line.split(":", 2)
+            roles[name] = {
+                "login": login == "true",
+                "member_of": [m for m in members.split(",") if m],
+            }
+        return roles
+
+
+class PostgresDatabases(FactBase):
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self) -> str:
+        return (
+            f"{RUN_AS_POSTGRES} -d postgres -c 'SELECT datname FROM pg_database' "
+            "2>/dev/null || true"
+        )
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
+class RolePassword(FactBase):
+    """ok | mismatch | missing-role | missing-secret | unknown (script not installed yet)."""
+
+    @staticmethod
+    def default() -> str:
+        return "unknown"
+
+    def command(self, role: str, secret_file: str) -> str:
+        return (
+            f"test -x {PASSWORD_SCRIPT} && {PASSWORD_SCRIPT} check {role} {secret_file} "
+            "2>/dev/null || echo unknown"
+        )
+
+    def process(self, output: list[str]) -> str:
+        return output[-1].strip() if output else "unknown"
+
+
+def conf_dir(config: HostSettings) -> str:
+    return f"/etc/postgresql/{config.postgres_version}/main"
+
+
+def unit_name(config: HostSettings) -> str:
+    return f"postgresql@{config.postgres_version}-main"
+
+
+def conf_context(config: HostSettings) -> dict[str, object]:
+    profile = config.profile
+    memory = profile.limits_for("postgresql").memory_max_mb
+    return {
+        "rave_mode": config.rave_mode.value,
+        "port": component("postgresql").ports[0].number,
+        "max_connections": profile.postgres_max_connections,
+        "shared_buffers_mb": profile.postgres_shared_buffers_mb,
+        "effective_cache_size_mb": max(memory * 3 // 4, profile.postgres_shared_buffers_mb),
+        "work_mem_mb": config.postgres_work_mem_mb,
+        "maintenance_work_mem_mb": max(16, memory // 16),
+        "log_min_duration_ms": config.postgres_log_min_duration_ms,
+    }
+
+
+def hba_context() -> dict[str, object]:
+    rules = [{"database": database, "role": role} for role, (_, database, _) in ROLES.items()]
+    return {"rules": rules}
+
+
+def templates(config: HostSettings) -> dict[str, dict[str, object]]:
+    return {
+        "postgresql/rave.conf.j2": conf_context(config),
+        "postgresql/pg_hba.conf.j2": hba_context(),
+    }
+
+
+@deploy("Database")
+def database() -> None:
+    config = settings()
+    unit = unit_name(config)
+    ensure_packages("Install PostgreSQL", component("postgresql").packages)
+
+    conf = put_template(
+        "PostgreSQL settings (localhost, scram-sha-256, sized by the mode)",
+        "postgresql/rave.conf.j2",
+        f"{conf_dir(config)}/conf.d/rave.conf",
+        user="postgres",
+        group="postgres",
+        mode="644",
+        **conf_context(config),
+    )
+    hba = put_template(
+        "PostgreSQL client authentication (one role per service, scram-sha-256)",
+        "postgresql/pg_hba.conf.j2",
+        f"{conf_dir(config)}/pg_hba.conf",
+        user="postgres",
+        group="postgres",
+        mode="640",
+        **hba_context(),
+    )
+    limits = put_text(
+        "PostgreSQL resource limits of the mode",
+        f"/etc/systemd/system/{unit}.service.d/rave-limits.conf",
+        limits_dropin_text(config.profile.limits_for("postgresql")),
+    )
+    systemd.service(
+        name="Apply PostgreSQL's configuration",
+        service=unit,
+        running=True,
+        enabled=True,
+        restarted=True,
+        daemon_reload=True,
+        _if=lambda: conf.did_change() or hba.did_change() or limits.did_change(),
+    )
+    systemd.service(name="PostgreSQL running", service=unit, running=True, enabled=True)
+
+    roles = host.get_fact(PostgresRoles)
+    for role, (_, _db, membership) in ROLES.items():
+        if role not in roles:
+            server.shell(
+                name=f"Create role {role}",
+                commands=[f'{RUN_AS_POSTGRES} -d postgres -c "CREATE ROLE {role} LOGIN"'],
+            )
+        elif not roles[role]["login"]:
+            server.shell(
+                name=f"Role {role} may log in",
+                commands=[f'{RUN_AS_POSTGRES} -d postgres -c "ALTER ROLE {role} LOGIN"'],
+            )
+        if membership and membership not in roles.get(role, {}).get("member_of", []):
+            server.shell(
+                name=f"Role {role} is a member of {membership}",
+                commands=[f'{RUN_AS_POSTGRES} -d postgres -c "GRANT {membership} TO {role}"'],
+            )
+
+    if DATABASE not in host.get_fact(PostgresDatabases):
+        server.shell(
+            name=f"Create database {DATABASE} (only {WRITER_ROLE} may connect)",
+            commands=[
+                f'{RUN_AS_POSTGRES} -d postgres -c "CREATE DATABASE {DATABASE}"',
+                f'{RUN_AS_POSTGRES} -d postgres -c "REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC"',
+                f'{RUN_AS_POSTGRES} -d postgres -c "GRANT CONNECT ON DATABASE {DATABASE} '
+                f'TO {WRITER_ROLE}"',
+            ],
+        )
+
+    install_host_script(
+        "Role password setter (reads the secret file itself)",
+        "files/postgresql/rave-pg-password",
+        PASSWORD_SCRIPT,
+    )
+    for role, (secret, _, _) in ROLES.items():
+        secret_file = secret_path("postgresql", secret)
+        state = host.get_fact(RolePassword, role=role, secret_file=secret_file)
+        changed = secrets_changed("postgresql")
+        server.shell(
+            name=f"Set the password of role {role} from the secrets",
+            commands=[f"{PASSWORD_SCRIPT} set {role} {secret_file}"],
+            _if=lambda state=state, changed=changed: state != "ok" or changed(),
+        )

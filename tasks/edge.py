@@ -1,0 +1,140 @@
+"""nginx: the only public TLS port, routes derived from rave.components, `nginx -t` first.
+
+The configuration is one file. A changed configuration is first uploaded as a candidate and
+tested with `nginx -t -c <candidate>`; only if that passes is it installed and nginx reloaded,
+so a broken configuration fails the deploy while the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import Sha1File
+from pyinfra.operations import files, server, systemd
+
+from rave.components import COMPONENTS, Exposure, component, routes
+from rave.deploykit import ensure_packages, put_template, put_text, settings
+from rave.render import render
+from rave.sandbox import limits_dropin_text
+from rave.secrets.deploy import secret_path, secrets_changed
+from rave.settings import HostSettings
+
+NGINX_CONF = "/etc/nginx/nginx.conf"
+CANDIDATE = "/etc/nginx/rave-candidate.conf"
+STATUS_ROOT = "/var/www/rave"
+DROPIN_DIR = "/etc/systemd/system/nginx.service.d"
+
+SECRETS_DROPIN = """# Managed by RAVE deploy: the TLS key and certificate come from rave-secrets
+[Unit]
+After=rave-secrets.service
+Requires=rave-secrets.service
+"""
+
+
+def _port(name: str, exposure: Exposure) -> int:
+    return next(p.number for p in component(name).ports if p.exposure is exposure)
+
+
+def nginx_context(config: HostSettings) -> dict[str, object]:
+    return {
+        "worker_connections": config.nginx_worker_connections,
+        "max_body_bytes": config.webhook_max_body_bytes,
+        "body_buffer_bytes": min(config.webhook_max_body_bytes, 1_048_576),
+        "rate_limit_exempt": config.nginx_rate_limit_exempt,
+        "rate_per_second": config.nginx_rate_limit_per_second,
+        "rate_burst": config.nginx_rate_limit_burst,
+        "webhook_port": _port("webhook", Exposure.LOOPBACK),
+        "stub_status_port": _port("nginx", Exposure.LOOPBACK),
+        "public_port": _port("nginx", Exposure.PUBLIC),
+        "hsts_max_age": config.nginx_hsts_max_age,
+        "server_name": config.nginx_server_name,
+        "certificate": secret_path("nginx", "tls_certificate"),
+        "private_key": secret_path("nginx", "tls_private_key"),
+        "htpasswd": secret_path("nginx", "ccr_ui_password_hash"),
+        "status_root": STATUS_ROOT,
+        "routes": routes(),
+    }
+
+
+def status_context(config: HostSettings) -> dict[str, object]:
+    listed = [
+        {"path": c.route.path, "purpose": c.ports[0].purpose if c.ports else c.name}
+        for c in COMPONENTS
+        if c.route is not None and not c.route.methods
+    ]
+    return {
+        "hostname": config.hostname,
+        "environment": config.rave_environment,
+        "rave_mode": config.rave_mode.value,
+        "routes": listed,
+    }
+
+
+def templates(config: HostSettings) -> dict[str, dict[str, object]]:
+    return {
+        "nginx/nginx.conf.j2": nginx_context(config),
+        "nginx/index.html.j2": status_context(config),
+    }
+
+
+@deploy("Edge")
+def edge() -> None:
+    config = settings()
+    ensure_packages("Install nginx", component("nginx").packages)
+
+    files.link(
+        name="No default site (nothing on port 80)",
+        path="/etc/nginx/sites-enabled/default",
+        present=False,
+    )
+    put_template(
+        "Status page",
+        "nginx/index.html.j2",
+        f"{STATUS_ROOT}/index.html",
+        **status_context(config),
+    )
+
+    dropins = [
+        put_text(
+            "nginx starts after the secrets are in place",
+            f"{DROPIN_DIR}/rave-secrets.conf",
+            SECRETS_DROPIN,
+        ),
+        put_text(
+            "nginx resource limits of the mode",
+            f"{DROPIN_DIR}/rave-limits.conf",
+            limits_dropin_text(config.profile.limits_for("nginx")),
+        ),
+    ]
+
+    text = render("nginx/nginx.conf.j2", **nginx_context(config))
+    if host.get_fact(Sha1File, path=NGINX_CONF) != hashlib.sha1(text.encode()).hexdigest():
+        put_text("Candidate nginx configuration", CANDIDATE, text)
+        server.shell(
+            name="Test the candidate configuration (nginx -t) before installing it",
+            commands=[f"nginx -t -q -c {CANDIDATE}"],
+        )
+    installed = put_text("Install the tested nginx configuration", NGINX_CONF, text)
+
+    systemd.daemon_reload(
+        name="Reload systemd (nginx drop-ins changed)",
+        _if=lambda: any(op.did_change() for op in dropins),
+    )
+    systemd.service(
+        name="Restart nginx (unit drop-ins changed)",
+        service="nginx",
+        running=True,
+        restarted=True,
+        _if=lambda: any(op.did_change() for op in dropins),
+    )
+    systemd.service(
+        name="Reload nginx (configuration or certificate changed)",
+        service="nginx",
+        running=True,
+        enabled=True,
+        reloaded=True,
+        _if=lambda: installed.did_change() or secrets_changed("nginx")(),
+    )
+    systemd.service(name="nginx running", service="nginx", running=True, enabled=True)

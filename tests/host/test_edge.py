@@ -1,0 +1,181 @@
+"""nginx on a live staging host, checked from the control machine: TLS 1.3 only, headers,
+routes derived from rave.components, body cap, rate limit, HTTP closed, `nginx -t` first."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import subprocess
+
+import httpx
+import pytest
+
+from rave.components import routes
+from rave.deployrun import run_deploy
+from tests.host.edge_support import PORT, client, values
+
+
+def _address(staging) -> str:
+    return staging.address(staging.names[0])
+
+
+def _s_client(staging, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", f"{_address(staging)}:{PORT}", *flags],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_only_tls_1_3_is_offered(staging):
+    modern = _s_client(staging, "-tls1_3")
+    assert modern.returncode == 0, modern.stderr
+    assert "TLSv1.3" in modern.stdout
+    assert re.search(r"Server Temp Key: X25519", modern.stdout), "X25519 is not the first group"
+    for old in ("-tls1_2", "-tls1_1"):
+        refused = _s_client(staging, old)
+        assert refused.returncode != 0, f"{old} was accepted"
+        assert "Cipher is (NONE)" in refused.stdout or "no protocols available" in refused.stderr
+
+
+def test_tls_1_2_refused_by_a_python_client(staging):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection((_address(staging), PORT), timeout=10) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        context.wrap_socket(raw).close()
+
+
+def test_mozilla_modern_settings_are_active(host):
+    # TLS 1.3 still hands out (stateful, cache-backed) tickets with tickets off: check the
+    # running configuration rather than the handshake
+    active = host.check_output("nginx -T 2>/dev/null")
+    for directive in (
+        "ssl_protocols TLSv1.3;",
+        "ssl_ecdh_curve X25519:prime256v1:secp384r1;",
+        "ssl_session_tickets off;",
+        "ssl_prefer_server_ciphers off;",
+        "server_tokens off;",
+    ):
+        assert directive in active, directive
+
+
+def test_plain_http_and_port_80_closed(staging):
+    for port in (80, 8001, 8081, 5432):
+        with pytest.raises(OSError):
+            socket.create_connection((_address(staging), port), timeout=3).close()
+    # plain HTTP on the TLS port gets nginx's 400, never content
+    plain = httpx.get(f"http://{_address(staging)}:{PORT}/", timeout=5)
+    assert plain.status_code == 400
+
+
+def test_security_headers_and_status_page(staging):
+    with client(staging) as https:
+        response = https.get("/")
+    assert response.status_code == 200
+    assert staging.names[0] in response.text
+    headers = response.headers
+    assert headers["strict-transport-security"].startswith("max-age=63072000")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert "default-src 'none'" in headers["content-security-policy"]
+    assert headers["server"] == "nginx"  # server_tokens off: no version
+
+
+def test_routes_are_derived_from_the_components(staging):
+    paths = {route.path for route in routes()}
+    assert paths == {"/webhook", "/grafana/", "/ccr-ui/"}
+    with client(staging) as https:
+        for method in ("GET", "PUT", "DELETE", "PATCH"):
+            response = https.request(method, "/webhook")
+            assert response.status_code == 405, method
+            assert response.headers["allow"] == "POST"
+            assert "strict-transport-security" in response.headers
+        assert https.get("/ccr-ui/").status_code == 401
+        password = values(staging).ccr_ui_password
+        if password:
+            user = values(staging).ccr_ui_password_hash.split(":", 1)[0]
+            assert https.get("/ccr-ui/", auth=(user, password)).status_code != 401
+        # the receiver's own endpoints are not routed
+        assert https.get("/metrics").status_code == 404
+        assert https.get("/healthz").status_code == 404
+        assert https.get("/nothing-here").status_code == 404
+
+
+def test_body_cap(staging):
+    with client(staging) as https:
+        response = https.post("/webhook", content=b"x" * (2 * 1024 * 1024))
+    assert response.status_code == 413
+
+
+def test_stub_status_on_loopback(host):
+    assert "Active connections" in host.check_output("curl -sf http://127.0.0.1:8081/stub_status")
+    listening = host.socket.get_listening_sockets()
+    assert "tcp://127.0.0.1:8081" in listening
+    assert not [s for s in listening if s.endswith(":80")]
+
+
+def test_access_log_is_combined_with_timings(host, staging):
+    with client(staging) as https:
+        https.get("/", headers={"User-Agent": "rave-edge-test"})
+    line = host.check_output("grep rave-edge-test /var/log/nginx/access.log | tail -1")
+    combined = (
+        r'^\S+ - \S+ \[[^\]]+\] "GET / HTTP/1\.1" 200 \d+ "[^"]*" "rave-edge-test" rt=\S+ urt=\S+$'
+    )
+    assert re.match(combined, line), line
+
+
+def test_rate_limit_per_client(host):
+    # from the host itself (not exempt): requests beyond rate + burst get 429; bounded in
+    # requests and time, it stops at the first 429 (a slow machine only takes longer)
+    script = (
+        "import http.client, ssl, time\n"
+        "c = ssl._create_unverified_context()\n"
+        "conn = http.client.HTTPSConnection('127.0.0.1', 3002, context=c)\n"
+        "ok = limited = 0\n"
+        "deadline = time.monotonic() + 60\n"
+        "while ok + limited < 5000 and time.monotonic() < deadline and not limited:\n"
+        "    conn.request('GET', '/')\n"
+        "    r = conn.getresponse(); r.read()\n"
+        "    ok += r.status == 200; limited += r.status == 429\n"
+        "print(ok, limited)\n"
+    )
+    ok, limited = map(int, host.check_output(f'python3 -c "{script}"').split())
+    assert limited == 1 and ok >= 200, (ok, limited)  # the burst passed, then the limit hit
+
+
+def test_unit_drop_ins(host):
+    requires = host.check_output("systemctl show -p Requires --value nginx")
+    assert "rave-secrets.service" in requires
+    assert host.check_output("systemctl show -p MemoryMax --value nginx") == str(128 * 1024 * 1024)
+    assert host.run("nginx -t").rc == 0
+    assert not host.file("/etc/nginx/sites-enabled/default").exists
+
+
+def test_a_config_failing_nginx_t_is_not_installed(host, staging):
+    """A deploy whose nginx configuration fails `nginx -t` stops before reloading; the old
+    configuration keeps serving. The failure is provoked by a broken include on the host."""
+    before = host.file("/etc/nginx/nginx.conf").sha256sum
+    broken = "/etc/nginx/modules-enabled/zz-rave-test-broken.conf"
+    host.run(f"echo 'this_is_not_a_directive;' > {broken}")
+    try:
+        result = run_deploy(extra_args=["--data", "nginx_rate_limit_per_second=51"])
+        assert not result.ok, "the deploy went on although nginx -t failed"
+        log = result.stdout + result.stderr
+        assert "rave-candidate.conf test failed" in log, result.log_tail(40)
+        assert "Install the tested nginx configuration" not in log
+        assert host.file("/etc/nginx/nginx.conf").sha256sum == before
+        with client(staging) as https:
+            assert https.get("/").status_code == 200
+    finally:
+        host.run(f"rm -f {broken}")
+    assert host.run("nginx -t").rc == 0
