@@ -157,14 +157,26 @@ def test_architecture_has_one_mermaid_diagram():
     assert len(blocks) == 1
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
 @pytest.mark.parametrize("path", DOC_FILES, ids=_ids(DOC_FILES))
 def test_links_resolve(path):
     broken = []
     for target in LINK.findall(path.read_text()):
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"^[a-z]+:", target):
             continue
-        file_part = target.split("#", 1)[0]
-        if not (path.parent / file_part).exists():
+        file_part, _, anchor = target.partition("#")
+        linked = (path.parent / file_part) if file_part else path
+        missing_anchor = bool(anchor) and linked.suffix == ".md"
+        if not linked.exists() or (missing_anchor and anchor not in _anchors(linked)):
             broken.append(target)
     assert not broken, f"{path.relative_to(ROOT)}: broken links {broken}"
 
