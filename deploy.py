@@ -4,6 +4,7 @@ from tasks.base import base
 from tasks.database import database
 from tasks.edge import edge
 from tasks.hardening import hardening
+from tasks.observability import observability
 from tasks.secrets import secrets
 from tasks.webhook import webhook
 
@@ -13,3 +14,4 @@ secrets()
 database()
 edge()
 webhook()
+observability()
