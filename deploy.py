@@ -1,5 +1,6 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
+from tasks.backup import backup
 from tasks.base import base
 from tasks.database import database
 from tasks.edge import edge
@@ -15,3 +16,4 @@ database()
 edge()
 webhook()
 observability()
+backup()
