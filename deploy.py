@@ -7,6 +7,7 @@ from tasks.edge import edge
 from tasks.hardening import hardening
 from tasks.observability import observability
 from tasks.secrets import secrets
+from tasks.vulnscan import vulnscan
 from tasks.webhook import webhook
 
 base()
@@ -17,3 +18,4 @@ edge()
 webhook()
 observability()
 backup()
+vulnscan()

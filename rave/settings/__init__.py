@@ -15,6 +15,7 @@ from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
 from rave.settings.secrets import SecretsSettings
+from rave.settings.vulnscan import VulnscanSettings
 
 # keys that belong to pyinfra itself (connector settings, global arguments such as _sudo)
 PASSTHROUGH_PREFIXES = ("_",)
@@ -27,6 +28,7 @@ class HostSettings(
     EdgeSettings,
     ObservabilitySettings,
     BackupSettings,
+    VulnscanSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:
