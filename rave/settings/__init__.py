@@ -14,6 +14,7 @@ from rave.settings.base import BaseSettings
 from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
+from rave.settings.ops import OpsSettings
 from rave.settings.secrets import SecretsSettings
 from rave.settings.vulnscan import VulnscanSettings
 
@@ -29,6 +30,7 @@ class HostSettings(
     ObservabilitySettings,
     BackupSettings,
     VulnscanSettings,
+    OpsSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:
