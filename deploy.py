@@ -1,6 +1,7 @@
 """RAVE production host: the table of contents. Each step is one task module under tasks/."""
 
 from tasks.base import base
+from tasks.ccr import ccr
 from tasks.database import database
 from tasks.edge import edge
 from tasks.hardening import hardening
@@ -13,3 +14,4 @@ secrets()
 database()
 edge()
 webhook()
+ccr()

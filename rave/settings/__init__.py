@@ -11,6 +11,7 @@ from functools import cached_property
 from rave.modes import PROFILES, ResourceProfile
 from rave.settings.backup import BackupSettings
 from rave.settings.base import BaseSettings
+from rave.settings.ccr import CcrSettings
 from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
@@ -27,6 +28,7 @@ class HostSettings(
     EdgeSettings,
     ObservabilitySettings,
     BackupSettings,
+    CcrSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:
