@@ -11,12 +11,12 @@ import json
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import server, systemd
+from pyinfra.operations import files, server, systemd
 
 from rave.components import Exposure, component
 from rave.deploykit import ensure_packages, install_host_script, put_text, settings
 from rave.render import render
-from rave.sandbox import Sandbox, dropin_text
+from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
 from rave.settings.ccr import NodeSource
@@ -26,6 +26,7 @@ PREFIX = "/opt/rave/ccr"
 PACKAGE_JSON = f"{PREFIX}/node_modules/{PACKAGE}/package.json"
 SETTINGS_FILE = "/etc/rave-ccr/settings.json"
 CONFIG_SCRIPT = "/usr/local/sbin/rave-ccr-config"
+COMPAT_FILE = "/usr/local/lib/rave-ccr/node18-compat.js"
 RUNTIME_DIR = "rave-ccr"
 UNIT = component("ccr").unit
 NODE_PACKAGES = ("nodejs", "npm")
@@ -55,6 +56,12 @@ def sandbox(config: HostSettings) -> Sandbox:
         address_families=("AF_INET", "AF_INET6", "AF_UNIX"),
         # V8's JIT writes and then executes code pages: W^X would kill node at start
         memory_deny_write_execute=False,
+        # V8 protects its code space with memory protection keys (pkey_alloc, pkey_mprotect):
+        # without @pkey node 18 dies with SIGSYS at start
+        syscall_filter=(
+            f"{DEFAULT_SYSCALL_FILTER[0]} @pkey",
+            *DEFAULT_SYSCALL_FILTER[1:],
+        ),
     )
 
 
@@ -77,6 +84,7 @@ def unit_context(config: HostSettings) -> dict[str, object]:
         "user": component("ccr").user,
         "runtime_dir": RUNTIME_DIR,
         "config_script": CONFIG_SCRIPT,
+        "compat_file": COMPAT_FILE,
         "settings_file": SETTINGS_FILE,
         "secret_file": secret_path("ccr", "ccr_api_keys"),
     }
@@ -115,6 +123,15 @@ def ccr() -> None:
     script = install_host_script(
         "Config generator (runs at start)", "rave/ccrconfig.py", CONFIG_SCRIPT
     )
+    compat = files.put(
+        name="Node 18 compatibility preload (global File)",
+        src="files/ccr/node18-compat.js",
+        dest=COMPAT_FILE,
+        user="root",
+        group="root",
+        mode="644",
+        create_remote_dir=True,
+    )
     settings_file = put_text(
         "Router settings (no secrets in them)",
         SETTINGS_FILE,
@@ -135,7 +152,8 @@ def ccr() -> None:
             sandbox(config),
             config.profile.limits_for("ccr"),
             "Claude Code Router: loopback only, writes only its RuntimeDirectory; "
-            "MemoryDenyWriteExecute=no because Node's V8 JIT needs writable+executable pages",
+            "MemoryDenyWriteExecute=no because Node's V8 JIT needs writable+executable pages, "
+            "@pkey syscalls for V8's code-space protection keys",
         ),
     )
     systemd.daemon_reload(
@@ -150,6 +168,7 @@ def ccr() -> None:
         _if=lambda: (
             (install is not None and install.did_change())
             or script.did_change()
+            or compat.did_change()
             or settings_file.did_change()
             or unit.did_change()
             or dropin.did_change()

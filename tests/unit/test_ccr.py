@@ -84,6 +84,7 @@ def test_unit_reads_the_secret_at_start_never_on_the_command_line():
     assert "ExecStartPre=/usr/local/sbin/rave-ccr-config /etc/rave-ccr/settings.json " in text
     assert "/run/rave/secrets/ccr/ccr_api_keys" in text
     assert "User=rave-ccr" in text
+    assert "ExecStart=/usr/bin/node --require /usr/local/lib/rave-ccr/node18-compat.js " in text
 
 
 @pytest.mark.parametrize("mode", ["SAFE", "FULL_PIPE"])
@@ -91,6 +92,8 @@ def test_sandbox_allows_jit_and_limits_memory(mode):
     config = make_settings(rave_mode=mode)
     lines = dict(directives(task.sandbox(config), config.profile.limits_for("ccr")))
     assert lines["MemoryDenyWriteExecute"] == "no"
+    filters = [v for k, v in directives(task.sandbox(config), None) if k == "SystemCallFilter"]
+    assert filters[0] == "@system-service @pkey" and filters[1].startswith("~@privileged")
     assert lines["ProtectSystem"] == "strict"
     assert lines["ReadWritePaths"] == "/run/rave-ccr"
     assert lines["MemoryMax"] == f"{config.profile.limits_for('ccr').memory_max_mb}M"
