@@ -3,9 +3,11 @@
 from pathlib import Path
 
 __all__ = [
+    "alertmanager_silenced",
     "apt_check_valid_until",
     "egress_proxy",
     "fail2ban_ignore_addresses",
+    "grafana_install",
     "nginx_rate_limit_exempt",
     "operator_keys",
     "rave_environment",
@@ -26,3 +28,7 @@ operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() el
 fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1"]
 # the control machine (load generator of bench/webhook.py and the host tests) is not rate limited
 nginx_rate_limit_exempt = [f"10.213.{_INSTANCE}.1/32"]
+# Grafana's APT repository is unreachable from staging: deploy its configuration only
+grafana_install = False
+# staging never notifies anyone
+alertmanager_silenced = True

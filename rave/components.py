@@ -171,6 +171,14 @@ COMPONENTS: tuple[Component, ...] = (
         owned_unit=True,
         optional=True,
     ),
+    Component(
+        name="backup",
+        unit="rave-backup",
+        packages=("restic", "python3-psycopg"),
+        user="root",
+        secrets=("backup_repository_password",),
+        owned_unit=True,
+    ),
 )
 
 BY_NAME: dict[str, Component] = {component.name: component for component in COMPONENTS}

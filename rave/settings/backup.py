@@ -1,9 +1,101 @@
-"""Settings of the backup concern."""
+"""Settings of the backup concern (restic repository, retention, schedule, what is backed up).
+
+The `backup_snapshot`, `backup_restore_*` and `backup_verify_*` fields are parameters of the
+operator operations (ops/backup_*.py), given with `--data key=value`; declaring them here keeps
+them validated like every other setting (a typo is refused before pyinfra connects).
+"""
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
 from rave.settings.base import Concern
+
+# restic backends we accept: a local absolute path (staging), or a remote one (production)
+REPOSITORY_PATTERN = r"^(/[^\s]*|(sftp|s3|rest|b2|azure|gs|swift|rclone):[^\s]+)$"
+# systemd OnCalendar: a shorthand or a calendar expression (checked again by systemd-analyze)
+CALENDAR_PATTERN = r"^[A-Za-z0-9*:,./~ -]+$"
+SNAPSHOT_PATTERN = r"^(latest|[0-9a-f]{8,64})$"
 
 
 class BackupSettings(Concern):
-    pass
+    backup_enabled: bool = Field(True, description="install restic, the backup timer and units")
+    backup_repository: str = Field(
+        "/var/backups/rave/restic",
+        pattern=REPOSITORY_PATTERN,
+        description="restic repository: an absolute local path (staging) or "
+        "sftp:user@host:/path, s3:https://endpoint/bucket/path, rest:... (production)",
+    )
+    backup_keep_hourly: int = Field(24, ge=0, le=1000, description="hourly snapshots kept")
+    backup_keep_daily: int = Field(7, ge=0, le=1000, description="daily snapshots kept")
+    backup_keep_weekly: int = Field(4, ge=0, le=1000, description="weekly snapshots kept")
+    backup_keep_monthly: int = Field(6, ge=0, le=1000, description="monthly snapshots kept")
+    backup_schedule: str = Field(
+        "hourly", pattern=CALENDAR_PATTERN, description="OnCalendar of rave-backup.timer"
+    )
+    backup_randomized_delay_sec: int = Field(
+        600, ge=0, le=86400, description="RandomizedDelaySec of the backup timer"
+    )
+    backup_maintenance_schedule: str = Field(
+        "*-*-* 03:30:00",
+        pattern=CALENDAR_PATTERN,
+        description="OnCalendar of rave-backup-maintenance.timer (forget --prune, then check)",
+    )
+    backup_maintenance_randomized_delay_sec: int = Field(
+        1800, ge=0, le=86400, description="RandomizedDelaySec of the maintenance timer"
+    )
+    backup_include_extra: list[str] = Field(
+        default_factory=list,
+        description="absolute paths backed up besides the components' own backup paths",
+    )
+    backup_exclude: list[str] = Field(
+        default_factory=lambda: ["/var/lib/prometheus"],
+        description="restic --exclude patterns (Prometheus data is excluded by default)",
+    )
+    backup_databases: bool = Field(
+        True, description="dump every project database (fails loudly if PostgreSQL is down)"
+    )
+    backup_database_exclude: list[str] = Field(
+        default_factory=lambda: ["postgres"], description="databases never dumped"
+    )
+    backup_textfile_dir: str = Field(
+        "/var/lib/prometheus/node-exporter",
+        pattern=r"^/[^\s]+$",
+        description="node exporter textfile collector directory for the backup metrics",
+    )
+    # --- parameters of the operator operations (ops/backup_*.py), given with --data
+    backup_snapshot: str = Field(
+        "latest",
+        pattern=SNAPSHOT_PATTERN,
+        description="ops: the snapshot to verify or restore (an id from ops/backup_list.py)",
+    )
+    backup_restore_scope: Literal["database", "host"] = Field(
+        "database",
+        description="ops/backup_restore.py: the databases alone, or the whole host "
+        "(files, secrets file, SSH host keys, roles and databases)",
+    )
+    backup_restore_confirm: bool = Field(
+        False, description="ops/backup_restore.py: really restore (false: print the plan only)"
+    )
+    backup_verify_strict_live: bool = Field(
+        False,
+        description="ops/backup_verify.py: also fail when the live database differs from the "
+        "snapshot (for quiet hosts and tests)",
+    )
+    backup_password_file: str | None = Field(
+        None,
+        pattern=r"^/[^\s]+$",
+        description="ops: read the repository password from this host file instead of the "
+        "secret (for drills and the wrong-password test)",
+    )
+
+    @field_validator("backup_include_extra")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path.startswith("/") or re.search(r"\s", path):
+                raise ValueError(f"not an absolute path without spaces: {path!r}")
+        return paths

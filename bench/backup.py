@@ -1,0 +1,151 @@
+"""Benchmark: time and size of a backup and of a restore for ~1 GB of webhook events.
+
+Runs against a deployed staging host (RAVE_STAGING_ID selects the instance):
+
+    RAVE_STAGING_ID=6 .venv/bin/python bench/backup.py [--rows 1000000] [--host rave-staging-1]
+
+It creates the database rave_bench (an events table shaped like the webhook's: ~1 KB of JSON
+per event, generated on the host with generate_series), then measures through the real units
+and the host script: a first (full) backup, a second backup with nothing changed
+(deduplication), the verify (restore into a scratch database and compare), and a database
+restore. It prints the figures and drops rave_bench (unless --keep). A script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+
+from rave.staging import Instance, instance_id
+
+RB = "/usr/local/sbin/rave-backup"
+DB = "rave_bench"
+
+SCHEMA = """
+CREATE TABLE events (
+    id bigserial PRIMARY KEY,
+    delivery_id uuid NOT NULL,
+    received_at timestamptz NOT NULL,
+    event text NOT NULL,
+    headers jsonb NOT NULL,
+    payload jsonb NOT NULL
+)
+"""
+
+FILL = """
+INSERT INTO events (delivery_id, received_at, event, headers, payload)
+SELECT gen_random_uuid(), now() - g * interval '1 second',
+       (ARRAY['push', 'issue', 'release', 'ping'])[1 + g % 4],
+       jsonb_build_object('user-agent', 'bench/1.0', 'content-type', 'application/json'),
+       jsonb_build_object('sequence', g, 'repository', 'org/repo-' || (g % 97),
+                          'body', (SELECT string_agg(md5(g::text || i::text), '')
+                                   FROM generate_series(1, {chunks}) i))
+FROM generate_series({start}, {end}) g
+"""
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class Host:
+    def __init__(self, name: str):
+        self.name = name
+        self.ssh_config = str(Instance(instance_id()).ssh_config)
+
+    def run(self, command: str, timeout: float = 3600) -> str:
+        result = subprocess.run(
+            ["ssh", "-F", self.ssh_config, self.name, f"sudo sh -c {shlex.quote(command)}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            sys.exit(f"{self.name}: `{command}` failed ({result.returncode}):\n{result.stderr}")
+        return result.stdout
+
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        return self.run(
+            f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -d {db} "
+            f"-c {shlex.quote(sql)}"
+        )
+
+    def timed(self, command: str) -> tuple[float, str]:
+        started = time.monotonic()
+        out = self.run(command)
+        return time.monotonic() - started, out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="rave-staging-1")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunks", type=int, default=28, help="32-char pieces per payload body")
+    parser.add_argument("--keep", action="store_true", help="keep the rave_bench database")
+    args = parser.parse_args()
+    host = Host(args.host)
+    repo = json.loads(host.run("cat /etc/rave/backup.json"))["repository"]
+
+    print(f"generating {args.rows} events in {DB} on {args.host} ...", flush=True)
+    host.psql(f"DROP DATABASE IF EXISTS {DB}")
+    host.psql(f"CREATE DATABASE {DB}")
+    host.psql(SCHEMA, db=DB)
+    started = time.monotonic()
+    step = 100_000
+    for start in range(1, args.rows + 1, step):
+        end = min(start + step - 1, args.rows)
+        host.psql(FILL.format(start=start, end=end, chunks=args.chunks), db=DB)
+    host.psql("VACUUM ANALYZE events", db=DB)
+    generated = time.monotonic() - started
+    db_bytes = int(host.psql(f"SELECT pg_database_size('{DB}')").strip())
+    repo_before = int(host.run(f"du -sb {repo} | cut -f1").split()[0])
+    figures: list[tuple[str, str]] = [
+        ("events", f"{args.rows}"),
+        ("database size", human(db_bytes)),
+        ("generation", f"{generated:.1f} s"),
+    ]
+    try:
+        for label in ("backup (first, full)", "backup (again, unchanged)"):
+            seconds, _ = host.timed("systemctl start rave-backup.service")
+            state = json.loads(host.run("cat /var/lib/rave-backup/state.json"))
+            dump = json.loads(host.run("cat /var/lib/rave-backup/dump/manifest.json"))
+            figures += [
+                (f"{label}: time", f"{seconds:.1f} s"),
+                (f"{label}: dump of {DB}", human(dump["databases"][DB]["bytes"])),
+                (f"{label}: dump time", f"{dump['databases'][DB]['seconds']:.1f} s"),
+                (f"{label}: covered", human(state["last_size"])),
+                (f"{label}: added to repository", human(state["last_added"])),
+            ]
+        repo_after = int(host.run(f"du -sb {repo} | cut -f1").split()[0])
+        figures.append(("repository growth", human(repo_after - repo_before)))
+        seconds, out = host.timed(f"{RB} verify")
+        assert "VERIFIED" in out, out
+        figures.append(
+            ("verify (restic check + restore into scratch DB + compare)", f"{seconds:.1f} s")
+        )
+        seconds, out = host.timed(f"{RB} restore --scope database --yes")
+        assert "RESTORED" in out, out
+        figures.append(("restore (all databases, checksums compared)", f"{seconds:.1f} s"))
+        rate = db_bytes / max(seconds, 0.001)
+        figures.append(("restore rate", f"{human(rate)}/s"))
+    finally:
+        if not args.keep:
+            host.psql(f"DROP DATABASE IF EXISTS {DB}")
+    width = max(len(label) for label, _ in figures)
+    print(f"\nbackup benchmark on {args.host} ({repo}):")
+    for label, value in figures:
+        print(f"  {label:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1191 @@
+#!/usr/bin/python3
+"""rave-backup: the host side of RAVE backups (restic + pg_dump), installed by tasks/backup.py.
+
+Subcommands (run as root; `dump` and `checksums` run as the postgres user, started by the others):
+  init       create the restic repository if it does not exist (idempotent)
+  run        one backup: consistent dumps of every project database, then a restic snapshot of the
+             dumps and the project's files; writes node-exporter textfile metrics (the systemd unit)
+  now        start rave-backup.service, wait for it and print what it did (ops/backup_now.py)
+  list       the repository's snapshots of this host
+  check      remove stale locks, then `restic check`
+  maintain   forget --prune with the retention policy, then check (rave-backup-maintenance.service)
+  verify     a real restore of a snapshot's dumps into scratch databases, compared table by table
+             (row counts and content checksums) with the values taken at backup time and with the
+             live database; plus `restic check`
+  restore    the database alone (--scope database) or the whole host (--scope host: files, secrets
+             file, SSH host keys, databases and roles), from a snapshot, then restarts what it must
+
+The repository password is read by restic from RESTIC_PASSWORD_FILE (never on a command line).
+Exit codes: 0 ok, 1 failure, 2 repository password refused, 3 bad usage or verification mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import grp
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+CONFIG = "/etc/rave/backup.json"
+CONFIG_ENV = "RAVE_BACKUP_CONFIG"
+# the host's identity (SSH host key: also its secrets recipient) and the encrypted secrets
+IDENTITY_FILES = (
+    "/etc/rave/secrets.age",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_ed25519_key.pub",
+)
+SCRATCH_PREFIX = "rave_verify_"
+PRE_RESTORE_SUFFIX = "__pre_restore"
+
+EXIT_FAILED = 1
+EXIT_PASSWORD = 2
+EXIT_MISMATCH = 3
+
+
+class Failure(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    # "<4>"/"<3>": journald's syslog-level prefix (warning/error) when run by systemd
+    prefix = "<4>" if os.environ.get("INVOCATION_ID") else ""
+    print(f"{prefix}rave-backup: WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def error(message: str) -> None:
+    prefix = "<3>" if os.environ.get("INVOCATION_ID") else ""
+    print(f"{prefix}rave-backup: FAILED: {message}", file=sys.stderr, flush=True)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def load_config(path: str) -> dict[str, Any]:
+    inherited = os.environ.get(CONFIG_ENV)  # the postgres-side subcommands get it from root
+    if inherited:
+        return json.loads(inherited)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise Failure(f"{path} is missing: deploy the backup task first") from None
+
+
+def minimal_paths(paths: list[str]) -> list[str]:
+    """Sorted, without duplicates and without paths inside another listed path."""
+    result: list[str] = []
+    for path in sorted({os.path.normpath(p) for p in paths}):
+        if not any(path == kept or path.startswith(kept.rstrip("/") + "/") for kept in result):
+            result.append(path)
+    return result
+
+
+def is_local_repository(repository: str) -> bool:
+    return repository.startswith("/")
+
+
+# --------------------------------------------------------------------------- restic
+
+
+class Restic:
+    def __init__(self, config: dict[str, Any], password_file: str | None):
+        self.config = config
+        self.password_file = password_file or config["password_file"]
+
+    def env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("RESTIC_") and key not in ("AWS_ACCESS_KEY_ID",)
+        }
+        env.update(
+            RESTIC_REPOSITORY=self.config["repository"],
+            RESTIC_PASSWORD_FILE=self.password_file,
+            RESTIC_CACHE_DIR=self.config["cache_dir"],
+            HOME=os.environ.get("HOME", "/root"),
+        )
+        env.update(self.config.get("repository_env", {}))
+        return env
+
+    def run(
+        self, *args: str, capture: bool = True, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["restic", *args],
+            env=self.env(),
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise Failure(f"restic {args[0]} failed (exit {result.returncode}): {tail(result)}")
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["restic", *args], env=self.env(), text=True, stdout=subprocess.PIPE
+        )
+
+    def status(self) -> str:
+        """initialized | missing | wrong-password | no-password | error: ..."""
+        if not os.path.isfile(self.password_file):
+            return "no-password"
+        result = self.run("cat", "config", check=False)
+        if result.returncode == 0:
+            return "initialized"
+        text = (result.stderr or "") + (result.stdout or "")
+        if "wrong password" in text or "no key found" in text:
+            return "wrong-password"
+        if "Is there a repository" in text or "does not exist" in text:
+            return "missing"
+        return "error: " + text.strip().splitlines()[-1] if text.strip() else "error"
+
+    def open(self) -> None:
+        """Fail unless the repository exists and takes our password; touches nothing."""
+        status = self.status()
+        if status == "initialized":
+            return
+        repo = self.config["repository"]
+        if status == "wrong-password":
+            raise Failure(
+                f"the repository {repo} refused the password from {self.password_file} "
+                "(wrong password or no key found); nothing was changed",
+                EXIT_PASSWORD,
+            )
+        if status == "no-password":
+            raise Failure(
+                f"no repository password at {self.password_file} (is rave-secrets.service up?)",
+                EXIT_PASSWORD,
+            )
+        if status == "missing":
+            raise Failure(f"no restic repository at {repo} (deploy runs `rave-backup init`)")
+        raise Failure(f"cannot open the repository {repo}: {status}")
+
+    def locks(self) -> list[str]:
+        result = self.run("list", "locks", "--no-lock", check=False)
+        return (result.stdout or "").split() if result.returncode == 0 else []
+
+    def unlock_stale(self) -> None:
+        """Remove stale locks (their process is gone, e.g. a killed run); live ones stay."""
+        before = self.locks()
+        if not before:
+            return
+        self.run("unlock", check=False)
+        after = self.locks()
+        if len(after) < len(before):
+            warn(
+                f"removed {len(before) - len(after)} stale repository lock(s) left by an "
+                "interrupted run"
+            )
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        result = self.run("snapshots", "--json", "--host", self.config["hostname"])
+        return sorted(json.loads(result.stdout or "[]"), key=lambda s: s["time"])
+
+    def resolve(self, snapshot: str) -> dict[str, Any]:
+        snapshots = self.snapshots()
+        if not snapshots:
+            raise Failure(f"no snapshot of host {self.config['hostname']} in the repository")
+        if snapshot == "latest":
+            return snapshots[-1]
+        matches = [s for s in snapshots if s["id"].startswith(snapshot)]
+        if len(matches) != 1:
+            raise Failure(f"snapshot {snapshot!r} not found (or ambiguous) for this host")
+        return matches[0]
+
+
+def tail(result: subprocess.CompletedProcess[str], lines: int = 5) -> str:
+    text = ((result.stderr or "") + (result.stdout or "")).strip().splitlines()
+    return " | ".join(text[-lines:]) or "(no output)"
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def host_lock(config: dict[str, Any], wait_seconds: int):
+    """One backup operation at a time on this host (the timer, maintenance and the ops)."""
+    state_dir = Path(config["state_dir"])
+    state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    with open(state_dir / "lock", "w") as handle:
+        deadline = time.monotonic() + wait_seconds
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Failure("another backup operation is still running") from None
+                if not announced:
+                    say("waiting for another backup operation on this host to finish ...")
+                    announced = True
+                time.sleep(1)
+        yield
+
+
+# --------------------------------------------------------------------------- postgres
+
+
+def pg_env(config: dict[str, Any]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGHOST=config["pg_host"], PGPORT=str(config["pg_port"]), HOME=config["pg_home"])
+    env[CONFIG_ENV] = json.dumps(config)  # nothing secret in it
+    return env
+
+
+def as_postgres(
+    config: dict[str, Any], args: list[str], capture: bool = True
+) -> subprocess.CompletedProcess[str]:
+    user = config["pg_user"]
+    kwargs: dict[str, Any] = {}
+    if os.geteuid() == 0 and user != pwd.getpwuid(0).pw_name:
+        entry = pwd.getpwnam(user)
+        kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    return subprocess.run(
+        args,
+        env=pg_env(config),
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        check=False,
+        cwd="/",
+        **kwargs,
+    )
+
+
+def self_as_postgres(config_path: str, config: dict[str, Any], *args: str) -> str:
+    """This script as the postgres user (it cannot read the root-only configuration file)."""
+    result = as_postgres(
+        config, [sys.executable, os.path.abspath(__file__), "--config", config_path, *args]
+    )
+    if result.returncode != 0:
+        raise Failure(f"{args[0]} as {config['pg_user']} failed: {tail(result)}")
+    return result.stdout
+
+
+def psql(config: dict[str, Any], sql: str, db: str = "postgres") -> str:
+    result = as_postgres(
+        config, ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql]
+    )
+    if result.returncode != 0:
+        raise Failure(f"psql on {db}: {tail(result)}")
+    return result.stdout
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+TABLES_SQL = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+ORDER BY 1, 2
+"""
+
+
+def checksum_sql(schema: str, table: str) -> str:
+    """Row count and an order-independent content checksum (two 64-bit sums of row md5s).
+
+    Streams: no sort and no aggregate string, so it works on tables of any size.
+    """
+    return (
+        "SELECT count(*), "
+        "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
+        "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
+        f"FROM (SELECT md5(t::text) AS h FROM ONLY {quote_ident(schema)}.{quote_ident(table)} t) s"
+    )
+
+
+def table_checksums(cursor: Any) -> dict[str, dict[str, Any]]:
+    cursor.execute(TABLES_SQL)
+    tables = cursor.fetchall()
+    result: dict[str, dict[str, Any]] = {}
+    for schema, table in tables:
+        cursor.execute(checksum_sql(schema, table))
+        rows, s1, s2 = cursor.fetchone()
+        digest = hashlib.md5(f"{rows}:{s1}:{s2}".encode()).hexdigest()
+        result[f"{schema}.{table}"] = {"rows": int(rows), "checksum": digest}
+    return result
+
+
+def psycopg_module() -> Any:
+    import psycopg  # Debian's python3-psycopg, only needed by the postgres-side subcommands
+
+    return psycopg
+
+
+def connect(config: dict[str, Any], db: str) -> Any:
+    return psycopg_module().connect(
+        host=config["pg_host"], port=config["pg_port"], dbname=db, application_name="rave-backup"
+    )
+
+
+def project_databases(config: dict[str, Any]) -> list[str]:
+    out = psql(
+        config,
+        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+    )
+    excluded = set(config["database_exclude"])
+    return [
+        name
+        for name in out.split()
+        if name not in excluded
+        and not name.startswith(SCRATCH_PREFIX)
+        and not name.endswith(PRE_RESTORE_SUFFIX)
+    ]
+
+
+# ------------------------------------------------------------ postgres-side subcommands
+
+
+def cmd_dump(config: dict[str, Any], args: argparse.Namespace) -> int:
+    """As postgres: every project database dumped from an exported snapshot, whose checksums are
+    taken in the same transaction (so the manifest describes exactly what the dump holds)."""
+    out = Path(args.out)
+    for entry in out.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    manifest: dict[str, Any] = {"created": time.time(), "databases": {}}
+    result = as_postgres(
+        config, ["pg_dumpall", "--globals-only", "--no-comments", "-f", str(out / "globals.sql")]
+    )
+    if result.returncode != 0:
+        raise Failure(f"pg_dumpall --globals-only: {tail(result)}")
+    manifest["globals"] = "globals.sql"
+    for db in project_databases(config):
+        started = time.monotonic()
+        with connect(config, db) as conn:
+            conn.isolation_level = psycopg_module().IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_export_snapshot()")
+                snapshot = cursor.fetchone()[0]
+                target = out / f"{db}.dump"
+                dump = as_postgres(
+                    config,
+                    ["pg_dump", "-Fc", "-Z0", f"--snapshot={snapshot}", "-f", str(target), db],
+                )
+                if dump.returncode != 0:
+                    raise Failure(f"pg_dump {db}: {tail(dump)}")
+                tables = table_checksums(cursor)
+                cursor.execute(
+                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (db,)
+                )
+                owner = cursor.fetchone()[0]
+        manifest["databases"][db] = {
+            "file": target.name,
+            "owner": owner,
+            "bytes": target.stat().st_size,
+            "seconds": round(time.monotonic() - started, 3),
+            "tables": tables,
+        }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    print(json.dumps({db: len(v["tables"]) for db, v in manifest["databases"].items()}))
+    return 0
+
+
+def cmd_checksums(config_path: str, config: dict[str, Any], args: argparse.Namespace) -> int:
+    """{table: {rows, checksum}} of a database as JSON (for operators and tests)."""
+    if os.geteuid() == 0 and config["pg_user"] != "root":
+        print(self_as_postgres(config_path, config, "checksums", "--db", args.db), end="")
+        return 0
+    with connect(config, args.db) as conn, conn.cursor() as cursor:
+        print(json.dumps(table_checksums(cursor), sort_keys=True))
+    return 0
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def write_metrics(config: dict[str, Any], name: str, values: dict[str, tuple[str, float]]) -> None:
+    """Atomically replace <textfile_dir>/<name>.prom (node exporter's textfile collector)."""
+    directory = Path(config["textfile_dir"])
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for metric, (help_text, value) in values.items():
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+            lines.append(
+                f"{metric} {value:.3f}" if isinstance(value, float) else f"{metric} {value}"
+            )
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / f"{name}.prom")
+    except OSError as exc:
+        warn(f"could not write metrics to {directory}: {exc}")
+
+
+def load_state(config: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads((Path(config["state_dir"]) / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def save_state(config: dict[str, Any], state: dict[str, Any]) -> None:
+    path = Path(config["state_dir"]) / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def backup_metrics(state: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    return {
+        "rave_backup_last_success_timestamp_seconds": (
+            "Unix time of the last successful backup (0: never).",
+            float(state.get("last_success", 0)),
+        ),
+        "rave_backup_last_run_timestamp_seconds": (
+            "Unix time the last backup run ended.",
+            float(state.get("last_run", 0)),
+        ),
+        "rave_backup_last_duration_seconds": (
+            "Duration of the last backup run.",
+            float(state.get("last_duration", 0)),
+        ),
+        "rave_backup_last_size_bytes": (
+            "Bytes the last successful backup covered (dumps and files).",
+            int(state.get("last_size", 0)),
+        ),
+        "rave_backup_last_added_bytes": (
+            "Bytes the last successful backup added to the repository.",
+            int(state.get("last_added", 0)),
+        ),
+        "rave_backup_last_exit_code": (
+            "Exit code of the last backup run (0: success).",
+            int(state.get("last_exit_code", 0)),
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- backup
+
+
+def prepare_dump_dir(config: dict[str, Any]) -> Path:
+    dump_dir = Path(config["dump_dir"])
+    dump_dir.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    os.chmod(dump_dir.parent, 0o711)  # postgres must traverse it to write the dumps
+    dump_dir.mkdir(mode=0o700, exist_ok=True)
+    entry = pwd.getpwnam(config["pg_user"])
+    os.chown(dump_dir, entry.pw_uid, entry.pw_gid)
+    os.chmod(dump_dir, 0o700)
+    return dump_dir
+
+
+def write_owners(dump_dir: Path) -> None:
+    """Names of the uids/gids at backup time: a restore onto a fresh host maps them by name."""
+    owners = {
+        "users": {str(p.pw_uid): p.pw_name for p in pwd.getpwall()},
+        "groups": {str(g.gr_gid): g.gr_name for g in grp.getgrall()},
+    }
+    target = dump_dir / "owners.json"
+    target.write_text(json.dumps(owners, indent=1, sort_keys=True))
+
+
+def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dict[str, Any]:
+    restic.open()
+    restic.unlock_stale()
+    dump_dir = prepare_dump_dir(config)
+    if config["databases"]:
+        say("dumping databases ...")
+        out = self_as_postgres(config_path, config, "dump", "--out", str(dump_dir))
+        say(f"dumped (tables per database): {out.strip()}")
+    write_owners(dump_dir)
+    paths = [str(dump_dir)] + [p for p in config["paths"] if os.path.lexists(p)]
+    missing = [p for p in config["paths"] if not os.path.lexists(p)]
+    if missing:
+        say("not present on this host (skipped): " + ", ".join(missing))
+    args = ["backup", "--json", "--host", config["hostname"], "--tag", "rave"]
+    for pattern in config["exclude"]:
+        args += ["--exclude", pattern]
+    say("backing up: " + ", ".join(minimal_paths(paths)))
+    process = restic.popen(*args, *minimal_paths(paths))
+    summary: dict[str, Any] = {}
+    assert process.stdout is not None
+    for line in process.stdout:
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if message.get("message_type") == "summary":
+                summary = message
+            elif message.get("message_type") == "error":
+                warn(f"restic: {message.get('error')} ({message.get('item')})")
+    code = process.wait()
+    for dump in dump_dir.glob("*.dump"):  # in the snapshot now (or failed): free the disk
+        dump.unlink()
+    if code != 0:
+        reason = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+        raise Failure(
+            f"restic backup did not complete ({reason})", 128 - code if code < 0 else code
+        )
+    if not summary:
+        raise Failure("restic backup printed no summary")
+    return summary
+
+
+def cmd_run(config_path: str, config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    state = load_state(config)
+    started = time.time()
+    code = 0
+    try:
+        with host_lock(config, wait_seconds=3600):
+            summary = backup_once(config_path, config, restic)
+    except Failure as failure:
+        code = failure.code
+        error(f"backup failed: {failure}")
+    except Exception as exc:  # anything else is still a failed backup
+        code = EXIT_FAILED
+        traceback.print_exc()
+        error(f"backup failed: {exc!r}")
+    finished = time.time()
+    state.update(last_run=finished, last_duration=finished - started, last_exit_code=code)
+    if code == 0:
+        state.update(
+            last_success=finished,
+            last_size=summary.get("total_bytes_processed", 0),
+            last_added=summary.get("data_added", 0),
+            last_snapshot=summary.get("snapshot_id", ""),
+        )
+        say(
+            f"rave-backup: OK: snapshot {summary.get('snapshot_id', '?')[:8]} saved in "
+            f"{finished - started:.1f} s: {human(summary.get('total_bytes_processed', 0))} "
+            f"covered, {human(summary.get('data_added', 0))} added to the repository"
+        )
+    save_state(config, state)
+    write_metrics(config, "rave_backup", backup_metrics(state))
+    return code
+
+
+def cmd_init(config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    with host_lock(config, wait_seconds=600):
+        status = restic.status()
+        if status == "initialized":
+            say(f"repository {config['repository']} already initialized")
+            return 0
+        if status != "missing":
+            restic.open()  # raises the precise reason
+        repo = config["repository"]
+        if is_local_repository(repo):
+            Path(repo).mkdir(mode=0o700, parents=True, exist_ok=True)
+        restic.run("init")
+        say(f"repository {repo} initialized")
+    Path(config["cache_dir"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return 0
+
+
+def cmd_now(config: dict[str, Any], args: argparse.Namespace) -> int:
+    unit = config["unit"]
+    say(f"starting {unit}.service (waits for it to finish) ...")
+    started = time.time()
+    result = subprocess.run(["systemctl", "start", f"{unit}.service"], check=False)
+    invocation = subprocess.run(
+        ["systemctl", "show", "-p", "InvocationID", "--value", f"{unit}.service"],
+        text=True,
+        capture_output=True,
+        check=False,
+    ).stdout.strip()
+    journal = subprocess.run(
+        ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}"],
+        text=True,
+        capture_output=True,
+        check=False,
+    ).stdout
+    say(journal.rstrip())
+    state = load_state(config)
+    ok = result.returncode == 0 and state.get("last_exit_code") == 0
+    if ok:
+        say(
+            f"{unit}.service: SUCCEEDED in {time.time() - started:.1f} s "
+            f"(snapshot {state.get('last_snapshot', '?')[:8]}, "
+            f"{human(state.get('last_size', 0))} covered, "
+            f"{human(state.get('last_added', 0))} added)"
+        )
+    else:
+        say(
+            f"{unit}.service: FAILED (exit {state.get('last_exit_code')}); see journalctl -u {unit}"
+        )
+    return 0 if ok else EXIT_FAILED
+
+
+def cmd_list(config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    restic.open()
+    snapshots = restic.snapshots()
+    say(
+        f"repository {config['repository']}: {len(snapshots)} snapshot(s) of host "
+        f"{config['hostname']}"
+    )
+    say(f"{'ID':<10} {'TIME (UTC)':<20} {'TAGS':<8} PATHS")
+    for snap in snapshots:
+        when = snap["time"][:19].replace("T", " ")
+        say(
+            f"{snap['short_id']:<10} {when:<20} {','.join(snap.get('tags') or []):<8} "
+            f"{len(snap['paths'])} paths"
+        )
+    if snapshots:
+        say(f"latest: {snapshots[-1]['short_id']}")
+    return 0
+
+
+def cmd_ls(config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    restic.open()
+    snapshot = restic.resolve(args.snapshot)
+    result = restic.run("ls", "--no-lock", snapshot["id"])
+    print(result.stdout, end="")
+    return 0
+
+
+def cmd_check(config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    with host_lock(config, wait_seconds=args.wait):
+        restic.open()
+        restic.unlock_stale()
+        extra = [f"--read-data-subset={args.read_data_subset}"] if args.read_data_subset else []
+        result = restic.run("check", *extra, check=False)
+    if result.returncode != 0:
+        raise Failure(f"restic check found problems: {tail(result, 20)}")
+    say("restic check: no errors were found")
+    return 0
+
+
+def cmd_maintain(config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    keep = config["keep"]
+    code = 0
+    try:
+        with host_lock(config, wait_seconds=3600):
+            restic.open()
+            restic.unlock_stale()
+            policy = [f"--keep-{period}={count}" for period, count in keep.items() if count > 0]
+            say("forget --prune " + " ".join(policy))
+            result = restic.run(
+                "forget", "--prune", "--host", config["hostname"], *policy, check=False
+            )
+            say((result.stdout or "").rstrip())
+            if result.returncode != 0:
+                raise Failure(f"restic forget --prune: {tail(result)}")
+            check = restic.run("check", check=False)
+            if check.returncode != 0:
+                raise Failure(f"restic check found problems: {tail(check, 20)}")
+            say("restic check: no errors were found")
+    except Failure as failure:
+        code = failure.code
+        error(f"maintenance failed: {failure}")
+    state = load_state(config)
+    state["maintenance_exit_code"] = code
+    if code == 0:
+        state["maintenance_success"] = time.time()
+    save_state(config, state)
+    write_metrics(
+        config,
+        "rave_backup_maintenance",
+        {
+            "rave_backup_maintenance_last_success_timestamp_seconds": (
+                "Unix time of the last successful forget --prune and check.",
+                float(state.get("maintenance_success", 0)),
+            ),
+            "rave_backup_maintenance_last_exit_code": (
+                "Exit code of the last maintenance run (0: success).",
+                code,
+            ),
+        },
+    )
+    return code
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def restore_to_temp(
+    config: dict[str, Any], restic: Restic, snapshot: dict[str, Any], only: list[str] | None
+) -> Path:
+    """The snapshot (or only the given paths of it) under <state_dir>/restore."""
+    temp = Path(config["state_dir"]) / "restore"
+    if temp.exists():
+        shutil.rmtree(temp)
+    temp.mkdir(mode=0o700)
+    args = ["restore", snapshot["id"], "--target", str(temp)]
+    for path in only or []:
+        args += ["--include", path]
+    say(f"restoring snapshot {snapshot['short_id']} ({snapshot['time'][:19]}) into {temp} ...")
+    restic.run(*args)
+    return temp
+
+
+def make_readable_by_postgres(temp: Path, dump_dir: Path, config: dict[str, Any]) -> None:
+    """pg_restore runs as postgres: let it reach the restored dumps (whatever their uid was)."""
+    entry = pwd.getpwnam(config["pg_user"])
+    if not dump_dir.is_dir():
+        return
+    for directory in reversed(dump_dir.relative_to(temp).parents):  # temp, temp/var, ...
+        os.chmod(temp / directory, 0o711)
+    for root, _dirs, files in os.walk(dump_dir):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
+def read_manifest(temp: Path, config: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    dump_dir = temp / config["dump_dir"].lstrip("/")
+    make_readable_by_postgres(temp, dump_dir, config)
+    manifest_file = dump_dir / "manifest.json"
+    if not manifest_file.exists():
+        raise Failure("the snapshot holds no database manifest (taken without databases?)")
+    manifest = json.loads(manifest_file.read_text())
+    for db, info in manifest["databases"].items():
+        listing = as_postgres(config, ["pg_restore", "--list", str(dump_dir / info["file"])])
+        if listing.returncode != 0:
+            raise Failure(f"the dump of {db} in the snapshot is unreadable: {tail(listing)}")
+    return dump_dir, manifest
+
+
+def compare(expected: dict[str, dict[str, Any]], actual: dict[str, dict[str, Any]]) -> list[str]:
+    """Differences between two {table: {rows, checksum}} maps (empty: identical)."""
+    problems = []
+    for table in sorted(set(expected) | set(actual)):
+        if table not in actual:
+            problems.append(f"{table}: missing")
+        elif table not in expected:
+            problems.append(f"{table}: unexpected table")
+        elif expected[table] != actual[table]:
+            problems.append(
+                f"{table}: rows {expected[table]['rows']} -> {actual[table]['rows']}, "
+                f"checksum {expected[table]['checksum'][:12]} -> {actual[table]['checksum'][:12]}"
+            )
+    return problems
+
+
+def checksums_of(config_path: str, config: dict[str, Any], db: str) -> dict[str, dict[str, Any]]:
+    return json.loads(self_as_postgres(config_path, config, "checksums", "--db", db))
+
+
+def db_exists(config: dict[str, Any], db: str) -> bool:
+    return (
+        psql(config, f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(db)}").strip()
+        == "1"
+    )
+
+
+def terminate(config: dict[str, Any], db: str) -> None:
+    psql(
+        config,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = {quote_literal(db)} AND pid <> pg_backend_pid()",
+    )
+
+
+def drop_database(config: dict[str, Any], db: str) -> None:
+    terminate(config, db)
+    psql(config, f"DROP DATABASE IF EXISTS {quote_ident(db)}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verify_identity_files(temp: Path) -> tuple[int, int]:
+    """The host's identity and secrets file are in the snapshot: (missing, differing from live)."""
+    missing = differing = 0
+    for path in IDENTITY_FILES:
+        restored, live = temp / path.lstrip("/"), Path(path)
+        if not restored.exists():
+            if live.exists():
+                missing += 1
+                say(f"FILE {path}: MISSING from the snapshot")
+            continue
+        same = live.exists() and sha256(restored) == sha256(live)
+        differing += not same
+        say(f"FILE {path}: restored, {'same as live' if same else 'live differs'}")
+    return missing, differing
+
+
+def cmd_verify(config_path: str, config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    started = time.time()
+    with host_lock(config, wait_seconds=args.wait):
+        restic.open()
+        restic.unlock_stale()
+        snapshot = restic.resolve(args.snapshot)
+        say(f"verifying snapshot {snapshot['short_id']} of {snapshot['time'][:19]} (UTC)")
+        check = restic.run("check", check=False)
+        if check.returncode != 0:
+            raise Failure(f"restic check found problems: {tail(check, 20)}")
+        say("restic check: no errors were found")
+        temp = restore_to_temp(config, restic, snapshot, [config["dump_dir"], *IDENTITY_FILES])
+        try:
+            dump_dir, manifest = read_manifest(temp, config)
+            failures, live_differences = verify_identity_files(temp)
+            live_differences = 0
+            header = f"{'TABLE':<40} {'ROWS@BACKUP':>12} {'RESTORED':>10} {'LIVE':>10}  RESULT"
+            for db, info in sorted(manifest["databases"].items()):
+                scratch = SCRATCH_PREFIX + db
+                drop_database(config, scratch)
+                psql(config, f"CREATE DATABASE {quote_ident(scratch)} TEMPLATE template0")
+                try:
+                    restore = as_postgres(
+                        config,
+                        [
+                            "pg_restore",
+                            "--no-owner",
+                            "--no-privileges",
+                            "--exit-on-error",
+                            "-d",
+                            scratch,
+                            str(dump_dir / info["file"]),
+                        ],
+                    )
+                    if restore.returncode != 0:
+                        raise Failure(f"pg_restore of {db} into {scratch}: {tail(restore)}")
+                    restored = checksums_of(config_path, config, scratch)
+                finally:
+                    drop_database(config, scratch)
+                live = checksums_of(config_path, config, db) if db_exists(config, db) else {}
+                say(f"database {db}: dump {human(info['bytes'])}, restored into {scratch}")
+                say(header)
+                for table in sorted(set(info["tables"]) | set(restored)):
+                    want = info["tables"].get(table)
+                    got = restored.get(table)
+                    now = live.get(table)
+                    ok = want == got
+                    same_live = now == got
+                    failures += not ok
+                    live_differences += not same_live
+                    result = "OK" if ok else "MISMATCH"
+                    result += "" if same_live else " (live differs: changed since the backup)"
+                    say(
+                        f"{table:<40} {want['rows'] if want else '-':>12} "
+                        f"{got['rows'] if got else '-':>10} {now['rows'] if now else '-':>10}  "
+                        f"{result}"
+                    )
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+    elapsed = time.time() - started
+    if failures:
+        raise Failure(
+            f"verify: {failures} table(s) or file(s) differ from the backup", EXIT_MISMATCH
+        )
+    if args.strict_live and live_differences:
+        raise Failure(
+            f"verify: {live_differences} table(s) or file(s) differ between the restore and "
+            "the live host",
+            EXIT_MISMATCH,
+        )
+    say(
+        f"VERIFIED: snapshot {snapshot['short_id']} restores to identical tables and files "
+        f"(row counts and checksums) in {elapsed:.1f} s"
+    )
+    return 0
+
+
+def remap_owners(temp: Path, owners_file: Path) -> int:
+    """chown restored files from the backed-up host's uids to this host's, by name."""
+    if not owners_file.exists():
+        return 0
+    owners = json.loads(owners_file.read_text())
+    users = {int(uid): name for uid, name in owners["users"].items()}
+    groups = {int(gid): name for gid, name in owners["groups"].items()}
+
+    def local_uid(uid: int) -> int:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(users[uid]).pw_uid
+        return uid
+
+    def local_gid(gid: int) -> int:
+        with contextlib.suppress(KeyError):
+            return grp.getgrnam(groups[gid]).gr_gid
+        return gid
+
+    changed = 0
+    for root, dirs, files in os.walk(temp):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            uid, gid = local_uid(st.st_uid), local_gid(st.st_gid)
+            if (uid, gid) != (st.st_uid, st.st_gid):
+                os.lchown(path, uid, gid)
+                if not os.path.islink(path):
+                    os.chmod(path, st.st_mode & 0o7777)  # chown clears setuid/setgid bits
+                changed += 1
+    return changed
+
+
+def unit_active(unit: str) -> bool:
+    return subprocess.run(["systemctl", "is-active", "--quiet", unit], check=False).returncode == 0
+
+
+def unit_exists(unit: str) -> bool:
+    out = subprocess.run(
+        ["systemctl", "show", "-p", "LoadState", "--value", unit],
+        text=True,
+        capture_output=True,
+        check=False,
+    ).stdout.strip()
+    return out == "loaded"
+
+
+def restore_databases(
+    config_path: str,
+    config: dict[str, Any],
+    dump_dir: Path,
+    manifest: dict[str, Any],
+    with_globals: bool,
+) -> None:
+    clients = [u for u in config["db_client_units"] if unit_active(u)]
+    if clients:
+        say("stopping database clients: " + ", ".join(clients))
+        subprocess.run(["systemctl", "stop", *clients], check=True)
+    try:
+        if with_globals:
+            result = as_postgres(
+                config, ["psql", "-X", "-q", "-d", "postgres", "-f", str(dump_dir / "globals.sql")]
+            )
+            skipped = sum("already exists" in line for line in result.stderr.splitlines())
+            say(f"roles restored from globals.sql ({skipped} already present, kept and updated)")
+        for db, info in sorted(manifest["databases"].items()):
+            started = time.monotonic()
+            aside = db + PRE_RESTORE_SUFFIX
+            drop_database(config, aside)
+            existed = db_exists(config, db)
+            if existed:
+                terminate(config, db)
+                psql(config, f"ALTER DATABASE {quote_ident(db)} RENAME TO {quote_ident(aside)}")
+            restore = as_postgres(
+                config,
+                [
+                    "pg_restore",
+                    "--create",
+                    "--exit-on-error",
+                    "-d",
+                    "postgres",
+                    str(dump_dir / info["file"]),
+                ],
+            )
+            problems = (
+                [f"pg_restore: {tail(restore)}"]
+                if restore.returncode != 0
+                else compare(info["tables"], checksums_of(config_path, config, db))
+            )
+            if problems:
+                drop_database(config, db)
+                if existed:
+                    psql(config, f"ALTER DATABASE {quote_ident(aside)} RENAME TO {quote_ident(db)}")
+                raise Failure(
+                    f"restore of database {db} failed, the previous database was put back: "
+                    + "; ".join(problems)
+                )
+            if existed:
+                drop_database(config, aside)
+            rows = sum(t["rows"] for t in info["tables"].values())
+            say(
+                f"database {db}: restored {len(info['tables'])} tables, {rows} rows, "
+                f"checksums identical to the backup ({time.monotonic() - started:.1f} s)"
+            )
+    finally:
+        if clients:
+            say("starting database clients: " + ", ".join(clients))
+            subprocess.run(["systemctl", "start", *clients], check=False)
+
+
+def restore_files(temp: Path, snapshot: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    restored = []
+    for path in snapshot["paths"]:
+        if os.path.normpath(path) == os.path.normpath(config["dump_dir"]):
+            continue
+        source = temp / path.lstrip("/")
+        if not os.path.lexists(source):
+            continue
+        if source.is_dir() and not source.is_symlink():
+            Path(path).mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-a", f"{source}/.", f"{path}/"], check=True)
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-a", str(source), path], check=True)
+        restored.append(path)
+    return restored
+
+
+def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    started = time.time()
+    with host_lock(config, wait_seconds=args.wait):
+        restic.open()  # a wrong password stops here, before anything is touched
+        restic.unlock_stale()
+        snapshot = restic.resolve(args.snapshot)
+        only = [config["dump_dir"]] if args.scope == "database" else None
+        temp = restore_to_temp(config, restic, snapshot, only)
+        try:
+            if args.scope == "host":
+                owners = temp / config["dump_dir"].lstrip("/") / "owners.json"
+                remapped = remap_owners(temp, owners)
+                if remapped:
+                    say(f"{remapped} restored files re-owned to this host's user and group ids")
+            dump_dir, manifest = read_manifest(temp, config)
+            plan = [
+                f"databases {', '.join(sorted(manifest['databases']))} "
+                "(each replaced by its dump; the old one is put back if the restore fails)"
+            ]
+            if args.scope == "host":
+                plan.insert(0, "roles (globals.sql)")
+                plan.insert(
+                    0,
+                    "files: " + ", ".join(p for p in snapshot["paths"] if p != config["dump_dir"]),
+                )
+            say(f"restore plan (snapshot {snapshot['short_id']}, scope {args.scope}):")
+            for item in plan:
+                say(f"  - {item}")
+            if not args.yes:
+                say("dry run: nothing changed (pass --yes / --data backup_restore_confirm=true)")
+                return 0
+            if args.scope == "host":
+                for path in restore_files(temp, snapshot, config):
+                    say(f"restored {path}")
+            restore_databases(
+                config_path, config, dump_dir, manifest, with_globals=args.scope == "host"
+            )
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+    if args.scope == "host":
+        restart_after_host_restore(config)
+    say(
+        f"RESTORED: snapshot {snapshot['short_id']} (scope {args.scope}) in "
+        f"{time.time() - started:.1f} s"
+    )
+    return 0
+
+
+def restart_after_host_restore(config: dict[str, Any]) -> None:
+    secrets_unit = config["secrets_unit"]
+    if unit_exists(f"{secrets_unit}.service"):
+        say(f"restarting {secrets_unit} (secrets file and host key restored)")
+        subprocess.run(["systemctl", "restart", f"{secrets_unit}.service"], check=True)
+    say("reloading ssh (host keys restored)")
+    subprocess.run(["systemctl", "reload-or-restart", "ssh.service"], check=False)
+    units = [u for u in config["restart_units"] if unit_exists(f"{u}.service")]
+    if units:
+        say("restarting (if running): " + ", ".join(units))
+        subprocess.run(["systemctl", "try-restart", *[f"{u}.service" for u in units]], check=False)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def on_sigterm(*_: Any) -> None:
+    raise Failure("terminated (SIGTERM)", 143)
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="rave-backup", description=__doc__.splitlines()[0])
+    main.add_argument("--config", default=CONFIG)
+    main.add_argument(
+        "--password-file", default=None, help="read the repository password from this file instead"
+    )
+    sub = main.add_subparsers(dest="command", required=True)
+    sub.add_parser("init")
+    sub.add_parser("run")
+    sub.add_parser("now")
+    sub.add_parser("list")
+    sub.add_parser("status")
+    sub.add_parser("databases")
+    ls = sub.add_parser("ls")
+    ls.add_argument("--snapshot", default="latest")
+    check = sub.add_parser("check")
+    check.add_argument("--read-data-subset", default="")
+    check.add_argument("--wait", type=int, default=1800)
+    sub.add_parser("maintain")
+    verify = sub.add_parser("verify")
+    verify.add_argument("--snapshot", default="latest")
+    verify.add_argument(
+        "--strict-live",
+        action="store_true",
+        help="also fail when the live database differs from the snapshot",
+    )
+    verify.add_argument("--wait", type=int, default=1800)
+    restore = sub.add_parser("restore")
+    restore.add_argument("--snapshot", default="latest")
+    restore.add_argument("--scope", choices=("database", "host"), default="database")
+    restore.add_argument("--yes", action="store_true", help="really restore (else a dry run)")
+    restore.add_argument("--wait", type=int, default=1800)
+    dump = sub.add_parser("dump")
+    dump.add_argument("--out", required=True)
+    checksums = sub.add_parser("checksums")
+    checksums.add_argument("--db", required=True)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        config = load_config(args.config)
+        command = args.command
+        if command == "run":
+            return cmd_run(args.config, config, args)
+        if command == "dump":
+            return cmd_dump(config, args)
+        if command == "checksums":
+            return cmd_checksums(args.config, config, args)
+        if command == "databases":
+            print("\n".join(project_databases(config)))
+            return 0
+        if command == "status":
+            print(Restic(config, args.password_file).status())
+            return 0
+        if command in ("verify", "restore"):
+            handler = cmd_verify if command == "verify" else cmd_restore
+            return handler(args.config, config, args)
+        handlers = {
+            "init": cmd_init,
+            "now": cmd_now,
+            "list": cmd_list,
+            "check": cmd_check,
+            "maintain": cmd_maintain,
+            "ls": cmd_ls,
+        }
+        return handlers[command](config, args)
+    except Failure as failure:
+        error(str(failure))
+        return failure.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""What the observability task writes, computed from the settings and rave.components.
+
+Pure functions (no pyinfra) so that unit tests can check every generated file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from rave.components import COMPONENTS, Component, Exposure, component, scrape_targets
+from rave.secrets.deploy import secret_path
+from rave.settings import HostSettings
+
+# The node exporter's textfile collector directory (Debian's default, set explicitly).
+# Writers (health check, backup) replace <name>.prom atomically (write a dot-file, rename).
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# the login role tasks/database.py creates for the exporter (pg_monitor, database postgres)
+POSTGRES_EXPORTER_ROLE = "rave_exporter"
+BACKUP_METRIC = "rave_backup_last_success_timestamp_seconds"
+
+FS_TYPES_EXCLUDE = (
+    "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
+    "iso9660|mqueue|nsfs|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|"
+    "tracefs)$"
+)
+PROMETHEUS_DIR = "/etc/prometheus"
+PROMETHEUS_CANDIDATE_DIR = "/etc/prometheus/rave-candidate"
+ALERTMANAGER_BASE_CONFIG = "/etc/prometheus/alertmanager.base.json"
+ALERTMANAGER_RUNTIME_CONFIG = "/run/prometheus-alertmanager/alertmanager.yml"
+HEALTHCHECK_CONFIG = "/etc/rave/healthcheck.json"
+HEALTHCHECK_COMMAND = "/usr/local/sbin/rave-healthcheck"
+GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards/rave"
+GRAFANA_DATASOURCE_UID = "prometheus"
+
+
+# Components this task manages (one package each).
+OBSERVABILITY_COMPONENTS = (
+    "prometheus",
+    "alertmanager",
+    "node_exporter",
+    "postgres_exporter",
+    "nginx_exporter",
+)
+
+
+def loopback(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def port_of(name: str) -> int:
+    return component(name).ports[0].number
+
+
+def listen_address(settings: HostSettings, name: str) -> str:
+    """127.0.0.1:<port>; a MONITORING port listens on every address only when the firewall
+    admits named monitoring sources (firewall_monitoring_sources), which it then restricts to."""
+    port = component(name).ports[0]
+    if port.exposure is Exposure.MONITORING and settings.firewall_monitoring_sources:
+        return f"0.0.0.0:{port.number}"
+    return loopback(port.number)
+
+
+def enabled_components(settings: HostSettings) -> list[Component]:
+    """Components deployed on this host: every required one, plus Grafana when installed."""
+    return [
+        c
+        for c in COMPONENTS
+        if not c.optional or (c.name == "grafana" and settings.grafana_install)
+    ]
+
+
+def enabled_names(settings: HostSettings) -> set[str]:
+    return {c.name for c in enabled_components(settings)}
+
+
+def evaluation_interval(settings: HostSettings) -> str:
+    return settings.prometheus_evaluation_interval or settings.profile.scrape_interval
+
+
+# --- Prometheus --------------------------------------------------------------------------
+
+
+def prometheus_args(settings: HostSettings) -> str:
+    profile = settings.profile
+    return " ".join(
+        [
+            f"--config.file={PROMETHEUS_DIR}/prometheus.yml",
+            f"--web.listen-address={loopback(port_of('prometheus'))}",
+            "--storage.tsdb.path=/var/lib/prometheus/metrics2/",
+            f"--storage.tsdb.retention.time={profile.prometheus_retention_time}",
+            f"--storage.tsdb.retention.size={profile.prometheus_retention_size}",
+        ]
+    )
+
+
+def prometheus_config(settings: HostSettings) -> str:
+    """prometheus.yml; rule_files is relative, so the candidate tree validates as it will run."""
+    jobs = []
+    for target in scrape_targets(enabled_names(settings)):
+        jobs.append(
+            {
+                "job_name": target.job,
+                "metrics_path": target.path,
+                "static_configs": [
+                    {
+                        "targets": [loopback(target.port)],
+                        "labels": {"instance": settings.hostname},
+                    }
+                ],
+            }
+        )
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": settings.profile.scrape_interval,
+            "evaluation_interval": evaluation_interval(settings),
+            "external_labels": {"host": settings.hostname, **settings.prometheus_external_labels},
+        },
+        "alerting": {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [loopback(port_of("alertmanager"))]}]}
+            ]
+        },
+        "rule_files": ["rules/*.yml"],
+        "scrape_configs": jobs,
+    }
+    return "# Managed by RAVE deploy (rave/observability.py)\n" + yaml.safe_dump(
+        config, sort_keys=False, default_flow_style=False
+    )
+
+
+# --- Exporters ---------------------------------------------------------------------------
+
+
+def node_exporter_args(settings: HostSettings) -> str:
+    return " ".join(
+        [
+            f"--web.listen-address={listen_address(settings, 'node_exporter')}",
+            f"--collector.textfile.directory={TEXTFILE_DIR}",
+            # unit states for the SystemdUnitFailed alert (the default exclusions of
+            # device/mount/scope/slice/target units stay)
+            "--collector.systemd",
+            # Debian's default minus overlay: a staging host's root file system is an overlay
+            f"--collector.filesystem.fs-types-exclude={FS_TYPES_EXCLUDE}",
+        ]
+    )
+
+
+def nginx_exporter_args(settings: HostSettings) -> str:
+    stub_status = next(p for p in component("nginx").ports if p.purpose == "stub_status")
+    return " ".join(
+        [
+            f"-web.listen-address={listen_address(settings, 'nginx_exporter')}",
+            f"-nginx.scrape-uri=http://{loopback(stub_status.number)}/stub_status",
+            "-nginx.retries=10",
+        ]
+    )
+
+
+def postgres_exporter_environment(settings: HostSettings) -> dict[str, str]:
+    """The exporter reads its password from the secret file itself (never in argv or env)."""
+    return {
+        "DATA_SOURCE_NAME": "",
+        "DATA_SOURCE_URI": f"{loopback(port_of('postgresql'))}/postgres?sslmode=disable",
+        "DATA_SOURCE_USER": POSTGRES_EXPORTER_ROLE,
+        "DATA_SOURCE_PASS_FILE": secret_path("postgres_exporter", "postgres_exporter_password"),
+        "ARGS": f"--web.listen-address={listen_address(settings, 'postgres_exporter')}",
+    }
+
+
+def alertmanager_args(settings: HostSettings) -> str:
+    return " ".join(
+        [
+            f"--config.file={ALERTMANAGER_RUNTIME_CONFIG}",
+            f"--web.listen-address={loopback(port_of('alertmanager'))}",
+            "--cluster.listen-address=",  # no gossip port: a single Alertmanager
+            "--storage.path=/var/lib/prometheus/alertmanager/",
+        ]
+    )
+
+
+def env_file(values: dict[str, str]) -> str:
+    lines = ["# Managed by RAVE deploy (rave/observability.py)"]
+    lines += [f'{key}="{value}"' for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- Alertmanager ------------------------------------------------------------------------
+
+
+def receiver_names(settings: HostSettings) -> list[str]:
+    if settings.alertmanager_silenced:
+        return ["null"]
+    names = [settings.alertmanager_default_receiver, settings.alertmanager_watchdog_receiver]
+    names += [route.receiver for route in settings.alertmanager_routes]
+    return sorted(set(names))
+
+
+def alertmanager_base_config(settings: HostSettings) -> str:
+    """Routes from the settings; every receiver present but empty (a no-op).
+
+    On the host, rave-alertmanager-config merges the receiver definitions of the
+    alertmanager_receivers secret (a JSON list of Alertmanager receivers) over these by name.
+    JSON is YAML, so the merged file needs no YAML library on the host.
+    """
+    silenced = settings.alertmanager_silenced
+    routes: list[dict[str, Any]] = [
+        {
+            "receiver": "null" if silenced else settings.alertmanager_watchdog_receiver,
+            "matchers": ['alertname="Watchdog"'],
+        }
+    ]
+    for route in [] if silenced else settings.alertmanager_routes:
+        entry: dict[str, Any] = {"receiver": route.receiver, "matchers": list(route.matchers)}
+        if route.continue_matching:
+            entry["continue"] = True
+        routes.append(entry)
+    smtp: dict[str, Any] = {
+        "smtp_from": settings.alertmanager_smtp_from or f"alertmanager@{settings.hostname}",
+        "smtp_require_tls": True,
+    }
+    if settings.alertmanager_smtp_smarthost:
+        smtp["smtp_smarthost"] = settings.alertmanager_smtp_smarthost
+    config = {
+        "global": smtp,
+        "route": {
+            "receiver": "null" if silenced else settings.alertmanager_default_receiver,
+            "group_by": ["alertname", "instance"],
+            "group_wait": settings.alertmanager_group_wait,
+            "group_interval": settings.alertmanager_group_interval,
+            "repeat_interval": settings.alertmanager_repeat_interval,
+            "routes": routes,
+        },
+        "inhibit_rules": [
+            {
+                "source_matchers": ['severity="critical"'],
+                "target_matchers": ['severity="warning"'],
+                "equal": ["alertname", "instance"],
+            }
+        ],
+        "receivers": [{"name": name} for name in receiver_names(settings)],
+    }
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+# --- Grafana -----------------------------------------------------------------------------
+
+
+def grafana_root_url(settings: HostSettings) -> str:
+    if settings.grafana_root_url:
+        return settings.grafana_root_url
+    tls = next(p for p in component("nginx").ports if p.exposure is Exposure.PUBLIC)
+    return f"https://{settings.hostname}:{tls.number}/grafana/"
+
+
+def grafana_datasources() -> str:
+    config = {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                "name": "Prometheus",
+                "uid": GRAFANA_DATASOURCE_UID,
+                "type": "prometheus",
+                "access": "proxy",
+                "url": f"http://{loopback(port_of('prometheus'))}",
+                "isDefault": True,
+                "editable": False,
+                "jsonData": {"timeInterval": "30s"},
+            }
+        ],
+    }
+    return "# Managed by RAVE deploy\n" + yaml.safe_dump(config, sort_keys=False)
+
+
+def grafana_dashboard_provider() -> str:
+    config = {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "rave",
+                "folder": "RAVE",
+                "type": "file",
+                "disableDeletion": True,
+                "allowUiUpdates": False,
+                "options": {"path": GRAFANA_DASHBOARD_DIR},
+            }
+        ],
+    }
+    return "# Managed by RAVE deploy\n" + yaml.safe_dump(config, sort_keys=False)
+
+
+# --- Health check ------------------------------------------------------------------------
+
+
+def unit_name(c: Component) -> str:
+    return c.unit if "." in c.unit else f"{c.unit}.service"
+
+
+SCHEDULE_PERIODS = {"minutely": 60, "hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
+
+
+def backup_max_age_seconds(settings: HostSettings) -> int:
+    """How old the last successful backup may be before the check fails and BackupTooOld fires."""
+    if settings.healthcheck_backup_max_age_hours is not None:
+        return settings.healthcheck_backup_max_age_hours * 3600
+    schedule = getattr(settings, "backup_schedule", "daily")  # the backup concern's setting
+    return 2 * SCHEDULE_PERIODS.get(schedule, 86400) + 3600
+
+
+def healthcheck_config(settings: HostSettings) -> str:
+    components = enabled_components(settings)
+    units = [unit_name(c) for c in components]
+    units += [u for u in settings.healthcheck_extra_units if u not in units]
+    ports = [
+        {"component": c.name, "port": p.number, "purpose": p.purpose}
+        for c in components
+        for p in c.ports
+    ]
+    certificates = [
+        {"name": "tls_certificate", "path": secret_path("nginx", "tls_certificate")},
+    ]
+    backup = {"metric": BACKUP_METRIC, "max_age_seconds": backup_max_age_seconds(settings)}
+    config = {
+        "textfile_dir": TEXTFILE_DIR,
+        "units": units,
+        "ports": ports,
+        "certificates": certificates,
+        "certificate_min_days": settings.healthcheck_certificate_min_days,
+        "disks": [
+            {"path": path, "min_free_percent": settings.healthcheck_disk_min_free_percent}
+            for path in settings.healthcheck_disk_paths
+        ],
+        "backup": backup,
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+# --- dashboards ----------------------------------------------------------------------------
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of every panel, rows included."""
+    queries = []
+    panels = list(dashboard.get("panels", []))
+    while panels:
+        panel = panels.pop(0)
+        panels += panel.get("panels", [])
+        queries += [(panel["title"], t["expr"]) for t in panel.get("targets", []) if "expr" in t]
+    return queries
+
+
+def grafana_expr(expr: str, scrape_interval: str, range_: str = "1h") -> str:
+    """Substitute Grafana's built-in variables as Grafana would for a 1-hour view."""
+    seconds = int(scrape_interval.rstrip("s"))
+    return (
+        expr.replace("$__rate_interval", f"{4 * seconds}s")
+        .replace("$__interval", f"{seconds}s")
+        .replace("$__range", range_)
+    )

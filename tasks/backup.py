@@ -1,0 +1,292 @@
+"""Backups: restic (Debian's) with consistent PostgreSQL dumps, on a systemd timer.
+
+The host script files/backup/rave_backup.py (installed as rave-backup) does the work: backup,
+maintenance, verify, restore. This task installs it, its configuration (/etc/rave/backup.json,
+derived from the settings and rave.components), the units and timers with the project's
+sandbox, and initialises the repository once (a fact tells whether it exists). See
+docs/backup.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.operations import files, python, server, systemd
+from pyinfra.operations.util import any_changed
+
+from rave.components import COMPONENTS, backup_paths, component, secret_readers
+from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
+from rave.render import FILES
+from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
+from rave.settings import HostSettings
+
+SCRIPT = "/usr/local/sbin/rave-backup"
+CONFIG = "/etc/rave/backup.json"
+STATE_DIR = "/var/lib/rave-backup"
+DUMP_DIR = f"{STATE_DIR}/dump"
+CACHE_DIR = "/var/cache/rave-backup"
+UNIT = component("backup").unit
+MAINTENANCE_UNIT = f"{UNIT}-maintenance"
+SECRETS_UNIT = "rave-secrets"
+SECRET = "backup_repository_password"
+# always backed up besides the components' paths: the project's /etc/rave (the encrypted
+# secrets file) and the SSH host keys (the host's identity and secrets recipient)
+ALWAYS = ("/etc/rave", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub")
+DATABASE_SECRETS = ("postgres_webhook_password", "postgres_exporter_password")
+
+
+def password_file() -> str:
+    try:
+        from rave.secrets.deploy import secret_path
+    except ImportError:  # the secrets package follows the same contract
+        return f"/run/rave/secrets/backup/{SECRET}"
+    return str(secret_path("backup", SECRET))
+
+
+def minimal_paths(paths: list[str] | tuple[str, ...]) -> list[str]:
+    """Sorted, without duplicates and without paths inside another listed path."""
+    result: list[str] = []
+    for path in sorted(set(paths)):
+        if not any(path == kept or path.startswith(kept.rstrip("/") + "/") for kept in result):
+            result.append(path)
+    return result
+
+
+def is_local(repository: str) -> bool:
+    return repository.startswith("/")
+
+
+def db_client_units() -> list[str]:
+    """Services stopped while a database is restored: every reader of a database secret."""
+    postgres = component("postgresql").name
+    readers = {c.unit for s in DATABASE_SECRETS for c in secret_readers(s) if c.name != postgres}
+    return sorted(f"{unit}.service" for unit in readers)
+
+
+def restart_units() -> list[str]:
+    """Units try-restarted after a whole-host restore (ssh and the secrets unit come first)."""
+    skip = {"sshd", "postgresql", "backup"}
+    return [c.unit for c in COMPONENTS if c.name not in skip]
+
+
+def host_config(s: HostSettings) -> dict[str, Any]:
+    """/etc/rave/backup.json: everything the host script needs, nothing secret."""
+    return {
+        "repository": s.backup_repository,
+        "password_file": password_file(),
+        "cache_dir": CACHE_DIR,
+        "state_dir": STATE_DIR,
+        "dump_dir": DUMP_DIR,
+        "paths": minimal_paths([*backup_paths(), *ALWAYS, *s.backup_include_extra]),
+        "exclude": list(s.backup_exclude),
+        "textfile_dir": s.backup_textfile_dir,
+        "hostname": s.hostname,
+        "databases": s.backup_databases,
+        "database_exclude": list(s.backup_database_exclude),
+        "pg_user": "postgres",
+        "pg_home": "/var/lib/postgresql",
+        "pg_host": "/var/run/postgresql",
+        "pg_port": 5432,
+        "db_client_units": db_client_units(),
+        "restart_units": restart_units(),
+        "unit": UNIT,
+        "secrets_unit": SECRETS_UNIT,
+        "keep": {
+            "hourly": s.backup_keep_hourly,
+            "daily": s.backup_keep_daily,
+            "weekly": s.backup_keep_weekly,
+            "monthly": s.backup_keep_monthly,
+        },
+    }
+
+
+def config_text(s: HostSettings) -> str:
+    return json.dumps(host_config(s), indent=1, sort_keys=True) + "\n"
+
+
+def sandbox(s: HostSettings) -> Sandbox:
+    """Root (it reads every backed-up file and switches to postgres for the dumps), but with a
+    read-only system: it writes only its state, cache, metrics and a local repository."""
+    writable = [STATE_DIR, CACHE_DIR, f"-{s.backup_textfile_dir}"]
+    extra = [("SystemCallErrorNumber", "EPERM")]
+    if is_local(s.backup_repository):
+        writable.append(s.backup_repository)
+        # no network at all: PostgreSQL is reached over its unix socket
+        extra += [("PrivateNetwork", "yes"), ("IPAddressDeny", "any")]
+    # @privileged holds setuid/setgroups/chown (the postgres switch), @resources Go's setrlimit
+    deny = "~@mount @debug @cpu-emulation @obsolete @raw-io @reboot @swap @clock @module"
+    return Sandbox(
+        read_write_paths=tuple(writable),
+        capabilities=(
+            "CAP_DAC_READ_SEARCH",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_CHOWN",
+            "CAP_SETUID",
+            "CAP_SETGID",
+        ),
+        syscall_filter=(DEFAULT_SYSCALL_FILTER[0], deny),
+        protect_home="read-only",  # an sftp repository reads root's ~/.ssh
+        extra=tuple(extra),
+    )
+
+
+def sandbox_dropin(s: HostSettings) -> str:
+    limits = s.profile.limits_for(component("backup").name)
+    return dropin_text(sandbox(s), limits, "backup sandbox (tasks/backup.py)")
+
+
+def unit_templates(s: HostSettings) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{template: (destination, context)} of the units, services first then their timers."""
+    service = {
+        "script": SCRIPT,
+        "config": CONFIG,
+        "secrets_unit": SECRETS_UNIT,
+        "postgres_unit": component("postgresql").unit,
+    }
+    units = "/etc/systemd/system"
+    return {
+        "backup/rave-backup.service.j2": (f"{units}/{UNIT}.service", service),
+        "backup/rave-backup.timer.j2": (
+            f"{units}/{UNIT}.timer",
+            {"unit": UNIT, "schedule": s.backup_schedule, "delay": s.backup_randomized_delay_sec},
+        ),
+        "backup/rave-backup-maintenance.service.j2": (
+            f"{units}/{MAINTENANCE_UNIT}.service",
+            service,
+        ),
+        "backup/rave-backup-maintenance.timer.j2": (
+            f"{units}/{MAINTENANCE_UNIT}.timer",
+            {
+                "unit": MAINTENANCE_UNIT,
+                "schedule": s.backup_maintenance_schedule,
+                "delay": s.backup_maintenance_randomized_delay_sec,
+            },
+        ),
+    }
+
+
+def templates(s: HostSettings) -> dict[str, dict[str, Any]]:
+    """For tests/unit/test_templates.py: every template of this task with its context."""
+    return {template: context for template, (_dest, context) in unit_templates(s).items()}
+
+
+class BackupRepositoryStatus(FactBase):
+    """initialized | missing | no-password | no-restic (never prints the password)."""
+
+    def command(self, repository: str, password_file: str) -> str:
+        repo, pw = shlex.quote(repository), shlex.quote(password_file)
+        return (
+            "if ! command -v restic >/dev/null 2>&1; then echo no-restic; "
+            f"elif ! [ -r {pw} ]; then echo no-password; "
+            f"elif RESTIC_REPOSITORY={repo} RESTIC_PASSWORD_FILE={pw} "
+            "restic --no-cache --no-lock cat config >/dev/null 2>&1; then echo initialized; "
+            "else echo missing; fi"
+        )
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else "missing"
+
+
+def run_and_print(command: str) -> None:
+    """For ops/: run a rave-backup subcommand on the host, print its output, fail if it failed."""
+    ok, output = host.run_shell_command(command, _sudo=True)
+    print(f"--- {host.name}: {command}")
+    for line in output.output_lines:
+        print(f"    {line}")
+    if not ok:
+        raise RuntimeError(f"{host.name}: `{command}` failed (output above)")
+
+
+def op_command(subcommand: str, *args: str) -> str:
+    s = settings()
+    parts = [SCRIPT]
+    if s.backup_password_file:
+        parts += ["--password-file", s.backup_password_file]
+    return shlex.join([*parts, subcommand, *args])
+
+
+def run_op(name: str, subcommand: str, *args: str) -> None:
+    python.call(name=name, function=run_and_print, command=op_command(subcommand, *args))
+
+
+@deploy("Backup")
+def backup() -> None:
+    s = settings()
+    if not s.backup_enabled:
+        return
+    ensure_packages("Install restic and the dump tools", component("backup").packages)
+    files.directory(
+        name="Backup state directory", path=STATE_DIR, user="root", group="root", mode="711"
+    )
+    files.directory(
+        name="restic cache directory", path=CACHE_DIR, user="root", group="root", mode="700"
+    )
+    if is_local(s.backup_repository):
+        files.directory(
+            name="Local restic repository directory",
+            path=s.backup_repository,
+            user="root",
+            group="root",
+            mode="700",
+        )
+    files.directory(  # as Debian's prometheus-node-exporter ships it (root 755)
+        name="Node exporter textfile directory (backup metrics)",
+        path=s.backup_textfile_dir,
+        user="root",
+        group="root",
+        mode="755",
+    )
+    install_host_script("Install rave-backup", str(FILES / "backup" / "rave_backup.py"), SCRIPT)
+    put_text("Backup configuration", CONFIG, config_text(s), mode="600")
+
+    units = [
+        put_template(f"Backup unit {dest.rsplit('/', 1)[1]}", template, dest, **context)
+        for template, (dest, context) in unit_templates(s).items()
+    ]
+    for unit in (UNIT, MAINTENANCE_UNIT):
+        units.append(
+            put_text(
+                f"Sandbox of {unit}",
+                f"/etc/systemd/system/{unit}.service.d/50-sandbox.conf",
+                sandbox_dropin(s),
+            )
+        )
+    schedules = shlex.join(["systemd-analyze", "calendar", "--", s.backup_schedule])
+    schedules += " >/dev/null && "
+    schedules += shlex.join(["systemd-analyze", "calendar", "--", s.backup_maintenance_schedule])
+    server.shell(
+        name="Validate the backup schedules (OnCalendar)",
+        commands=[schedules + " >/dev/null"],
+        _if=any_changed(*units),
+    )
+    systemd.daemon_reload(name="Reload systemd (backup units)", _if=any_changed(*units))
+    for unit, timer in ((UNIT, units[1]), (MAINTENANCE_UNIT, units[3])):  # see unit_templates
+        systemd.service(
+            name=f"Enable and start {unit}.timer",
+            service=f"{unit}.timer",
+            running=True,
+            enabled=True,
+        )
+        systemd.service(
+            name=f"Restart {unit}.timer (schedule changed)",
+            service=f"{unit}.timer",
+            running=True,
+            restarted=True,
+            _if=timer.did_change,
+        )
+    status = host.get_fact(
+        BackupRepositoryStatus,
+        repository=s.backup_repository,
+        password_file=password_file(),
+        _sudo=True,
+    )
+    if status != "initialized":
+        server.shell(
+            name="Initialise the restic repository (once)",
+            commands=[f"{SCRIPT} --config {CONFIG} init"],
+        )

@@ -1,0 +1,403 @@
+"""Prometheus, exporters, Alertmanager, Grafana (configuration; the package when reachable) and
+the health check. Every listener on 127.0.0.1; scrape targets derived from rave.components.
+
+Order: /etc/default files and sandbox drop-ins first (so a freshly installed package starts
+on loopback, confined, right away), then the packages, then configuration that is checked with
+promtool/amtool before it is installed, then restarts and reloads only of what changed.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from rave import observability as obs
+from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
+from rave.render import FILES
+from rave.sandbox import Sandbox, dropin_text
+from rave.secrets.deploy import secret_path, secrets_changed
+from rave.settings import HostSettings
+
+DROPIN = "rave.conf"
+DEPS_DROPIN = "rave-deps.conf"
+ALERTMANAGER_MERGE = "/usr/local/lib/rave/rave-alertmanager-config"
+HEALTHCHECK_UNIT = "rave-healthcheck"
+GRAFANA_KEYRING = "/usr/share/keyrings/grafana.gpg"
+GRAFANA_SOURCES = "/etc/apt/sources.list.d/grafana.list"
+
+# Go binaries raise their file limit at start (setrlimit is in ~@resources): refuse, not kill.
+_EPERM = (("SystemCallErrorNumber", "EPERM"),)
+
+SANDBOXES: dict[str, Sandbox] = {
+    "prometheus": Sandbox(read_write_paths=("/var/lib/prometheus",), extra=_EPERM),
+    "alertmanager": Sandbox(read_write_paths=("/var/lib/prometheus/alertmanager",), extra=_EPERM),
+    # the filesystem collector reads /proc/1/mounts, netdev uses netlink, systemd uses D-Bus
+    "node_exporter": Sandbox(
+        protect_proc="default",
+        protect_home="read-only",
+        address_families=("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
+        extra=_EPERM,
+    ),
+    "postgres_exporter": Sandbox(extra=_EPERM),
+    "nginx_exporter": Sandbox(extra=_EPERM),
+    "grafana": Sandbox(read_write_paths=("/var/lib/grafana", "/var/log/grafana"), extra=_EPERM),
+}
+
+# root, but only allowed to read what it checks (the TLS certificate in the secrets tmpfs)
+HEALTHCHECK_SANDBOX = Sandbox(
+    read_write_paths=(obs.TEXTFILE_DIR,),
+    capabilities=("CAP_DAC_READ_SEARCH",),
+    protect_proc="default",
+    extra=(("MemoryMax", "96M"), ("CPUQuota", "50%")),
+)
+
+NEEDS_SECRETS = {"postgres_exporter", "grafana"}  # alertmanager: its own drop-in template
+
+
+def _unit(name: str) -> str:
+    return obs.unit_name(obs.component(name))
+
+
+def dropin_path(name: str, file: str = DROPIN) -> str:
+    return f"/etc/systemd/system/{_unit(name)}.d/{file}"
+
+
+def sandbox_dropin(name: str, config: HostSettings) -> str:
+    return dropin_text(
+        SANDBOXES[name], config.profile.limits_for(name), f"sandbox and limits of {name}"
+    )
+
+
+def deps_dropin(name: str) -> str:
+    extra = "After=postgresql.service\n" if name == "postgres_exporter" else ""
+    return (
+        "# Managed by RAVE deploy: reads its secret from the rave-secrets tmpfs at start\n"
+        "[Unit]\nAfter=rave-secrets.service\nRequires=rave-secrets.service\n" + extra
+    )
+
+
+def alertmanager_dropin_context() -> dict[str, str]:
+    return {
+        "merge_command": ALERTMANAGER_MERGE,
+        "base_config": obs.ALERTMANAGER_BASE_CONFIG,
+        "secret": secret_path("alertmanager", "alertmanager_receivers"),
+        "runtime_config": obs.ALERTMANAGER_RUNTIME_CONFIG,
+    }
+
+
+def grafana_ini_context(config: HostSettings) -> dict[str, object]:
+    return {
+        "http_port": obs.port_of("grafana"),
+        "root_url": obs.grafana_root_url(config),
+        "admin_password_file": secret_path("grafana", "grafana_admin_password"),
+    }
+
+
+def templates(config: HostSettings) -> dict[str, dict[str, object]]:
+    """Every template this task renders, for the unit tests (name → context)."""
+    return {
+        "healthcheck/rave-healthcheck.service.j2": {
+            "command": obs.HEALTHCHECK_COMMAND,
+            "config_path": obs.HEALTHCHECK_CONFIG,
+        },
+        "healthcheck/rave-healthcheck.timer.j2": {"interval": config.healthcheck_interval},
+        "alertmanager/rave-config.conf.j2": alertmanager_dropin_context(),
+        "grafana/grafana.ini.j2": grafana_ini_context(config),
+        "grafana/grafana.list.j2": {
+            "keyring": GRAFANA_KEYRING,
+            "source": config.grafana_apt_source,
+        },
+    }
+
+
+def grafana_key_script(config: HostSettings, keyring: str = GRAFANA_KEYRING) -> str:
+    """Fetch Grafana's signing key, refuse it unless its only primary key is the pinned one."""
+    proxy = f"--proxy {shlex.quote(config.egress_proxy)} " if config.egress_proxy else ""
+    pinned = config.grafana_apt_key_fingerprint
+    return (
+        'set -eu; tmp=$(mktemp -d); trap \'rm -rf "$tmp"\' EXIT; export GNUPGHOME="$tmp"; '
+        f'curl -fsSL {proxy}{shlex.quote(config.grafana_apt_key_url)} -o "$tmp/key.asc"; '
+        'fprs=$(gpg --batch --with-colons --show-keys "$tmp/key.asc" '
+        '| awk -F: \'$1=="pub"{p=1;next} p&&$1=="fpr"{print $10;p=0}\'); '
+        f'if [ "$fprs" != "{pinned}" ]; then '
+        f'echo "Grafana key fingerprint $fprs is not the pinned {pinned}" >&2; exit 1; fi; '
+        f'gpg --batch --dearmor < "$tmp/key.asc" > "$tmp/grafana.gpg"; '
+        f'install -m 644 "$tmp/grafana.gpg" {shlex.quote(keyring)}'
+    )
+
+
+def prometheus_install_script() -> str:
+    """Check the candidate tree with promtool; install it only if it passes.
+
+    A failed check removes the candidate, so the next deploy uploads (and checks) it again.
+    """
+    c = obs.PROMETHEUS_CANDIDATE_DIR
+    live = obs.PROMETHEUS_DIR
+    return (
+        "set -eu; "
+        f"if promtool check config {c}/prometheus.yml && promtool check rules {c}/rules/*.yml; "
+        f"then install -d -m 755 {live}/rules; "
+        f"for f in {live}/rules/*.yml; do "
+        f'[ -e "$f" ] || continue; [ -e "{c}/rules/$(basename "$f")" ] || rm -f "$f"; done; '
+        f"install -m 644 {c}/rules/*.yml {live}/rules/; "
+        f"install -m 644 {c}/prometheus.yml {live}/prometheus.yml; "
+        f"else rm -rf {c}; exit 1; fi"
+    )
+
+
+def default_files(config: HostSettings) -> dict[str, tuple[str, str, str]]:
+    """component → (operation name, /etc/default file, its text)."""
+    return {
+        "prometheus": (
+            "Prometheus arguments (loopback, retention of the mode)",
+            "/etc/default/prometheus",
+            obs.env_file({"ARGS": obs.prometheus_args(config)}),
+        ),
+        "node_exporter": (
+            "Node exporter arguments (loopback, textfile and systemd collectors)",
+            "/etc/default/prometheus-node-exporter",
+            obs.env_file({"ARGS": obs.node_exporter_args(config)}),
+        ),
+        "nginx_exporter": (
+            "nginx exporter arguments (loopback, stub_status)",
+            "/etc/default/prometheus-nginx-exporter",
+            obs.env_file({"ARGS": obs.nginx_exporter_args(config)}),
+        ),
+        "postgres_exporter": (
+            "postgres exporter environment (password read from the secret file)",
+            "/etc/default/prometheus-postgres-exporter",
+            obs.env_file(obs.postgres_exporter_environment(config)),
+        ),
+        "alertmanager": (
+            "Alertmanager arguments (loopback, no cluster port)",
+            "/etc/default/prometheus-alertmanager",
+            obs.env_file({"ARGS": obs.alertmanager_args(config)}),
+        ),
+    }
+
+
+@deploy("Observability")
+def observability() -> None:
+    config = settings()
+    changed: dict[str, list] = {name: [] for name in (*obs.OBSERVABILITY_COMPONENTS, "grafana")}
+
+    # --- before the packages: loopback-only arguments and the sandbox ---------------------
+    defaults = default_files(config)
+    for name, (description, path, text) in defaults.items():
+        changed[name].append(put_text(description, path, text))
+    dropins = []
+    for name in SANDBOXES:
+        op = put_text(
+            f"Sandbox and {config.rave_mode} limits of {name}",
+            dropin_path(name),
+            sandbox_dropin(name, config),
+        )
+        changed[name].append(op)
+        dropins.append(op)
+    for name in NEEDS_SECRETS:
+        op = put_text(
+            f"{name} starts after rave-secrets", dropin_path(name, DEPS_DROPIN), deps_dropin(name)
+        )
+        changed[name].append(op)
+        dropins.append(op)
+    op = install_host_script(
+        "Alertmanager config builder",
+        str(FILES / "alertmanager" / "rave-alertmanager-config"),
+        ALERTMANAGER_MERGE,
+    )
+    changed["alertmanager"].append(op)
+    op = put_template(
+        "Alertmanager builds its config from the receivers secret",
+        "alertmanager/rave-config.conf.j2",
+        dropin_path("alertmanager", DEPS_DROPIN),
+        **alertmanager_dropin_context(),
+    )
+    changed["alertmanager"].append(op)
+    dropins.append(op)
+    op = put_text(
+        "Alertmanager routes (receivers come from the secret)",
+        obs.ALERTMANAGER_BASE_CONFIG,
+        obs.alertmanager_base_config(config),
+    )
+    changed["alertmanager"].append(op)
+
+    systemd.daemon_reload(
+        name="Reload systemd (drop-ins changed)", _if=lambda: any(o.did_change() for o in dropins)
+    )
+
+    # --- packages -----------------------------------------------------------------------
+    ensure_packages(
+        "Install Prometheus, Alertmanager and the exporters (Debian's)",
+        [*(p for n in obs.OBSERVABILITY_COMPONENTS for p in obs.component(n).packages), "dbus"],
+    )
+
+    # some maintainer scripts rewrite their /etc/default file on first install: put ours back
+    for name, (description, path, text) in defaults.items():
+        changed[name].append(put_text(f"{description}, after the install", path, text))
+
+    # --- Prometheus: candidate tree, promtool, install, reload ------------------------------
+    candidate = [
+        put_text(
+            "Prometheus configuration (candidate)",
+            f"{obs.PROMETHEUS_CANDIDATE_DIR}/prometheus.yml",
+            obs.prometheus_config(config),
+        )
+    ]
+    for rules in sorted((FILES / "prometheus" / "rules").glob("*.yml")):
+        candidate.append(
+            files.put(
+                name=f"Alert rules {rules.name} (candidate)",
+                src=str(rules),
+                dest=f"{obs.PROMETHEUS_CANDIDATE_DIR}/rules/{rules.name}",
+                user="root",
+                group="root",
+                mode="644",
+                create_remote_dir=True,
+            )
+        )
+    installed = server.shell(
+        name="promtool check config and rules, then install them",
+        commands=[prometheus_install_script()],
+        _if=lambda: any(o.did_change() for o in candidate),
+    )
+
+    # --- Grafana: the package when its repository is reachable, configuration always ------
+    if config.grafana_install:
+        ensure_packages("Tools to verify Grafana's signing key", ["gpg", "curl"])
+        if not host.get_fact(File, path=GRAFANA_KEYRING):
+            server.shell(
+                name="Grafana's signing key (pinned fingerprint)",
+                commands=[grafana_key_script(config)],
+            )
+        source = put_template(
+            "Grafana's APT repository",
+            "grafana/grafana.list.j2",
+            GRAFANA_SOURCES,
+            keyring=GRAFANA_KEYRING,
+            source=config.grafana_apt_source,
+        )
+        apt.update(name="Read Grafana's repository", _if=source.did_change)
+        ensure_packages("Install Grafana", obs.component("grafana").packages)
+    changed["grafana"].append(
+        put_template(
+            "Grafana settings (loopback, sub-path, no anonymous access)",
+            "grafana/grafana.ini.j2",
+            "/etc/grafana/grafana.ini",
+            **grafana_ini_context(config),
+        )
+    )
+    changed["grafana"].append(
+        put_text(
+            "Grafana datasource (the local Prometheus)",
+            "/etc/grafana/provisioning/datasources/rave.yaml",
+            obs.grafana_datasources(),
+        )
+    )
+    changed["grafana"].append(
+        put_text(
+            "Grafana dashboard provider",
+            "/etc/grafana/provisioning/dashboards/rave.yaml",
+            obs.grafana_dashboard_provider(),
+        )
+    )
+    for dashboard in sorted((FILES / "grafana" / "dashboards").glob("*.json")):
+        changed["grafana"].append(
+            files.put(
+                name=f"Grafana dashboard {dashboard.stem}",
+                src=str(dashboard),
+                dest=f"{obs.GRAFANA_DASHBOARD_DIR}/{dashboard.name}",
+                user="root",
+                group="root",
+                mode="644",
+                create_remote_dir=True,
+            )
+        )
+
+    # --- health check ---------------------------------------------------------------------
+    files.directory(
+        name="Textfile collector directory (root writes, the exporter reads)",
+        path=obs.TEXTFILE_DIR,
+        user="root",
+        group="root",
+        mode="755",
+    )
+    healthcheck = [
+        install_host_script(
+            "Health check command",
+            str(FILES / "healthcheck" / "rave-healthcheck"),
+            obs.HEALTHCHECK_COMMAND,
+        ),
+        put_text(
+            "Health check configuration", obs.HEALTHCHECK_CONFIG, obs.healthcheck_config(config)
+        ),
+        put_template(
+            "Health check service",
+            "healthcheck/rave-healthcheck.service.j2",
+            f"/etc/systemd/system/{HEALTHCHECK_UNIT}.service",
+            command=obs.HEALTHCHECK_COMMAND,
+            config_path=obs.HEALTHCHECK_CONFIG,
+        ),
+        put_text(
+            "Health check sandbox",
+            f"/etc/systemd/system/{HEALTHCHECK_UNIT}.service.d/{DROPIN}",
+            dropin_text(HEALTHCHECK_SANDBOX, None, "sandbox of the health check"),
+        ),
+    ]
+    timer = put_template(
+        "Health check timer",
+        "healthcheck/rave-healthcheck.timer.j2",
+        f"/etc/systemd/system/{HEALTHCHECK_UNIT}.timer",
+        interval=config.healthcheck_interval,
+    )
+
+    # --- activate: restart what changed, reload Prometheus on new config -------------------
+    systemd.daemon_reload(
+        name="Reload systemd (health check units changed)",
+        _if=lambda: any(o.did_change() for o in [*healthcheck, timer]),
+    )
+    for name in obs.OBSERVABILITY_COMPONENTS:
+        unit = obs.component(name).unit
+        systemd.service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
+        ops = changed[name]
+        secret = secrets_changed(name) if obs.component(name).secrets else (lambda: False)
+        systemd.service(
+            name=f"Restart {unit} (its settings or secrets changed)",
+            service=unit,
+            restarted=True,
+            _if=lambda ops=ops, secret=secret: secret() or any(o.did_change() for o in ops),
+        )
+    systemd.service(
+        name="Reload Prometheus (configuration or rules changed)",
+        service="prometheus",
+        reloaded=True,
+        _if=lambda: (
+            installed.did_change() and not any(o.did_change() for o in changed["prometheus"])
+        ),
+    )
+    if config.grafana_install:
+        grafana_secret = secrets_changed("grafana")
+        unit = obs.component("grafana").unit
+        systemd.service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
+        systemd.service(
+            name=f"Restart {unit} (its settings or secrets changed)",
+            service=unit,
+            restarted=True,
+            _if=lambda: grafana_secret() or any(o.did_change() for o in changed["grafana"]),
+        )
+
+    systemd.service(
+        name="Health check timer",
+        service=f"{HEALTHCHECK_UNIT}.timer",
+        running=True,
+        enabled=True,
+    )
+    # run once now, so its metrics exist right after a deploy (not only after the first tick)
+    server.shell(
+        name="Run the health check once (it changed)",
+        commands=[f"systemctl start {HEALTHCHECK_UNIT}.service"],
+        _if=lambda: any(o.did_change() for o in healthcheck),
+    )

@@ -1,0 +1,109 @@
+"""What tasks/backup.py puts on the host: configuration, units, sandbox (rendered, no host)."""
+
+import json
+
+from rave.components import backup_paths, component, secret_readers
+from rave.render import render
+from tasks import backup as task
+from tests.unit.conftest import make_settings
+
+
+def test_the_backup_component_reads_the_repository_password_as_root():
+    backup = component("backup")
+    assert backup.user == "root"
+    assert "backup_repository_password" in backup.secrets
+    assert "restic" in backup.packages
+    assert backup in secret_readers("backup_repository_password")
+    assert task.password_file() == "/run/rave/secrets/backup/backup_repository_password"
+
+
+def test_config_derives_paths_from_components_and_keeps_identity_and_secrets():
+    s = make_settings(backup_include_extra=["/srv/extra", "/etc/nginx/sites-enabled"])
+    config = json.loads(task.config_text(s))
+    paths = config["paths"]
+    for path in backup_paths():
+        assert any(path == p or path.startswith(p + "/") for p in paths), path
+    assert "/etc/rave" in paths  # the encrypted secrets file
+    assert "/etc/ssh" in paths  # host keys (inside /etc/ssh, so not listed twice)
+    assert "/etc/ssh/ssh_host_ed25519_key" not in paths
+    assert "/etc/nginx/sites-enabled" not in paths  # inside /etc/nginx
+    assert "/srv/extra" in paths
+    assert not any(p.startswith("/var/lib/prometheus") for p in paths)
+    assert "/var/lib/prometheus" in config["exclude"]
+    assert config["keep"] == {"hourly": 24, "daily": 7, "weekly": 4, "monthly": 6}
+    assert config["hostname"] == s.hostname
+    assert "password" not in json.dumps({k: v for k, v in config.items() if k != "password_file"})
+
+
+def test_database_clients_are_derived_from_the_database_secrets():
+    assert "rave-webhook.service" in task.db_client_units()
+    assert "postgresql@15-main.service" not in task.db_client_units()
+    assert "ssh" not in task.restart_units()
+    assert "rave-backup" not in task.restart_units()
+
+
+def test_minimal_paths():
+    assert task.minimal_paths(["/etc/ssh/x", "/etc/ssh", "/etc/sshd", "/a", "/a"]) == [
+        "/a",
+        "/etc/ssh",
+        "/etc/sshd",
+    ]
+
+
+def test_units_render_with_schedule_delay_and_secrets_dependency():
+    s = make_settings(backup_schedule="*-*-* *:15:00", backup_randomized_delay_sec=900)
+    timer = render(
+        "backup/rave-backup.timer.j2",
+        unit="rave-backup",
+        schedule=s.backup_schedule,
+        delay=s.backup_randomized_delay_sec,
+    )
+    assert "OnCalendar=*-*-* *:15:00" in timer
+    assert "RandomizedDelaySec=900" in timer
+    assert "Persistent=true" in timer
+    service = render(
+        "backup/rave-backup.service.j2",
+        script=task.SCRIPT,
+        config=task.CONFIG,
+        secrets_unit="rave-secrets",
+        postgres_unit="postgresql@15-main",
+    )
+    assert "Requires=rave-secrets.service" in service
+    assert "Type=oneshot" in service
+    assert f"ExecStart={task.SCRIPT} --config {task.CONFIG} run" in service
+
+
+def test_sandbox_writes_only_state_cache_metrics_and_a_local_repository():
+    dropin = task.sandbox_dropin(make_settings(backup_repository="/srv/restic"))
+    assert "ProtectSystem=strict" in dropin
+    line = next(x for x in dropin.splitlines() if x.startswith("ReadWritePaths="))
+    assert set(line.split("=", 1)[1].split()) == {
+        task.STATE_DIR,
+        task.CACHE_DIR,
+        "-/var/lib/prometheus/node-exporter",
+        "/srv/restic",
+    }
+    assert "PrivateNetwork=yes" in dropin  # a local repository needs no network
+    remote = task.sandbox_dropin(make_settings(backup_repository="sftp:b@h:/r"))
+    assert "sftp" not in remote
+    assert "PrivateNetwork" not in remote
+    assert "SystemCallErrorNumber=EPERM" in remote
+
+
+def test_repository_fact_never_sees_the_password():
+    fact = task.BackupRepositoryStatus()
+    command = fact.command(repository="/srv/restic", password_file="/run/x/pw")
+    assert "RESTIC_PASSWORD_FILE=/run/x/pw" in command
+    assert "RESTIC_PASSWORD=" not in command
+    assert fact.process(["initialized"]) == "initialized"
+    assert fact.process([]) == "missing"
+
+
+def test_templates_hook_covers_the_backup_templates():
+    names = set(task.templates(make_settings()))
+    assert names == {
+        "backup/rave-backup.service.j2",
+        "backup/rave-backup.timer.j2",
+        "backup/rave-backup-maintenance.service.j2",
+        "backup/rave-backup-maintenance.timer.j2",
+    }

@@ -1,0 +1,63 @@
+"""The three Grafana dashboards: valid JSON, provisioned datasource, valid PromQL."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rave import observability as obs
+
+DASHBOARDS = sorted(
+    (Path(__file__).resolve().parents[2] / "files/grafana/dashboards").glob("*.json")
+)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_the_three_dashboards():
+    titles = {_load(p)["title"] for p in DASHBOARDS}
+    assert titles == {"RAVE / System Health", "RAVE / Project Health", "RAVE / Agent Performance"}
+    uids = [_load(p)["uid"] for p in DASHBOARDS]
+    assert len(set(uids)) == len(uids)
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_panel_queries_the_provisioned_prometheus(path):
+    dashboard = _load(path)
+    assert dashboard["panels"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(set(ids)) == len(ids)
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        assert panel["datasource"]["uid"] == obs.GRAFANA_DATASOURCE_UID
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == obs.GRAFANA_DATASOURCE_UID
+            assert target["expr"].strip()
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_query_is_valid_promql(path, tmp_path):
+    """promtool parses each query (as a recording rule), after Grafana's substitutions."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make system-deps`"
+    rules = [
+        {"record": f"panel:{i}", "expr": obs.grafana_expr(expr, "30s")}
+        for i, (_, expr) in enumerate(obs.dashboard_queries(_load(path)))
+    ]
+    assert rules
+    rule_file = tmp_path / "panels.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rule_file)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "$__" not in rule_file.read_text()
+
+
+def test_grafana_variables_are_substituted():
+    assert obs.grafana_expr("rate(x[$__rate_interval])", "15s") == "rate(x[60s])"

@@ -1,0 +1,288 @@
+"""The host-side scripts (Python standard library only), run here against temporary files."""
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HEALTHCHECK = ROOT / "files" / "healthcheck" / "rave-healthcheck"
+MERGE = ROOT / "files" / "alertmanager" / "rave-alertmanager-config"
+
+
+def _load(path: Path, name: str):
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+hc = _load(HEALTHCHECK, "rave_healthcheck")
+merge = _load(MERGE, "rave_alertmanager_config")
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    def make(days: int) -> Path:
+        cert = tmp_path / f"cert-{days}.pem"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(tmp_path / "key.pem"),
+                "-out",
+                str(cert),
+                "-days",
+                str(days),
+                "-subj",
+                "/CN=test",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return cert
+
+    return make
+
+
+def _config(tmp_path, **overrides) -> Path:
+    textfile = tmp_path / "textfile"
+    config = {
+        "textfile_dir": str(textfile),
+        "units": [],
+        "ports": [],
+        "certificates": [],
+        "certificate_min_days": 14,
+        "disks": [{"path": str(tmp_path), "min_free_percent": 1}],
+        "backup": None,
+        **overrides,
+    }
+    path = tmp_path / "healthcheck.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _metrics(tmp_path) -> str:
+    return (tmp_path / "textfile" / "rave_healthcheck.prom").read_text()
+
+
+def test_all_passing_exits_0_and_writes_metrics(tmp_path, certificate):
+    path = _config(tmp_path, certificates=[{"name": "tls", "path": str(certificate(90))}])
+    assert hc.main(["--config", str(path), "--quiet"]) == 0
+    text = _metrics(tmp_path)
+    assert 'rave_healthcheck_check_ok{check="certificate",target="tls"} 1' in text
+    assert "rave_healthcheck_failed_checks 0" in text
+    assert "rave_certificate_expiry_timestamp_seconds{" in text
+    assert [p.name for p in (tmp_path / "textfile").iterdir()] == ["rave_healthcheck.prom"]
+    promtool = shutil.which("promtool")
+    assert promtool
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_expiring_certificate_and_full_disk_fail(tmp_path, certificate, capsys):
+    path = _config(
+        tmp_path,
+        certificates=[{"name": "tls", "path": str(certificate(5))}],
+        disks=[{"path": str(tmp_path), "min_free_percent": 100}],
+    )
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    text = _metrics(tmp_path)
+    assert 'rave_healthcheck_check_ok{check="certificate",target="tls"} 0' in text
+    assert f'rave_healthcheck_check_ok{{check="disk",target="{tmp_path}"}} 0' in text
+    assert "rave_healthcheck_failed_checks 2" in text
+    err = capsys.readouterr().err
+    assert "FAIL  certificate" in err and "expires in 5.0 days" in err
+
+
+def test_missing_certificate_fails_without_crashing(tmp_path):
+    path = _config(tmp_path, certificates=[{"name": "tls", "path": str(tmp_path / "none.pem")}])
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    assert 'check="certificate",target="tls"} 0' in _metrics(tmp_path)
+
+
+def test_backup_age_from_the_backup_textfile(tmp_path):
+    backup = {"metric": "rave_backup_last_success_timestamp_seconds", "max_age_seconds": 3600}
+    path = _config(tmp_path, backup=backup)
+    (tmp_path / "textfile").mkdir()
+    prom = tmp_path / "textfile" / "rave_backup.prom"
+    # never backed up: the backup task writes 0
+    prom.write_text("rave_backup_last_success_timestamp_seconds 0\n")
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    prom.write_text(f"rave_backup_last_success_timestamp_seconds {time.time() - 60:.0f}\n")
+    assert hc.main(["--config", str(path), "--quiet"]) == 0
+    text = _metrics(tmp_path)
+    assert 'rave_healthcheck_check_ok{check="backup_age",target="backup"} 1' in text
+    assert "rave_healthcheck_backup_max_age_seconds 3600" in text
+    prom.unlink()
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+
+
+def test_ports_from_proc_net_tcp(tmp_path):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert port in hc.listening_ports()
+        path = _config(
+            tmp_path,
+            ports=[
+                {"component": "x", "port": port, "purpose": "test"},
+                {"component": "y", "port": 1, "purpose": "nothing"},
+            ],
+        )
+        assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    text = _metrics(tmp_path)
+    assert f'check="port",target="x:{port}"}} 1' in text
+    assert 'check="port",target="y:1"} 0' in text
+
+
+def test_units_and_their_resources(tmp_path, monkeypatch):
+    shown = (
+        "Id=a.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
+        "MemoryCurrent=1048576\nMemoryMax=268435456\nCPUUsageNSec=2000000000\nNRestarts=0\n\n"
+        "Id=b.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n"
+        "MemoryCurrent=[not set]\nMemoryMax=infinity\nCPUUsageNSec=[not set]\nNRestarts=0\n"
+    )
+
+    class Done:
+        stdout = shown
+
+    monkeypatch.setattr(hc.subprocess, "run", lambda *a, **k: Done())
+    path = _config(tmp_path, units=["a.service", "b.service"])
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    text = _metrics(tmp_path)
+    assert 'check="unit",target="a.service"} 1' in text
+    assert 'check="unit",target="b.service"} 0' in text
+    assert 'rave_unit_memory_bytes{unit="a.service"} 1048576' in text
+    assert 'rave_unit_memory_max_bytes{unit="a.service"} 268435456' in text
+    assert 'rave_unit_cpu_seconds_total{unit="a.service"} 2.0' in text
+    assert 'rave_unit_memory_bytes{unit="b.service"}' not in text
+
+
+def test_journal_priority_prefix_only_under_systemd(tmp_path, monkeypatch, capsys):
+    path = _config(tmp_path, disks=[{"path": str(tmp_path), "min_free_percent": 100}])
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    hc.main(["--config", str(path), "--quiet"])
+    assert "<3>FAIL  disk" in capsys.readouterr().err
+
+
+def test_a_broken_config_exits_1(tmp_path):
+    (tmp_path / "bad.json").write_text("{")
+    assert hc.main(["--config", str(tmp_path / "bad.json")]) == 1
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path):
+    hc.write_atomically(str(tmp_path), "x.prom", "a 1\n")
+    hc.write_atomically(str(tmp_path), "x.prom", "a 2\n")
+    assert os.listdir(tmp_path) == ["x.prom"]
+    assert (tmp_path / "x.prom").read_text() == "a 2\n"
+    assert (tmp_path / "x.prom").stat().st_mode & 0o777 == 0o644
+
+
+# --- Alertmanager configuration builder ----------------------------------------------------
+
+
+def _base() -> dict:
+    return {
+        "route": {"receiver": "null", "routes": [{"receiver": "pager", "matchers": ['a="b"']}]},
+        "receivers": [{"name": "null"}, {"name": "pager"}],
+    }
+
+
+def test_secret_receivers_replace_the_empty_ones(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_base()))
+    secret = tmp_path / "secret.json"
+    pager = {"name": "pager", "pagerduty_configs": [{"routing_key": "k"}]}
+    secret.write_text(json.dumps([pager, {"name": "extra", "slack_configs": []}]))
+    out = tmp_path / "am.yml"
+    assert merge.main([str(base), str(secret), str(out)]) == 0
+    config = json.loads(out.read_text())
+    assert [r["name"] for r in config["receivers"]] == ["extra", "null", "pager"]
+    assert pager in config["receivers"]
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_missing_secret_silences(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_base()))
+    out = tmp_path / "am.yml"
+    assert merge.main([str(base), str(tmp_path / "none"), str(out)]) == 0
+    assert json.loads(out.read_text())["receivers"] == _base()["receivers"]
+
+
+def test_bad_secret_is_refused_without_echoing_it(tmp_path, capsys):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_base()))
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"not": "a list", "token": "s3cr3t"')
+    assert merge.main([str(base), str(secret), str(tmp_path / "out")]) == 1
+    secret.write_text('[{"token": "s3cr3t"}]')
+    assert merge.main([str(base), str(secret), str(tmp_path / "out")]) == 1
+    assert "s3cr3t" not in capsys.readouterr().err
+
+
+def test_the_secrets_models_receivers_become_alertmanager_integrations():
+    secret = {
+        "name": "ops",
+        "webhook_urls": ["https://hooks.example/a"],
+        "email_to": ["ops@example.org"],
+        "smtp_smarthost": "smtp.example.org:587",
+        "smtp_username": "u",
+        "smtp_password": "p",
+        "slack_webhook_urls": ["https://hooks.slack.example/x"],
+        "pagerduty_routing_keys": ["k1"],
+    }
+    out = merge.translate(secret)
+    assert out["webhook_configs"] == [{"url": "https://hooks.example/a", "send_resolved": True}]
+    assert out["email_configs"] == [
+        {
+            "to": "ops@example.org",
+            "send_resolved": True,
+            "smarthost": "smtp.example.org:587",
+            "auth_username": "u",
+            "auth_password": "p",
+        }
+    ]
+    assert out["slack_configs"][0]["api_url"] == "https://hooks.slack.example/x"
+    assert out["pagerduty_configs"] == [{"routing_key": "k1"}]
+    # the staging default: a named receiver without integrations (drops alerts)
+    empty = {"name": "default", "webhook_urls": [], "email_to": [], "smtp_password": None}
+    assert merge.translate(empty) == {"name": "default"}
+
+
+def test_unknown_receiver_fields_are_refused():
+    with pytest.raises(ValueError, match="unknown field"):
+        merge.translate({"name": "x", "hipchat": "s3cr3t"})
+
+
+def test_unit_memory_falls_back_to_the_cgroups_resident_memory(tmp_path, monkeypatch):
+    """Without systemd memory accounting (staging containers) the RSS of the unit's processes."""
+    group = tmp_path / "system.slice" / "x.service"
+    group.mkdir(parents=True)
+    (group / "cgroup.procs").write_text(f"{os.getpid()}\n999999999\n")
+    monkeypatch.setattr(hc, "CGROUP_ROOTS", ("/nonexistent", str(tmp_path)))
+    rss = hc.cgroup_rss("/system.slice/x.service")
+    assert rss is not None and rss > 1024 * 1024
+    assert hc.cgroup_rss("/system.slice/none.service") is None
