@@ -64,11 +64,13 @@ def listen_address(settings: HostSettings, name: str) -> str:
 
 
 def enabled_components(settings: HostSettings) -> list[Component]:
-    """Components deployed on this host: every required one, plus Grafana when installed."""
+    """Components deployed on this host: every required one, plus Grafana and CCR when installed."""
     return [
         c
         for c in COMPONENTS
-        if not c.optional or (c.name == "grafana" and settings.grafana_install)
+        if not c.optional
+        or (c.name == "grafana" and settings.grafana_install)
+        or (c.name == "ccr" and settings.ccr_install)
     ]
 
 
