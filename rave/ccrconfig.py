@@ -57,6 +57,10 @@ def main(argv: list[str]) -> int:
     if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
         print(f"{secret_file}: not a JSON object of strings", file=sys.stderr)
         return 1
+    if any(v for k, v in keys.items() if k != ROUTER_KEY) and not keys.get(ROUTER_KEY):
+        # without APIKEY CCR answers GET /api/config (provider keys included) to any local client
+        print(f"{secret_file}: provider keys need an {ROUTER_KEY} entry too", file=sys.stderr)
+        return 1
     os.umask(0o077)
     os.makedirs(out_dir, mode=0o700, exist_ok=True)
     tmp = os.path.join(out_dir, ".config.json.tmp")

@@ -65,12 +65,14 @@ def test_main_writes_a_private_file(tmp_path):
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(task.app_settings(make_settings(ccr_providers=[PROVIDER]))))
     secret = tmp_path / "keys"
-    secret.write_text('{"openrouter": "sk-or-2"}')
+    secret.write_text('{"openrouter": "sk-or-2", "APIKEY": "router"}')
     out = tmp_path / "home" / ".claude-code-router"
     assert ccrconfig.main(["x", str(settings_file), str(secret), str(out)]) == 0
     written = out / "config.json"
     assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
     assert json.loads(written.read_text())["Providers"][0]["api_key"] == "sk-or-2"
+    secret.write_text('{"openrouter": "sk-or-2"}')  # keys readable at /api/config without APIKEY
+    assert ccrconfig.main(["x", str(settings_file), str(secret), str(out)]) == 1
     secret.write_text('["not", "an", "object"]')
     assert ccrconfig.main(["x", str(settings_file), str(secret), str(out)]) == 1
 
