@@ -59,6 +59,14 @@ class Component(BaseModel):
     secrets: tuple[str, ...] = ()  # names in the secrets model this component reads
     owned_unit: bool = False  # the project writes this unit file itself
     optional: bool = False  # may be left out (e.g. a package source this host cannot reach)
+    scheduled: bool = False  # a oneshot run by <unit>.timer; the timer is what must stay active
+
+    @property
+    def watched_unit(self) -> str:
+        """The unit that must be active while the host is healthy."""
+        if "." in self.unit:
+            return self.unit
+        return f"{self.unit}.timer" if self.scheduled else f"{self.unit}.service"
 
 
 COMPONENTS: tuple[Component, ...] = (
@@ -178,6 +186,7 @@ COMPONENTS: tuple[Component, ...] = (
         user="root",
         secrets=("backup_repository_password",),
         owned_unit=True,
+        scheduled=True,
     ),
 )
 

@@ -297,7 +297,7 @@ def grafana_dashboard_provider() -> str:
 
 
 def unit_name(c: Component) -> str:
-    return c.unit if "." in c.unit else f"{c.unit}.service"
+    return c.watched_unit
 
 
 SCHEDULE_PERIODS = {"minutely": 60, "hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
