@@ -8,6 +8,7 @@ from tasks.edge import edge
 from tasks.hardening import hardening
 from tasks.observability import observability
 from tasks.secrets import secrets
+from tasks.vulnscan import vulnscan
 from tasks.webhook import webhook
 
 base()
@@ -19,3 +20,4 @@ webhook()
 ccr()
 observability()
 backup()
+vulnscan()

@@ -11,6 +11,8 @@ __all__ = [
     "nginx_rate_limit_exempt",
     "operator_keys",
     "rave_environment",
+    "vulnscan_data_file",
+    "vulnscan_data_upload",
 ]
 
 _STATE = Path(__file__).resolve().parents[1] / ".staging"
@@ -32,3 +34,6 @@ nginx_rate_limit_exempt = [f"10.213.{_INSTANCE}.1/32"]
 grafana_install = False
 # staging never notifies anyone
 alertmanager_silenced = True
+# no vulnerability database is reachable from staging: a labelled sample in the tracker's format
+vulnscan_data_file = "/var/lib/rave/vulnscan-data/tracker.json"
+vulnscan_data_upload = "files/vulnscan/sample-tracker.json"

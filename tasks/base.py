@@ -92,13 +92,16 @@ def base():
         group=config.service_user,
         system=True,
         shell="/usr/sbin/nologin",
-        home=f"/var/lib/{config.service_user}",
+        home="/nonexistent",
         create_home=False,
+        ensure_home=False,
     )
-    files.directory(
-        name="Project state directory",
-        path="/etc/rave",
-        user="root",
-        group="root",
-        mode="755",
-    )
+    for path in ("/etc/rave", "/var/lib/rave"):
+        # root-owned: tasks keep root-only state below them (a service user must not rename it)
+        files.directory(
+            name=f"Project directory {path}",
+            path=path,
+            user="root",
+            group="root",
+            mode="755",
+        )

@@ -16,6 +16,7 @@ from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
 from rave.settings.secrets import SecretsSettings
+from rave.settings.vulnscan import VulnscanSettings
 
 # keys that belong to pyinfra itself (connector settings, global arguments such as _sudo)
 PASSTHROUGH_PREFIXES = ("_",)
@@ -29,6 +30,7 @@ class HostSettings(
     ObservabilitySettings,
     BackupSettings,
     CcrSettings,
+    VulnscanSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:

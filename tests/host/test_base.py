@@ -36,4 +36,5 @@ def test_unprivileged_service_account(host):
     assert account.exists
     assert account.uid < 1000
     assert account.shell == "/usr/sbin/nologin"
+    assert host.file("/var/lib/rave").user == "root"
     assert not host.file("/etc/sudoers.d/rave").exists

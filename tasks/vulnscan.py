@@ -1,0 +1,202 @@
+"""Vulnerability scanning: a daily, sandboxed scan of the Debian packages and npm trees.
+
+The host script (files/vulnscan/vulnscan_scan.py) writes a JSON report and SARIF 2.1.0 under
+/var/lib/rave/vulnscan and metrics for node exporter's textfile collector; alert rules are in
+files/prometheus/rules/vulnscan.yml. See docs/vulnscan.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from rave import observability as obs
+from rave.deploykit import (
+    ensure_packages,
+    install_host_script,
+    put_template,
+    put_text,
+    settings,
+)
+from rave.modes import ServiceLimits
+from rave.render import FILES
+from rave.sandbox import Sandbox, dropin_text
+from rave.settings import HostSettings
+from rave.settings.vulnscan import REPO_ROOT
+
+UNIT = "rave-vulnscan"
+SCRIPT = "/usr/local/sbin/rave-vulnscan-scan"
+CONFIG_PATH = "/etc/rave/vulnscan.json"
+STATE_DIR = "/var/lib/rave/vulnscan"
+TEXTFILE_DIR = obs.TEXTFILE_DIR
+SERVICE_PATH = f"/etc/systemd/system/{UNIT}.service"
+TIMER_PATH = f"/etc/systemd/system/{UNIT}.timer"
+DROPIN_PATH = f"/etc/systemd/system/{UNIT}.service.d/sandbox.conf"
+TRIVY_KEY = "/etc/apt/keyrings/rave-trivy.asc"
+TRIVY_LIST = "/etc/apt/sources.list.d/rave-trivy.list"
+
+
+def scan_config(config: HostSettings) -> dict[str, Any]:
+    """What the host script reads (/etc/rave/vulnscan.json): settings only, no secrets."""
+    return {
+        "host": config.hostname,
+        "source": config.vulnscan_source,
+        "release": config.vulnscan_release,
+        "data_url": config.vulnscan_data_url,
+        "data_file": config.vulnscan_data_file,
+        "proxy": config.egress_proxy,
+        "timeout_seconds": config.vulnscan_timeout_seconds,
+        "state_dir": STATE_DIR,
+        "textfile_dir": TEXTFILE_DIR,
+        "npm_trees": list(config.vulnscan_npm_trees),
+        "trivy": {"command": "trivy", "db_repository": config.vulnscan_trivy_db_repository},
+    }
+
+
+def sandbox(config: HostSettings) -> Sandbox:
+    return Sandbox(
+        read_write_paths=(STATE_DIR, TEXTFILE_DIR),
+        # node (npm audit) needs W+X memory for its JIT; the Python scan alone does not
+        memory_deny_write_execute=not config.vulnscan_npm_trees,
+    )
+
+
+def limits(config: HostSettings) -> ServiceLimits:
+    return ServiceLimits(
+        memory_max_mb=config.vulnscan_memory_max_mb,
+        cpu_quota_percent=config.vulnscan_cpu_quota_percent,
+    )
+
+
+def templates(config: HostSettings) -> dict[str, dict[str, Any]]:
+    """Every template this task renders (name → context), for deploy and unit tests alike."""
+    return {
+        "vulnscan/rave-vulnscan.service.j2": {
+            "source": config.vulnscan_source,
+            "script": SCRIPT,
+            "config_path": CONFIG_PATH,
+            "state_dir": STATE_DIR,
+            "timeout_seconds": config.vulnscan_timeout_seconds,
+        },
+        "vulnscan/rave-vulnscan.timer.j2": {
+            "schedule": config.vulnscan_schedule,
+            "randomized_delay": config.vulnscan_randomized_delay,
+        },
+    }
+
+
+def _trivy(config: HostSettings) -> Any:
+    files.directory(
+        name="APT keyring directory",
+        path="/etc/apt/keyrings",
+        user="root",
+        group="root",
+        mode="755",
+    )
+    key = files.download(
+        name="Aqua's APT signing key (pinned sha256)",
+        src=config.vulnscan_trivy_key_url,
+        dest=TRIVY_KEY,
+        sha256sum=config.vulnscan_trivy_key_sha256,
+        proxy=config.egress_proxy,
+        user="root",
+        group="root",
+        mode="644",
+    )
+    source = put_text(
+        "Aqua's APT repository (trivy)",
+        TRIVY_LIST,
+        f"deb [signed-by={TRIVY_KEY}] {config.vulnscan_trivy_apt_url} "
+        f"{config.vulnscan_release} main\n",
+    )
+    apt.update(name="Refresh apt (trivy repository changed)", _if=any_changed(key, source))
+    return ensure_packages("Install trivy", ["trivy"])
+
+
+@deploy("Vulnerability scanning")
+def vulnscan() -> None:
+    config = settings()
+
+    if not config.vulnscan_enabled:
+        systemd.service(
+            name="Vulnerability scan timer off",
+            service=f"{UNIT}.timer",
+            running=False,
+            enabled=False,
+        )
+        return
+
+    if config.vulnscan_source == "trivy":
+        _trivy(config)
+
+    files.directory(
+        name="Vulnerability scan state", path=STATE_DIR, user="root", group="root", mode="750"
+    )
+    files.directory(
+        name="node exporter textfile directory",
+        path=TEXTFILE_DIR,
+        user="root",
+        group="root",
+        mode="755",
+    )
+    uploaded = None
+    if config.vulnscan_data_upload and config.vulnscan_data_file:
+        uploaded = files.put(
+            name="Vulnerability data (offline copy in the tracker's format)",
+            src=str(REPO_ROOT / config.vulnscan_data_upload),
+            dest=config.vulnscan_data_file,
+            user="root",
+            group="root",
+            mode="644",
+            create_remote_dir=True,
+        )
+    script = install_host_script(
+        "Vulnerability scan script", str(FILES / "vulnscan" / "vulnscan_scan.py"), SCRIPT
+    )
+    scan_settings = put_text(
+        "Vulnerability scan settings",
+        CONFIG_PATH,
+        json.dumps(scan_config(config), indent=1, sort_keys=True) + "\n",
+    )
+    contexts = templates(config)
+    unit = put_template(
+        "Vulnerability scan unit",
+        "vulnscan/rave-vulnscan.service.j2",
+        SERVICE_PATH,
+        **contexts["vulnscan/rave-vulnscan.service.j2"],
+    )
+    timer = put_template(
+        "Vulnerability scan timer",
+        "vulnscan/rave-vulnscan.timer.j2",
+        TIMER_PATH,
+        **contexts["vulnscan/rave-vulnscan.timer.j2"],
+    )
+    dropin = put_text(
+        "Vulnerability scan sandbox",
+        DROPIN_PATH,
+        dropin_text(
+            sandbox(config),
+            limits(config),
+            "daily vulnerability scan; writes only its state and the textfile metrics",
+        ),
+    )
+    systemd.daemon_reload(
+        name="Reload systemd (vulnscan units changed)",
+        _if=any_changed(unit, timer, dropin),
+    )
+    systemd.service(
+        name="Enable the daily vulnerability scan timer",
+        service=f"{UNIT}.timer",
+        running=True,
+        enabled=True,
+    )
+    # a first scan right after (re)configuring, so the metrics exist before the first timer run
+    server.shell(
+        name="Start a vulnerability scan (its code or settings changed)",
+        commands=[f"systemctl start --no-block {UNIT}.service"],
+        _if=any_changed(*[op for op in (script, scan_settings, unit, dropin, uploaded) if op]),
+    )
