@@ -7,6 +7,8 @@ from tasks.database import database
 from tasks.edge import edge
 from tasks.hardening import hardening
 from tasks.observability import observability
+from tasks.ops import ops
+from tasks.release import release
 from tasks.secrets import secrets
 from tasks.vulnscan import vulnscan
 from tasks.webhook import webhook
@@ -21,3 +23,5 @@ ccr()
 observability()
 backup()
 vulnscan()
+ops()  # scheduled host-side validation (rave-validate.timer)
+release()  # last: records what is deployed (/etc/rave/release.json)

@@ -15,6 +15,7 @@ from rave.settings.ccr import CcrSettings
 from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
+from rave.settings.ops import OpsSettings
 from rave.settings.secrets import SecretsSettings
 from rave.settings.vulnscan import VulnscanSettings
 
@@ -31,6 +32,7 @@ class HostSettings(
     BackupSettings,
     CcrSettings,
     VulnscanSettings,
+    OpsSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:

@@ -1,0 +1,260 @@
+"""rave-ops: a thin CLI over the ops/*.py pyinfra runs (docs/operations.md).
+
+    rave-ops status                      one table: every project service on every host
+    rave-ops restart webhook nginx       start | stop | restart | logs [COMPONENT...]
+    rave-ops validate                    six-stage validation, exit 1 on any FAIL
+    rave-ops drift                       what a deploy would change, exit 1 on drift
+    rave-ops facts                       the project's custom facts as JSON
+    rave-ops update config|security|minor|major
+
+Every command runs `python -m pyinfra` in the repository (config.py validates host data
+before anything connects). -i picks the inventory (default: $RAVE_INVENTORY or staging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rave.ops import drift as drift_mod
+
+REPO = Path(__file__).resolve().parents[2]
+FACTS = (
+    "rave.facts.DeployedRelease",
+    "rave.facts.RaveMode",
+    "rave.facts.ProjectServices",
+    "rave.facts.SecretsRecipientStatus",
+    "rave.facts.LastBackup",
+    "rave.facts.CertificateExpiry",
+)
+BACKUP_FILE = "ops/backup_now.py"
+
+
+def say(message: str) -> None:
+    print(f"rave-ops: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Runner:
+    inventory: str
+    limit: list[str]
+
+    def command(self, *args: str, limit: list[str] | None = None, yes: bool = True) -> list[str]:
+        cmd = [sys.executable, "-m", "pyinfra"]
+        if yes:
+            cmd.append("-y")
+        for name in self.limit if limit is None else limit:
+            cmd += ["--limit", name]
+        return [*cmd, self.inventory, *args]
+
+    def run(
+        self, *args: str, limit: list[str] | None = None, capture: bool = False, yes: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = self.command(*args, limit=limit, yes=yes)
+        return subprocess.run(cmd, cwd=REPO, text=True, capture_output=capture, check=False)
+
+    def hosts(self) -> list[str]:
+        result = self.run("--json", "debug-inventory", capture=True)
+        if result.returncode != 0:
+            sys.stderr.write(result.stderr)
+            raise SystemExit(2)
+        return limited(json.loads(result.stdout), self.limit)
+
+
+def limited(entries: list[dict[str, Any]], patterns: list[str]) -> list[str]:
+    """Host names pyinfra's --limit would keep: a name, a glob or a group name."""
+    names = []
+    for entry in entries:
+        groups = set(entry.get("groups", []))
+        if not patterns or any(fnmatch.fnmatch(entry["name"], p) or p in groups for p in patterns):
+            names.append(entry["name"])
+    return names
+
+
+def _data(**values: object) -> list[str]:
+    args: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        args += ["--data", f"{key}={value}"]
+    return args
+
+
+def cmd_service(runner: Runner, opts: argparse.Namespace) -> int:
+    data = _data(
+        ops_action=opts.command,
+        ops_services=",".join(opts.services) if opts.services else None,
+        ops_journal_lines=getattr(opts, "lines", None),
+    )
+    return runner.run("ops/service.py", *data).returncode
+
+
+def cmd_validate(runner: Runner, opts: argparse.Namespace) -> int:
+    data = _data(
+        ops_validate_from_control=not opts.host_only,
+        ops_validate_force_failure=True if opts.force_failure else None,
+    )
+    return 0 if runner.run("ops/validate.py", *data).returncode == 0 else 1
+
+
+def drift(runner: Runner) -> tuple[int, dict[str, drift_mod.HostDrift]]:
+    # no -y: pyinfra detects changes only when it may have to ask (State(check_for_changes=not yes))
+    result = runner.run("--dry", "--json", "deploy.py", capture=True, yes=False)
+    try:
+        plan = drift_mod.parse_plan_output(result.stdout)
+    except ValueError:
+        sys.stderr.write(result.stderr[-4000:])
+        return 2, {}
+    hosts = runner.hosts()
+    found = drift_mod.drift_by_host(plan, hosts)
+    return (1 if any(h.drifted for h in found.values()) else 0), found
+
+
+def cmd_drift(runner: Runner, opts: argparse.Namespace) -> int:
+    code, found = drift(runner)
+    if code == 2:
+        say("the dry run failed (its output is above)")
+        return 2
+    if opts.json:
+        print(json.dumps({h: vars(d) for h, d in found.items()}, indent=2))
+    else:
+        print(drift_mod.summary(found))
+    return code
+
+
+def cmd_facts(runner: Runner, opts: argparse.Namespace) -> int:
+    names = [f"rave.facts.{name}" for name in opts.facts] if opts.facts else list(FACTS)
+    result = runner.run("--json", "fact", *names, capture=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-4000:])
+        return result.returncode
+    print(result.stdout.strip())
+    return 0
+
+
+MAJOR_RUNBOOK = """\
+A major update (Debian 12 -> 13, or a component's major version) is not automated:
+  1. rave-ops update config --limit HOST     (host in sync and valid before you start)
+  2. take a provider-level disk snapshot of HOST (the only full rollback for a release upgrade)
+  3. run the backup (ops/backup_now.py) and copy it off the host
+  4. change the apt sources / component pin in the repository, review the diff, deploy to ONE
+     host, rave-ops validate --limit HOST, watch it for a day, then the next host
+  5. rollback = restore the disk snapshot, then the backup of the data taken in 3
+See docs/operations.md."""
+
+
+def update_host(runner: Runner, host: str, kind: str, force_failure: bool) -> tuple[bool, str]:
+    """One host's update: backup, snapshot, update, validate, rollback on failure."""
+    only = [host]
+    if (REPO / BACKUP_FILE).exists():
+        say(f"{host}: backup first ({BACKUP_FILE})")
+        if runner.run(BACKUP_FILE, limit=only).returncode != 0:
+            return False, "backup failed: nothing was changed"
+    else:
+        say(f"{host}: WARNING no {BACKUP_FILE} in this checkout: updating without a backup")
+    say(f"{host}: snapshot of the managed configuration")
+    if runner.run("ops/snapshot.py", *_data(ops_snapshot="take"), limit=only).returncode != 0:
+        return False, "snapshot failed: nothing was changed"
+    say(f"{host}: {kind} update")
+    if kind == "config":
+        updated = runner.run("deploy.py", limit=only).returncode == 0
+    else:
+        updated = (
+            runner.run("ops/update.py", *_data(ops_update=kind), limit=only).returncode == 0
+            and runner.run("deploy.py", limit=only).returncode == 0
+        )
+    valid = False
+    if updated:
+        say(f"{host}: validation after the update")
+        data = _data(ops_validate_force_failure=True if force_failure else None)
+        valid = runner.run("ops/validate.py", *data, limit=only).returncode == 0
+        if valid:
+            return True, "updated and validated"
+    reason = "validation failed" if updated else "the update failed"
+    say(f"{host}: {reason}: rolling back the managed configuration")
+    restored = (
+        runner.run("ops/snapshot.py", *_data(ops_snapshot="restore"), limit=only).returncode == 0
+    )
+    say(f"{host}: validation after the rollback")
+    revalid = runner.run("ops/validate.py", limit=only).returncode == 0
+    outcome = "rolled back" if restored else "rollback INCOMPLETE"
+    return False, f"{reason}; {outcome}; host {'valid' if revalid else 'STILL INVALID'} after it"
+
+
+def cmd_update(runner: Runner, opts: argparse.Namespace) -> int:
+    if opts.kind == "major":
+        print(MAJOR_RUNBOOK)
+        return 2
+    failures = 0
+    results: list[tuple[str, bool, str]] = []
+    hosts = runner.hosts()
+    for position, host in enumerate(hosts):
+        ok, detail = update_host(runner, host, opts.kind, opts.force_validation_failure)
+        results.append((host, ok, detail))
+        failures += 0 if ok else 1
+        if failures > opts.max_failures:
+            skipped = hosts[position + 1 :]
+            if skipped:
+                results += [(name, False, "not updated: rollout stopped") for name in skipped]
+            break
+    for host, ok, detail in results:
+        print(f"{host}: {'OK  ' if ok else 'FAIL'} {detail}")
+    return 0 if failures == 0 else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    default_inventory = os.environ.get("RAVE_INVENTORY", "inventories/staging.py")
+    top = argparse.ArgumentParser(prog="rave-ops", description=__doc__.split("\n\n")[0])
+    top.add_argument("-i", "--inventory", default=default_inventory)
+    top.add_argument("--limit", action="append", default=[], help="only this host (repeatable)")
+    sub = top.add_subparsers(dest="command", required=True)
+    for action in ("status", "start", "stop", "restart", "logs"):
+        p = sub.add_parser(action, help=f"{action} project services")
+        p.add_argument("services", nargs="*", help="component names (default: all present)")
+        if action == "logs":
+            p.add_argument("-n", "--lines", type=int, default=30)
+        p.set_defaults(func=cmd_service)
+    p = sub.add_parser("validate", help="six-stage validation")
+    p.add_argument("--host-only", action="store_true", help="skip the control-machine probes")
+    p.add_argument("--force-failure", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("drift", help="what a deploy would change")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drift)
+    p = sub.add_parser("facts", help="the project's custom facts")
+    p.add_argument("facts", nargs="*", help="fact class names (default: all)")
+    p.set_defaults(func=cmd_facts)
+    p = sub.add_parser("update", help="update procedure with backup, validation and rollback")
+    p.add_argument("kind", choices=("config", "security", "minor", "major"))
+    p.add_argument(
+        "--max-failures", type=int, default=0, help="failed hosts tolerated before stopping"
+    )
+    p.add_argument(
+        "--force-validation-failure",
+        action="store_true",
+        help="testing: treat the post-update validation as failed (exercises the rollback)",
+    )
+    p.set_defaults(func=cmd_update)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parser().parse_args(argv)
+    inventory = opts.inventory
+    if not Path(inventory).is_absolute() and not (REPO / inventory).exists():
+        inventory = str(Path(inventory).resolve())
+    runner = Runner(inventory=inventory, limit=opts.limit)
+    return int(opts.func(runner, opts))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""rave-ops: command lines it builds and the update rollout logic, with a fake pyinfra."""
+
+import subprocess
+
+import pytest
+
+from rave.ops import cli
+
+
+class FakeRunner(cli.Runner):
+    """Records pyinfra runs; `fail` maps (host, deploy file, marker) to a failing exit code."""
+
+    def __init__(self, hosts, fail=()):
+        super().__init__(inventory="inventories/staging.py", limit=[])
+        self._hosts = hosts
+        self.fail = set(fail)
+        self.calls = []
+
+    def hosts(self):
+        return self._hosts
+
+    def run(self, *args, limit=None, capture=False, yes=True):
+        host = (limit or ["*"])[0]
+        self.calls.append((host, args))
+        code = 0
+        for fail_host, file, marker in self.fail:
+            if host == fail_host and file in args and (marker is None or marker in args):
+                code = 1
+        return subprocess.CompletedProcess(args, code, "", "")
+
+
+def files(runner, host):
+    return [next(a for a in args if a.endswith(".py")) for h, args in runner.calls if h == host]
+
+
+def test_command_line():
+    runner = cli.Runner(inventory="inventories/staging.py", limit=["rave-staging-1"])
+    cmd = runner.command("ops/service.py", "--data", "ops_action=status")
+    assert cmd[1:] == [
+        "-m",
+        "pyinfra",
+        "-y",
+        "--limit",
+        "rave-staging-1",
+        "inventories/staging.py",
+        "ops/service.py",
+        "--data",
+        "ops_action=status",
+    ]
+
+
+def test_service_command_passes_selection(monkeypatch):
+    runner = FakeRunner(["h1"])
+    opts = cli.parser().parse_args(["restart", "webhook", "nginx"])
+    assert cli.cmd_service(runner, opts) == 0
+    args = runner.calls[0][1]
+    assert "ops_action=restart" in args and "ops_services=webhook,nginx" in args
+
+
+def test_successful_config_update_order():
+    runner = FakeRunner(["h1", "h2"])
+    opts = cli.parser().parse_args(["update", "config"])
+    assert cli.cmd_update(runner, opts) == 0
+    expected = ["ops/snapshot.py", "deploy.py", "ops/validate.py"]
+    if (cli.REPO / cli.BACKUP_FILE).exists():
+        expected.insert(0, cli.BACKUP_FILE)
+    assert files(runner, "h1") == expected
+    assert files(runner, "h2") == expected
+
+
+def test_failed_validation_rolls_back_and_stops_the_rollout(capsys):
+    runner = FakeRunner(["h1", "h2"], fail={("h1", "ops/validate.py", "--data")})
+    opts = cli.parser().parse_args(["update", "config", "--force-validation-failure"])
+    assert cli.cmd_update(runner, opts) == 1
+    h1 = [args for host, args in runner.calls if host == "h1"]
+    assert any("ops_snapshot=restore" in args for args in h1)
+    assert any("ops_validate_force_failure=true" in args for args in h1)
+    assert files(runner, "h2") == []
+    out = capsys.readouterr().out
+    assert "h1: FAIL validation failed; rolled back; host valid after it" in out
+    assert "h2: FAIL not updated: rollout stopped" in out
+
+
+def test_failure_threshold_lets_the_rollout_continue():
+    runner = FakeRunner(["h1", "h2"], fail={("h1", "deploy.py", None)})
+    opts = cli.parser().parse_args(["update", "config", "--max-failures", "1"])
+    assert cli.cmd_update(runner, opts) == 1
+    assert "deploy.py" in files(runner, "h2")
+
+
+def test_failed_snapshot_changes_nothing():
+    runner = FakeRunner(["h1"], fail={("h1", "ops/snapshot.py", None)})
+    assert cli.cmd_update(runner, cli.parser().parse_args(["update", "security"])) == 1
+    assert "deploy.py" not in files(runner, "h1")
+    assert "ops/update.py" not in files(runner, "h1")
+
+
+def test_major_update_prints_the_runbook(capsys):
+    runner = FakeRunner(["h1"])
+    assert cli.cmd_update(runner, cli.parser().parse_args(["update", "major"])) == 2
+    assert "disk snapshot" in capsys.readouterr().out
+    assert runner.calls == []
+
+
+def test_unknown_command_is_refused():
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["reboot"])
+
+
+def test_limit_accepts_names_globs_and_groups():
+    entries = [
+        {"name": "rave-prod-1", "groups": ["rave", "prod"]},
+        {"name": "rave-prod-2", "groups": ["rave", "prod"]},
+        {"name": "rave-staging-1", "groups": ["rave", "staging"]},
+    ]
+    assert cli.limited(entries, []) == ["rave-prod-1", "rave-prod-2", "rave-staging-1"]
+    assert cli.limited(entries, ["rave-prod-2"]) == ["rave-prod-2"]
+    assert cli.limited(entries, ["rave-prod-*"]) == ["rave-prod-1", "rave-prod-2"]
+    assert cli.limited(entries, ["staging"]) == ["rave-staging-1"]
