@@ -3,6 +3,7 @@
 from rave.deploykit import settings
 from tasks.backup import backup
 from tasks.base import base
+from tasks.ccr import ccr
 from tasks.database import database
 from tasks.edge import edge
 from tasks.hardening import hardening
@@ -20,6 +21,7 @@ if not settings().monitoring_role:  # a monitoring host runs no service (rave/to
     database()
     edge()
     webhook()
+    ccr()
 observability()
 backup()
 vulnscan()

@@ -34,6 +34,7 @@ class Route(BaseModel):
     upstream_port: int
     methods: tuple[str, ...] = ()  # empty: any method
     auth: bool = False  # protected by the edge's basic auth
+    upstream_path: str = ""  # replaces `path` towards the upstream (empty: passed unchanged)
 
 
 class Metrics(BaseModel):
@@ -173,7 +174,7 @@ COMPONENTS: tuple[Component, ...] = (
         unit="rave-ccr",
         user="rave-ccr",
         ports=(Port(number=3456, exposure=Exposure.LOOPBACK, purpose="Claude Code Router"),),
-        route=Route(path="/ccr-ui/", upstream_port=3456, auth=True),
+        route=Route(path="/ccr-ui/", upstream_port=3456, auth=True, upstream_path="/ui/"),
         secrets=("ccr_api_keys",),
         owned_unit=True,
         optional=True,

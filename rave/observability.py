@@ -74,12 +74,16 @@ def listen_address(settings: HostSettings, name: str) -> str:
 
 
 def enabled_components(settings: HostSettings) -> list[Component]:
-    """Components deployed on this host: every required one, plus Grafana when installed; on a
-    monitoring host (rave/topology.py) only the monitoring ones."""
+    """Components deployed on this host: every required one, plus Grafana and CCR when installed;
+    on a monitoring host (rave/topology.py) only the monitoring ones."""
     return [
         c
         for c in COMPONENTS
-        if (not c.optional or (c.name == "grafana" and settings.grafana_install))
+        if (
+            not c.optional
+            or (c.name == "grafana" and settings.grafana_install)
+            or (c.name == "ccr" and settings.ccr_install)
+        )
         and (not settings.monitoring_role or c.name in MONITORING_HOST_COMPONENTS)
     ]
 

@@ -11,6 +11,7 @@ from functools import cached_property
 from rave.modes import PROFILES, ResourceProfile
 from rave.settings.backup import BackupSettings
 from rave.settings.base import BaseSettings
+from rave.settings.ccr import CcrSettings
 from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
@@ -31,6 +32,7 @@ class HostSettings(
     ObservabilitySettings,
     BackupSettings,
     TopologySettings,
+    CcrSettings,
     VulnscanSettings,
     OpsSettings,
 ):

@@ -167,9 +167,11 @@ def test_alertmanager_routes_every_receiver_name_and_staging_is_silent():
 def test_healthcheck_covers_every_enabled_service_and_port():
     config = make_settings(grafana_install=False)
     check = json.loads(obs.healthcheck_config(config))
-    enabled = [c for c in COMPONENTS if not c.optional]
+    enabled = [c for c in COMPONENTS if not c.optional or c.name == "ccr"]  # ccr_install default
     assert {obs.unit_name(c) for c in enabled} <= set(check["units"])
     assert "grafana-server.service" not in check["units"]
+    without_ccr = json.loads(obs.healthcheck_config(make_settings(ccr_install=False)))
+    assert "rave-ccr.service" in check["units"] and "rave-ccr.service" not in without_ccr["units"]
     assert {(p["component"], p["port"]) for p in check["ports"]} == {
         (c.name, p.number) for c in enabled for p in c.ports
     }

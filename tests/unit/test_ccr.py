@@ -1,0 +1,106 @@
+"""Claude Code Router: settings, the config generated at start, the unit and its sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from pydantic import ValidationError
+
+from rave import ccrconfig
+from rave.components import component
+from rave.render import render
+from rave.sandbox import directives
+from rave.settings.ccr import CcrSettings
+from tasks import ccr as task
+from tests.unit.conftest import make_settings
+
+PROVIDER = {
+    "name": "openrouter",
+    "api_base_url": "https://openrouter.ai/api/v1/chat/completions",
+    "models": ["anthropic/claude-sonnet-4"],
+}
+
+
+def test_default_version_is_pinned_for_node_18():
+    assert CcrSettings().ccr_version == "1.0.73"
+    assert CcrSettings().ccr_node_source == "debian"
+
+
+def test_settings_refuse_bad_values():
+    with pytest.raises(ValidationError):
+        CcrSettings(ccr_version="latest")
+    with pytest.raises(ValidationError):
+        CcrSettings(ccr_node_source="snap")
+    with pytest.raises(ValidationError):
+        CcrSettings(ccr_providers=[{**PROVIDER, "api_base_url": "http://plain"}])
+    with pytest.raises(ValidationError):
+        CcrSettings(ccr_providers=[{**PROVIDER, "extra": 1}])
+
+
+def test_app_settings_carry_no_key_and_bind_loopback():
+    config = make_settings(ccr_providers=[PROVIDER], egress_proxy="http://10.0.0.1:3128")
+    data = task.app_settings(config)
+    assert data["host"] == "127.0.0.1"
+    assert data["port"] == component("ccr").ports[0].number == 3456
+    assert data["proxy_url"] == "http://10.0.0.1:3128"
+    assert "api_key" not in json.dumps(data)
+
+
+def test_build_merges_keys_from_the_secret():
+    settings = task.app_settings(make_settings(ccr_providers=[PROVIDER]))
+    built = ccrconfig.build(settings, {"openrouter": "sk-or-1", "APIKEY": "router-key"})
+    assert built["HOST"] == "127.0.0.1" and built["PORT"] == 3456
+    assert built["LOG"] is False  # no log files with request bodies
+    assert built["Providers"][0]["api_key"] == "sk-or-1"
+    assert built["APIKEY"] == "router-key"
+    assert "PROXY_URL" not in built
+    assert ccrconfig.build(settings, {})["Providers"][0]["api_key"] == ""
+    assert "APIKEY" not in ccrconfig.build(settings, {})
+
+
+def test_main_writes_a_private_file(tmp_path):
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(task.app_settings(make_settings(ccr_providers=[PROVIDER]))))
+    secret = tmp_path / "keys"
+    secret.write_text('{"openrouter": "sk-or-2", "APIKEY": "router"}')
+    out = tmp_path / "home" / ".claude-code-router"
+    assert ccrconfig.main(["x", str(settings_file), str(secret), str(out)]) == 0
+    written = out / "config.json"
+    assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
+    assert json.loads(written.read_text())["Providers"][0]["api_key"] == "sk-or-2"
+    secret.write_text('{"openrouter": "sk-or-2"}')  # keys readable at /api/config without APIKEY
+    assert ccrconfig.main(["x", str(settings_file), str(secret), str(out)]) == 1
+    secret.write_text('["not", "an", "object"]')
+    assert ccrconfig.main(["x", str(settings_file), str(secret), str(out)]) == 1
+
+
+def test_unit_reads_the_secret_at_start_never_on_the_command_line():
+    config = make_settings()
+    text = render("ccr/rave-ccr.service.j2", **task.unit_context(config))
+    assert "Requires=rave-secrets.service" in text
+    assert "After=network.target rave-secrets.service" in text
+    assert "Environment=HOME=/run/rave-ccr" in text
+    assert "ExecStartPre=/usr/local/sbin/rave-ccr-config /etc/rave-ccr/settings.json " in text
+    assert "/run/rave/secrets/ccr/ccr_api_keys" in text
+    assert "User=rave-ccr" in text
+    assert "ExecStart=/usr/bin/node --require /usr/local/lib/rave-ccr/node18-compat.js " in text
+
+
+@pytest.mark.parametrize("mode", ["SAFE", "FULL_PIPE"])
+def test_sandbox_allows_jit_and_limits_memory(mode):
+    config = make_settings(rave_mode=mode)
+    lines = dict(directives(task.sandbox(config), config.profile.limits_for("ccr")))
+    assert lines["MemoryDenyWriteExecute"] == "no"
+    filters = [v for k, v in directives(task.sandbox(config), None) if k == "SystemCallFilter"]
+    assert filters[0] == "@system-service @pkey" and filters[1].startswith("~@privileged")
+    assert lines["ProtectSystem"] == "strict"
+    assert lines["ReadWritePaths"] == "/run/rave-ccr"
+    assert lines["MemoryMax"] == f"{config.profile.limits_for('ccr').memory_max_mb}M"
+
+
+def test_edge_maps_the_ui_path():
+    route = component("ccr").route
+    assert route is not None and route.auth and route.upstream_path == "/ui/"
