@@ -44,6 +44,12 @@ class AlertReceiver(BaseModel):
     smtp_smarthost: str | None = Field(None, description="host:port of the SMTP relay")
     smtp_username: str | None = Field(None, description="SMTP login")
     smtp_password: str | None = Field(None, description="SMTP password")
+    slack_webhook_urls: list[str] = Field(
+        default_factory=list, description="Slack incoming-webhook URLs (carry a token)"
+    )
+    pagerduty_routing_keys: list[str] = Field(
+        default_factory=list, description="PagerDuty Events API v2 routing keys"
+    )
 
 
 class SecretsModel(BaseModel):

@@ -272,6 +272,19 @@ def test_the_secrets_models_receivers_become_alertmanager_integrations():
     assert merge.translate(empty) == {"name": "default"}
 
 
+def test_every_receiver_field_of_the_secrets_model_is_understood_by_the_host_script():
+    from rave.secrets.model import AlertReceiver
+
+    receiver = AlertReceiver(
+        name="pager",
+        slack_webhook_urls=["https://hooks.slack.example/x"],
+        pagerduty_routing_keys=["k1"],
+    )
+    out = merge.translate(receiver.model_dump())
+    assert out["slack_configs"][0]["api_url"] == "https://hooks.slack.example/x"
+    assert out["pagerduty_configs"] == [{"routing_key": "k1"}]
+
+
 def test_unknown_receiver_fields_are_refused():
     with pytest.raises(ValueError, match="unknown field"):
         merge.translate({"name": "x", "hipchat": "s3cr3t"})
