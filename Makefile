@@ -14,14 +14,22 @@ SYSTEM_PACKAGES := python3-venv make git systemd-container debootstrap tinyproxy
 	openssh-client age openssl restic postgresql-client nftables curl \
 	postgresql-15 prometheus gpg
 
-.PHONY: venv system-deps staging staging-down lint typecheck unit host-tests test test-multihost
+.PHONY: venv lock system-deps staging staging-down lint typecheck unit host-tests test test-multihost
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every distribution (the tools too: a new ruff or mypy release must not
+# turn main red on its own); `make lock` refreshes it from pyproject.toml's ranges.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -e '.[dev]'
+	{ sed -n '1,2p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
