@@ -19,7 +19,13 @@ from pyinfra.operations import files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from rave.components import COMPONENTS, backup_paths, component, secret_readers
-from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
+from rave.deploykit import (
+    ensure_packages,
+    install_host_script,
+    put_template,
+    put_text,
+    settings,
+)
 from rave.render import FILES
 from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.settings import HostSettings

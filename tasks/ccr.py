@@ -11,10 +11,10 @@ import json
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server, systemd
 
 from rave.components import Exposure, component
-from rave.deploykit import ensure_packages, install_host_script, put_text, settings
+from rave.deploykit import ensure_packages, install_host_script, put_file, put_text, settings
 from rave.render import render
 from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
@@ -123,14 +123,11 @@ def ccr() -> None:
     script = install_host_script(
         "Config generator (runs at start)", "rave/ccrconfig.py", CONFIG_SCRIPT
     )
-    compat = files.put(
-        name="Node 18 compatibility preload (global File)",
-        src="files/ccr/node18-compat.js",
-        dest=COMPAT_FILE,
-        user="root",
-        group="root",
+    compat = put_file(
+        "Node 18 compatibility preload (global File)",
+        "files/ccr/node18-compat.js",
+        COMPAT_FILE,
         mode="644",
-        create_remote_dir=True,
     )
     settings_file = put_text(
         "Router settings (no secrets in them)",

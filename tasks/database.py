@@ -14,7 +14,13 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import server, systemd
 
 from rave.components import component
-from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
+from rave.deploykit import (
+    ensure_packages,
+    install_host_script,
+    put_template,
+    put_text,
+    settings,
+)
 from rave.sandbox import limits_dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings

@@ -21,7 +21,7 @@ from pyinfra.operations import apt, files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from rave import hardening as h
-from rave.deploykit import ensure_packages, install_host_script, put_text, settings
+from rave.deploykit import ensure_packages, install_host_script, put_file, put_text, settings
 from rave.render import FILES
 from rave.settings import HostSettings
 
@@ -36,14 +36,11 @@ def _file(name: str) -> str:
 
 
 def _put_file(name: str, src: str, dest: str, mode: str = "644") -> Any:
-    return files.put(
-        name=name,
-        src=_file(src),
-        dest=dest,
-        user="root",
-        group="root",
+    return put_file(
+        name,
+        _file(src),
+        dest,
         mode=mode,
-        create_remote_dir=True,
     )
 
 
@@ -156,14 +153,11 @@ def firewall() -> None:
     config = settings()
     ensure_packages("Install nftables", ["nftables"])
     install_host_script("Firewall apply/revert helper", _file("rave-nft-apply"), h.NFT_APPLY)
-    dropin = files.put(
-        name="nftables.service stop removes only the RAVE table",
-        src=_file("nftables-stop.conf"),
-        dest="/etc/systemd/system/nftables.service.d/rave.conf",
-        user="root",
-        group="root",
+    dropin = put_file(
+        "nftables.service stop removes only the RAVE table",
+        _file("nftables-stop.conf"),
+        "/etc/systemd/system/nftables.service.d/rave.conf",
         mode="644",
-        create_remote_dir=True,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
 

@@ -16,7 +16,14 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from rave import observability as obs
-from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
+from rave.deploykit import (
+    ensure_packages,
+    install_host_script,
+    put_file,
+    put_template,
+    put_text,
+    settings,
+)
 from rave.render import FILES
 from rave.sandbox import Sandbox, dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
@@ -250,14 +257,11 @@ def observability() -> None:
     ]
     for rules in sorted((FILES / "prometheus" / "rules").glob("*.yml")):
         candidate.append(
-            files.put(
-                name=f"Alert rules {rules.name} (candidate)",
-                src=str(rules),
-                dest=f"{obs.PROMETHEUS_CANDIDATE_DIR}/rules/{rules.name}",
-                user="root",
-                group="root",
+            put_file(
+                f"Alert rules {rules.name} (candidate)",
+                str(rules),
+                f"{obs.PROMETHEUS_CANDIDATE_DIR}/rules/{rules.name}",
                 mode="644",
-                create_remote_dir=True,
             )
         )
     installed = server.shell(
@@ -307,14 +311,11 @@ def observability() -> None:
     )
     for dashboard in sorted((FILES / "grafana" / "dashboards").glob("*.json")):
         changed["grafana"].append(
-            files.put(
-                name=f"Grafana dashboard {dashboard.stem}",
-                src=str(dashboard),
-                dest=f"{obs.GRAFANA_DASHBOARD_DIR}/{dashboard.name}",
-                user="root",
-                group="root",
+            put_file(
+                f"Grafana dashboard {dashboard.stem}",
+                str(dashboard),
+                f"{obs.GRAFANA_DASHBOARD_DIR}/{dashboard.name}",
                 mode="644",
-                create_remote_dir=True,
             )
         )
 

@@ -13,7 +13,14 @@ from pyinfra.facts.server import Groups, Users
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from rave.deploykit import ensure_packages, install_host_script, put_template, put_text, settings
+from rave.deploykit import (
+    ensure_packages,
+    install_host_script,
+    put_file,
+    put_template,
+    put_text,
+    settings,
+)
 from rave.render import FILES
 from rave.sandbox import Sandbox, dropin_text
 from rave.secrets import deploy as sd
@@ -97,12 +104,10 @@ def secrets() -> None:
     files.directory(
         name="Create /etc/rave", path="/etc/rave", user="root", group="root", mode="755"
     )
-    encrypted = files.put(
-        name=f"Upload the encrypted {env.name} secrets (ciphertext only)",
-        src=str(env.encrypted_path),
-        dest=sd.REMOTE_ENCRYPTED,
-        user="root",
-        group="root",
+    encrypted = put_file(
+        f"Upload the encrypted {env.name} secrets (ciphertext only)",
+        str(env.encrypted_path),
+        sd.REMOTE_ENCRYPTED,
         mode="600",
     )
     files.directory(

@@ -18,6 +18,7 @@ from rave import observability as obs
 from rave.deploykit import (
     ensure_packages,
     install_host_script,
+    put_file,
     put_template,
     put_text,
     settings,
@@ -145,14 +146,11 @@ def vulnscan() -> None:
     )
     uploaded = None
     if config.vulnscan_data_upload and config.vulnscan_data_file:
-        uploaded = files.put(
-            name="Vulnerability data (offline copy in the tracker's format)",
-            src=str(REPO_ROOT / config.vulnscan_data_upload),
-            dest=config.vulnscan_data_file,
-            user="root",
-            group="root",
+        uploaded = put_file(
+            "Vulnerability data (offline copy in the tracker's format)",
+            str(REPO_ROOT / config.vulnscan_data_upload),
+            config.vulnscan_data_file,
             mode="644",
-            create_remote_dir=True,
         )
     script = install_host_script(
         "Vulnerability scan script", str(FILES / "vulnscan" / "vulnscan_scan.py"), SCRIPT

@@ -10,7 +10,7 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server, systemd
 
 from rave.components import Exposure, component
-from rave.deploykit import ensure_packages, put_text, settings
+from rave.deploykit import ensure_packages, put_text, settings, sync_tree
 from rave.render import render
 from rave.sandbox import Sandbox, dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
@@ -105,7 +105,7 @@ def webhook() -> None:
     )
 
     files.directory(name="Library directory", path=LIB_DIR, user="root", group="root", mode="755")
-    code = files.sync(
+    code = sync_tree(
         name="Ship the receiver's code",
         src="rave/webhook",
         dest=CODE_DIR,
@@ -113,9 +113,6 @@ def webhook() -> None:
         group="root",
         mode="644",
         dir_mode="755",
-        delete=True,
-        exclude=["*.pyc"],
-        exclude_dir=["__pycache__"],
     )
 
     applied = set(host.get_fact(AppliedMigrations, database=DATABASE))

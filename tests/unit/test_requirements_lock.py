@@ -40,4 +40,3 @@ def test_every_declared_dependency_is_pinned_within_its_range() -> None:
         elif not requirement.specifier.contains(locked[name], prereleases=True):
             problems.append(f"{requirement.name}=={locked[name]} is outside {requirement}")
     assert not problems, "\n".join(problems)
-
