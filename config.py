@@ -8,10 +8,10 @@ import sys
 
 from pyinfra.api.state import State
 
-from rave.sshtuning import disable_nagle
+from rave import speedups
 from rave.validation import HostDataError, validate_inventory
 
-disable_nagle()  # ~40 ms less per command (rave/sshtuning.py)
+speedups.apply()  # ~40 ms less per command, ~10 ms less per operation (rave/speedups.py)
 
 _original_init = State.init
 

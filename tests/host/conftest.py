@@ -26,7 +26,7 @@ import pytest
 import testinfra
 
 from rave.deployrun import DeployResult, run_deploy
-from rave.sshtuning import disable_nagle
+from rave.speedups import disable_nagle
 from rave.staging import OPERATOR, Instance, instance_id
 
 disable_nagle()  # testinfra's paramiko backend too: ~40 ms less per command

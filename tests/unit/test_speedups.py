@@ -1,0 +1,77 @@
+import importlib
+import socket
+
+import paramiko
+from pyinfra.api import util as pyinfra_util
+
+from rave.speedups import apply, disable_nagle, operation_order_from_frames
+
+
+def _transport_socket_nodelay() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        transport = paramiko.Transport(client)
+        try:
+            return transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            transport.close()
+            peer.close()
+
+
+def test_paramiko_transports_get_tcp_nodelay() -> None:
+    disable_nagle()
+    assert _transport_socket_nodelay() != 0
+
+
+def test_patch_is_applied_once() -> None:
+    disable_nagle()
+    patched = paramiko.Transport.__init__
+    disable_nagle()
+    assert paramiko.Transport.__init__ is patched
+
+
+def test_gevent_sockets_get_tcp_nodelay_too() -> None:
+    from gevent import socket as gevent_socket
+
+    disable_nagle()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = gevent_socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        transport = paramiko.Transport(client)
+        try:
+            assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            transport.close()
+            peer.close()
+
+
+class _State:
+    def __init__(self, deploy_filename: str | None) -> None:
+        self.current_deploy_filename = deploy_filename
+        self.current_op_file_number = 7
+
+
+def _orders(state: _State) -> tuple[list[int], list[int]]:
+    return pyinfra_util.get_operation_order_from_stack(state), operation_order_from_frames(state)
+
+
+def _nested(state: _State, depth: int) -> tuple[list[int], list[int]]:
+    if depth == 0:
+        return _orders(state)
+    return _nested(state, depth - 1)
+
+
+def test_operation_order_matches_pyinfras_own() -> None:
+    for deploy_filename in (__file__, None, "/nonexistent/deploy.py"):
+        for depth in (0, 3):
+            original, fast = _nested(_State(deploy_filename), depth)
+            assert fast == original
+            # the test's own frames are in the list unless the deploy file is not on the stack
+            assert len(fast) > depth or deploy_filename == "/nonexistent/deploy.py"
+
+
+def test_operation_order_is_used_by_pyinfras_operations() -> None:
+    apply()
+    module = importlib.import_module("pyinfra.api.operation")
+    assert module.get_operation_order_from_stack is operation_order_from_frames
