@@ -1,7 +1,7 @@
 """rave-depaudit: audit the control side's Python dependencies; fail above a severity threshold.
 
     pip install pip-audit            # once, into the project's venv (not a dev extra: network)
-    .venv/bin/rave-depaudit          # audits the venv it runs in
+    .venv/bin/rave-depaudit          # audits requirements.lock (--installed: this venv)
 
 pip-audit finds the known vulnerabilities of every installed distribution (PyPI's advisory
 data); their severity comes from OSV (the GitHub advisory's severity of the vulnerability or
@@ -122,8 +122,18 @@ def _rated(ident: str, lookup: Callable[[str], dict[str, Any] | None]) -> str | 
     return osv_severity(record) if record else None
 
 
-def run_pip_audit() -> dict[str, Any]:
+def pip_audit_command(requirements: Path | None) -> list[str]:
+    """pip-audit on the lock file (exact pins: no resolving) or, without one, on this venv."""
     command = [sys.executable, "-m", "pip_audit", "--format", "json", "--progress-spinner", "off"]
+    if requirements is not None:
+        command += ["--requirement", str(requirements), "--no-deps", "--disable-pip"]
+    return command
+
+
+def run_pip_audit(requirements: Path | None = None) -> dict[str, Any]:
+    if requirements is not None and not requirements.is_file():
+        raise SystemExit(f"rave-depaudit: {requirements} does not exist")
+    command = pip_audit_command(requirements)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if "No module named pip_audit" in done.stderr:
         raise SystemExit("rave-depaudit: pip-audit is not installed (pip install pip-audit)")
@@ -162,9 +172,19 @@ def format_report(findings: list[Finding], policy: Policy, failed: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rave-depaudit", description=__doc__.split("\n")[0])
     parser.add_argument("--pyproject", type=Path, default=REPO_ROOT / "pyproject.toml")
+    parser.add_argument(
+        "--requirements",
+        type=Path,
+        default=REPO_ROOT / "requirements.lock",
+        help="the pinned distributions to audit (default: requirements.lock)",
+    )
+    parser.add_argument(
+        "--installed", action="store_true", help="audit this venv instead of a lock file"
+    )
     args = parser.parse_args(argv)
     policy = load_policy(args.pyproject)
-    findings, failed = evaluate(parse_pip_audit(run_pip_audit()), policy)
+    requirements = None if args.installed else args.requirements
+    findings, failed = evaluate(parse_pip_audit(run_pip_audit(requirements)), policy)
     sys.stdout.write(format_report(findings, policy, failed))
     return 1 if failed else 0
 

@@ -93,3 +93,21 @@ def test_report_lists_every_finding_and_the_verdict():
     text = depaudit.format_report(rated, depaudit.Policy("high"), failed)
     assert "requests" in text and "2.31.0" in text
     assert text.rstrip().endswith("fail_on=high: FAIL")
+
+
+def test_audits_the_lock_file_by_default_without_resolving() -> None:
+    from rave.depaudit import REPO_ROOT, pip_audit_command
+
+    command = pip_audit_command(REPO_ROOT / "requirements.lock")
+    assert command[command.index("--requirement") + 1].endswith("requirements.lock")
+    assert "--no-deps" in command and "--disable-pip" in command
+    assert "--requirement" not in pip_audit_command(None)
+
+
+def test_a_missing_lock_file_is_refused_by_name(tmp_path) -> None:
+    import pytest
+
+    from rave.depaudit import run_pip_audit
+
+    with pytest.raises(SystemExit, match=r"nope\.lock does not exist"):
+        run_pip_audit(tmp_path / "nope.lock")
