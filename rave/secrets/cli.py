@@ -411,15 +411,22 @@ def _new_key_pair(value: str) -> tuple[Path, str]:
     if not public_path.is_file():
         raise CliError(f"--new-key: no public key {public_path} next to the private key")
     public = operators.parse_key(public_path.read_text(), f"--new-key {public_path}")
-    # an unencrypted key must belong to its .pub (a passphrase-protected one is checked at login)
+    # pyinfra connects with it unattended (a passphrase prompt would hang the run unseen)
     derived = subprocess.run(
         ["ssh-keygen", "-y", "-P", "", "-f", str(private)],
         capture_output=True,
         text=True,
         check=False,
         timeout=30,
+        stdin=subprocess.DEVNULL,
     )
-    if derived.returncode == 0 and operators.key_id(derived.stdout) != operators.key_id(public):
+    if derived.returncode != 0:
+        raise CliError(
+            f"--new-key: {private} cannot be read without a passphrase (or is no private key):"
+            " rotate with an unencrypted key and add the passphrase afterwards"
+            " (ssh-keygen -p), or follow the manual steps in docs/secrets.md"
+        )
+    if operators.key_id(derived.stdout) != operators.key_id(public):
         raise CliError(f"--new-key: {private} is not the private key of {public_path}")
     return private, public
 

@@ -254,3 +254,14 @@ def test_group_data_reads_the_keys_file(keys, monkeypatch):
     assert operators.configured_keys("staging") == [pairs["alice"][1], pairs["bob"][1]]
     monkeypatch.setenv("RAVE_SECRETS_DIR", str(directory / "elsewhere"))
     assert operators.configured_keys("staging") == []
+
+
+def test_a_passphrase_protected_new_key_is_refused(keys, deploys, capsys):
+    directory, path, pairs = keys
+    locked = directory / "locked"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True
+    )
+    before = path.read_text()
+    assert _rotate(directory, "--old", pairs["bob"][1], "--new-key", str(locked)) == 1
+    _refused(capsys, deploys, path, before, "cannot be read without a passphrase")
