@@ -432,9 +432,15 @@ def _new_key_pair(value: str) -> tuple[Path, str]:
 
 
 def cmd_operator_keys_list(args: argparse.Namespace) -> int:
+    Environment.named(args.env)  # the name is checked like everywhere else
     path = operators.keys_path(args.env, Path(args.dir) if args.dir else None)
     keys = operators.read_keys(path)
-    print(f"operator keys of {args.env}: {path}" + ("" if keys else " (none)"))
+    print(f"operator keys of {args.env}: {path}")
+    if not keys:
+        fallback = (
+            " (staging: the harness's .staging/id_ed25519.pub)" if args.env == "staging" else ""
+        )
+        print(f"  none listed: group_data/{args.env}.py decides{fallback}")
     for key in keys:
         print(f"  {key.split()[2] if len(key.split()) > 2 else '(no name)':24} {key[:60]}...")
     return 0
