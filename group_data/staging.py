@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from rave.secrets.operators import configured_keys
+
 __all__ = [
     "alertmanager_silenced",
     "apt_check_valid_until",
@@ -25,7 +27,11 @@ rave_environment = "staging"
 egress_proxy = f"http://10.213.{_INSTANCE}.1:3128"
 # the harness's snapshot mirror is frozen; its Release files are past Valid-Until
 apt_check_valid_until = False
-operator_keys = [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
+# .staging/secrets/staging.operator-keys once `rave-secrets operator-keys` manages them,
+# otherwise the harness's own key (the one the tests and pyinfra connect with)
+operator_keys = configured_keys("staging") or (
+    [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
+)
 # the control machine (tests, ssh-audit, port scans) must never be banned by fail2ban
 fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1"]
 # the control machine (load generator of bench/webhook.py and the host tests) is not rate limited

@@ -20,7 +20,7 @@ from pyinfra.facts.server import Which
 from pyinfra.operations import apt, files, python, server
 
 from rave import bootstrap as b
-from rave.deploykit import settings
+from rave.deploykit import authorise_operator_keys, settings
 
 config = settings()
 user = config.operator_user
@@ -41,13 +41,7 @@ server.user(
     create_home=True,
     _sudo=SUDO,
 )
-server.user_authorized_keys(
-    name=f"Authorised keys of {user} (exactly operator_keys)",
-    user=user,
-    public_keys=config.operator_keys,
-    delete_keys=True,
-    _sudo=SUDO,
-)
+authorise_operator_keys(config, _sudo=SUDO)
 
 sudoers = b.sudoers_text(user)
 if host.get_fact(Sha256File, path=b.SUDOERS_PATH, _sudo=SUDO) != b.sha256(sudoers):

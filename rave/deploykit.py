@@ -275,3 +275,16 @@ def put_template(
 def install_host_script(name: str, src: str, dest: str) -> Any:
     """A root-owned executable from files/."""
     return put_file(name, src, dest, mode="755")
+
+
+def authorise_operator_keys(config: HostSettings, **arguments: Any) -> Any:
+    """authorized_keys of operator_user: exactly operator_keys (a key not listed is removed)."""
+    from pyinfra.operations import server
+
+    return server.user_authorized_keys(
+        name=f"Authorised keys of {config.operator_user} (exactly operator_keys)",
+        user=config.operator_user,
+        public_keys=config.operator_keys,
+        delete_keys=True,
+        **arguments,
+    )

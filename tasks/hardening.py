@@ -21,7 +21,14 @@ from pyinfra.operations import apt, files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from rave import hardening as h
-from rave.deploykit import ensure_packages, install_host_script, put_file, put_text, settings
+from rave.deploykit import (
+    authorise_operator_keys,
+    ensure_packages,
+    install_host_script,
+    put_file,
+    put_text,
+    settings,
+)
 from rave.render import FILES
 from rave.settings import HostSettings
 
@@ -64,12 +71,7 @@ def ssh_hardening() -> None:
         groups=[login_group],
         append=True,
     )
-    server.user_authorized_keys(
-        name=f"Authorised keys of {config.operator_user} (exactly operator_keys)",
-        user=config.operator_user,
-        public_keys=config.operator_keys,
-        delete_keys=True,
-    )
+    authorise_operator_keys(config)
 
     # Ed25519 host key only
     for kind in ("rsa", "ecdsa", "dsa"):

@@ -7,8 +7,10 @@ Plaintext never touches the control machine's disk: values are decrypted in memo
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -20,7 +22,8 @@ from typing import Any
 import yaml
 
 from rave.components import secret_readers
-from rave.secrets import crypto, generate
+from rave.deployrun import REPO, DeployResult, run_deploy
+from rave.secrets import crypto, generate, operators
 from rave.secrets.model import (
     SECRET_NAMES,
     SecretsFormatError,
@@ -52,6 +55,14 @@ ROTATABLE = (
 )
 
 
+# the run `operator-keys rotate` deploys: only the operator's authorized_keys
+OPERATOR_KEYS_DEPLOY = "ops/operator_keys.py"
+DNS_NAME = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+    re.IGNORECASE,
+)
+
+
 class CliError(Exception):
     pass
 
@@ -73,6 +84,40 @@ def _identities(args: argparse.Namespace) -> list[Any]:
 
 def _deploy_command(env: str) -> str:
     return f".venv/bin/pyinfra -y inventories/{env}.py deploy.py"
+
+
+def _inventory(args: argparse.Namespace) -> Path:
+    """The environment's inventory (checked before anything changes)."""
+    path = Path(args.inventory) if args.inventory else Path(f"inventories/{args.env}.py")
+    if not (REPO / path).is_file():
+        raise CliError(f"no inventory {path}: pass --inventory FILE")
+    return path
+
+
+def _deploy(inventory: Path, deploys: tuple[str, ...], *extra: str) -> DeployResult:
+    """Run pyinfra (its output is kept, not shown: the summary and changed operations are)."""
+    shown = " ".join(["pyinfra -y", *extra, str(inventory), *deploys])
+    print(f"deploying: {shown}", flush=True)
+    result = run_deploy(inventory, deploys, extra_args=extra)
+    print(f"  {result.summary()}")
+    for operation in result.changed_operations():
+        print(f"  changed: {operation}")
+    if not result.ok:
+        sys.stderr.write(result.log_tail(40) + "\n")
+    return result
+
+
+def _tls_names(names: list[str] | None) -> list[str] | None:
+    """--tls-name values: host names or IP addresses, refused before anything changes."""
+    for name in names or []:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not DNS_NAME.match(name) or len(name) > 253:
+                raise CliError(
+                    f"--tls-name {name!r} is neither a DNS name nor an IP address"
+                ) from None
+    return names
 
 
 def _readers_of(names: list[str]) -> list[str]:
@@ -244,6 +289,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             f"use `rave-secrets edit --env {args.env}` or `set`"
         )
     env = _env(args)
+    tls_names = _tls_names(args.tls_name)
+    inventory = _inventory(args) if args.deploy else None
     current = env.decrypt(_identities(args))
     data = current.model_dump(mode="json")
     if args.name == "webhook_hmac_secrets":
@@ -253,7 +300,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         data["ccr_ui_password"] = generate.password()
         data["ccr_ui_password_hash"] = generate.htpasswd_line(data["ccr_ui_password"])
     elif args.name in ("tls_certificate", "tls_private_key"):
-        names = args.tls_name or generate.certificate_names(current.tls_certificate)
+        names = tls_names or generate.certificate_names(current.tls_certificate)
         data["tls_certificate"], data["tls_private_key"] = generate.self_signed(names)
         print("note: a new self-signed certificate; for a CA-signed one use `set` or `edit`")
     else:
@@ -264,7 +311,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         print(f"    rave-secrets rotate webhook_hmac_secrets --env {args.env} --retire-old")
     if args.name == "ccr_ui_password_hash":
         print(f"the new password: rave-secrets get ccr_ui_password --env {args.env}")
-    _print_rotation(env.name, changed)
+    if inventory is None:
+        _print_rotation(env.name, changed)
+        return 0
+    print(f"changed: {', '.join(changed)}; restarts or reloads: {', '.join(_readers_of(changed))}")
+    if not _deploy(inventory, ("deploy.py",)).ok:
+        raise CliError(f"the deploy failed: the new value is in {env.encrypted_path}; deploy again")
     return 0
 
 
@@ -338,6 +390,106 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _public_key_arg(value: str, option: str) -> str:
+    """A public key given literally ('ssh-ed25519 AAAA...') or as a .pub file."""
+    if value.startswith(operators.ALGORITHM + " "):
+        return operators.parse_key(value, option)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise CliError(f"{option}: no such file {path} (give a .pub file or 'ssh-ed25519 AAAA...')")
+    return operators.parse_key(path.read_text(), f"{option} {path}")
+
+
+def _new_key_pair(value: str) -> tuple[Path, str]:
+    """--new-key: the new private key file, its public key next to it (FILE.pub)."""
+    private = Path(value).expanduser()
+    if private.suffix == ".pub":
+        raise CliError(f"--new-key {private}: give the private key (its .pub must be next to it)")
+    if not private.is_file():
+        raise CliError(f"--new-key: no such file {private}")
+    public_path = private.with_name(private.name + ".pub")
+    if not public_path.is_file():
+        raise CliError(f"--new-key: no public key {public_path} next to the private key")
+    public = operators.parse_key(public_path.read_text(), f"--new-key {public_path}")
+    # pyinfra connects with it unattended (a passphrase prompt would hang the run unseen)
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-P", "", "-f", str(private)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    if derived.returncode != 0:
+        raise CliError(
+            f"--new-key: {private} cannot be read without a passphrase (or is no private key):"
+            " rotate with an unencrypted key and add the passphrase afterwards"
+            " (ssh-keygen -p), or follow the manual steps in docs/secrets.md"
+        )
+    if operators.key_id(derived.stdout) != operators.key_id(public):
+        raise CliError(f"--new-key: {private} is not the private key of {public_path}")
+    return private, public
+
+
+def cmd_operator_keys_list(args: argparse.Namespace) -> int:
+    Environment.named(args.env)  # the name is checked like everywhere else
+    path = operators.keys_path(args.env, Path(args.dir) if args.dir else None)
+    keys = operators.read_keys(path)
+    print(f"operator keys of {args.env}: {path}")
+    if not keys:
+        fallback = (
+            " (staging: the harness's .staging/id_ed25519.pub)" if args.env == "staging" else ""
+        )
+        print(f"  none listed: group_data/{args.env}.py decides{fallback}")
+    for key in keys:
+        print(f"  {key.split()[2] if len(key.split()) > 2 else '(no name)':24} {key[:60]}...")
+    return 0
+
+
+def cmd_operator_keys_rotate(args: argparse.Namespace) -> int:
+    """Add the new key, deploy, log in with it on every host, only then remove the old one."""
+    Environment.named(args.env)  # the name is checked like everywhere else
+    path = operators.keys_path(args.env, Path(args.dir) if args.dir else None)
+    current = operators.read_keys(path)
+    old = _public_key_arg(args.old, "--old")
+    private, new = _new_key_pair(args.new_key)
+    ids = [operators.key_id(k) for k in current]
+    if operators.key_id(old) == operators.key_id(new):
+        raise CliError("--old and --new-key are the same key")
+    if operators.key_id(old) not in ids:
+        raise CliError(f"--old: that key is not among the operator keys in {path}")
+    inventory = _inventory(args)
+
+    # 1. both keys authorised (a rerun after a failure resumes here)
+    if operators.key_id(new) not in ids:
+        operators.write_keys(path, args.env, [*current, new])
+        print(f"added the new key to {path}")
+    if not _deploy(inventory, (OPERATOR_KEYS_DEPLOY,)).ok:
+        raise CliError(f"adding the new key failed: both keys stay in {path}; fix and run again")
+    # 2. the new key logs in (and may sudo) on every host, or nothing is removed
+    proof = _deploy(inventory, (OPERATOR_KEYS_DEPLOY,), "--key", str(private))
+    if not proof.ok or proof.changed:
+        raise CliError(
+            f"the new key does not log in on every host: the old key stays authorised and both "
+            f"stay in {path}; fix and run again"
+        )
+    # 3. remove the old key, connected with the new one
+    kept = [k for k in operators.read_keys(path) if operators.key_id(k) != operators.key_id(old)]
+    operators.write_keys(path, args.env, kept)
+    print(f"removed the old key from {path}")
+    if not _deploy(inventory, (OPERATOR_KEYS_DEPLOY,), "--key", str(private)).ok:
+        raise CliError("removing the old key failed: run again (the new key logs in everywhere)")
+    # 4. the inventory's own connection still works
+    if not _deploy(inventory, (OPERATOR_KEYS_DEPLOY,)).ok:
+        raise CliError(
+            f"the old key is removed and the new one logs in everywhere, but {inventory} "
+            f"connects with a key that is no longer authorised: set its ssh_key to {private}"
+        )
+    print("rotated: the new key logs in on every host, the old one is no longer authorised")
+    print(f"commit {path.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rave-secrets", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -367,7 +519,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlap", action="store_true", help="webhook: drop the old secret now")
     p.add_argument("--retire-old", action="store_true", help="webhook: only drop the old secret")
     p.add_argument("--tls-name", action="append", help="names for a new certificate")
+    p.add_argument("--deploy", action="store_true", help="deploy it now (full deploy.py)")
+    p.add_argument("--inventory", help="with --deploy (default inventories/ENV.py)")
     p.set_defaults(func=lambda a: cmd_retire(a) if a.retire_old else cmd_rotate(a))
+
+    p = sub.add_parser("operator-keys", help="the operators' SSH keys (authorized_keys)")
+    osub = p.add_subparsers(dest="action", required=True)
+    plain = argparse.ArgumentParser(add_help=False)
+    plain.add_argument("--env", default=STAGING_ENVIRONMENT, help="environment (default staging)")
+    plain.add_argument("--dir", help="directory of the environment's files")
+    q = osub.add_parser("list", parents=[plain], help="the operator keys of the environment")
+    q.set_defaults(func=cmd_operator_keys_list)
+    q = osub.add_parser(
+        "rotate", parents=[plain], help="replace a key: add, prove login on every host, remove"
+    )
+    q.add_argument(
+        "--old", required=True, help="the key to replace: .pub file or 'ssh-ed25519 ...'"
+    )
+    q.add_argument(
+        "--new-key", required=True, help="the new private key file (FILE.pub next to it)"
+    )
+    q.add_argument("--inventory", help="default inventories/ENV.py")
+    q.set_defaults(func=cmd_operator_keys_rotate)
 
     p = sub.add_parser("recipients", help="add or remove a team member or a host")
     rsub = p.add_subparsers(dest="action", required=True)
