@@ -205,7 +205,7 @@ def test_a_socket_activated_sshd_is_switched_to_ssh_service_with_the_hardened_co
 ):
     """Debian 12 offers socket activation (README.Debian: disable ssh.service, enable ssh.socket):
     systemd then owns port 22 and starts ssh.service on the first connection, and sshd_config's
-    listeners are ignored. Put the host in that state with Debian's stock sshd_config, prove the
+    listeners are ignored. Boot the host in that state with Debian's stock sshd_config, prove the
     socket serves the stock config (the audit fails), rerun the hardening deploy and audit the
     running daemon on the port (IPv4 and IPv6): ssh.service must now serve the hardened config."""
     hardened_sha = sh(host, f"sha256sum {h.SSHD_CONFIG}").split()[0]
@@ -213,10 +213,15 @@ def test_a_socket_activated_sshd_is_switched_to_ssh_service_with_the_hardened_co
     sh(host, "systemctl disable --now ssh.service && systemctl enable --now ssh.socket")
     try:
         assert ssh_port_owner(host) == {"systemd"}, "systemd holds port 22 (socket activation)"
-        stock = ssh_audit_policy(address)  # this connection starts ssh.service via the socket
-        assert stock.returncode != 0, "the stock Debian config passed the RAVE policy"
+        # the host starts that way: sockets.target listens, the harness's ssh activates sshd
+        staging.reboot(host_name)
         assert sh(host, "systemctl is-active ssh.socket").strip() == "active"
         assert sh(host, "systemctl is-enabled ssh.socket").strip() == "enabled"
+        assert host.run("systemctl is-enabled ssh.service").stdout.strip() == "disabled"
+        assert "systemd" in ssh_port_owner(host), "systemd holds port 22 (socket activation)"
+        assert "ssh.socket" in sh(host, "systemctl show -p TriggeredBy --value ssh.service")
+        stock = ssh_audit_policy(address)
+        assert stock.returncode != 0, "the stock Debian config passed the RAVE policy"
 
         result = run_deploy(
             "inventories/staging.py", [str(DEPLOYS / "hardening.py")], limit=host_name
