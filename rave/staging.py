@@ -411,19 +411,7 @@ def write_state_files(inst: Instance, hosts: list[Host]) -> None:
                 "pid": host.pid(),
             }
         )
-        config.append(
-            f"Host {host.name} {host.address}\n"
-            f"    HostName {host.address}\n"
-            f"    User {OPERATOR}\n"
-            f"    IdentityFile {inst.key}\n"
-            f"    IdentitiesOnly yes\n"
-            f"    UserKnownHostsFile {inst.known_hosts}\n"
-            f"    StrictHostKeyChecking yes\n"
-            f"    BatchMode yes\n"
-            f"    ConnectTimeout 5\n"
-            f"    LogLevel ERROR\n"
-            # the same host over IPv6 (`ssh -F ssh_config fd52:a7e0:<n>::<10+k>`)
-            f"Host {host.address6}\n"
+        options = (
             f"    User {OPERATOR}\n"
             f"    IdentityFile {inst.key}\n"
             f"    IdentitiesOnly yes\n"
@@ -433,6 +421,9 @@ def write_state_files(inst: Instance, hosts: list[Host]) -> None:
             f"    ConnectTimeout 5\n"
             f"    LogLevel ERROR\n"
         )
+        config.append(f"Host {host.name} {host.address}\n    HostName {host.address}\n{options}")
+        # the same host over IPv6: `ssh -F ssh_config fd52:a7e0:<n>::<10+k>`
+        config.append(f"Host {host.address6}\n{options}")
         known.append(f"{host.name},{host.address},{host.address6} {host.host_public_key()}")
     atomic_write(inst.hosts_json, json.dumps(entries, indent=2) + "\n")
     atomic_write(inst.ssh_config, "\n".join(config))
