@@ -660,8 +660,9 @@ def test_fail2ban_jails_run_with_systemd_backend_and_nftables(host):
     assert "Journal matches" in journal, "the sshd jail must read the journal (backend systemd)"
 
 
-def test_fail2ban_bans_survive_a_firewall_reload(host):
-    probe = "192.0.2.123"  # TEST-NET-1: only an element in a set, never a destination
+# documentation addresses (TEST-NET-1, 2001:db8::/32): only elements of a set, never destinations
+@pytest.mark.parametrize("probe", ["192.0.2.123", "2001:db8::123"], ids=["ipv4", "ipv6"])
+def test_fail2ban_bans_survive_a_firewall_reload(host, probe):
     sh(host, f"fail2ban-client set sshd banip {probe}")
     try:
         wait_until(
