@@ -33,9 +33,9 @@ operator_keys = configured_keys("staging") or (
     [_OPERATOR_KEY.read_text().strip()] if _OPERATOR_KEY.exists() else []
 )
 # the control machine (tests, ssh-audit, port scans) must never be banned by fail2ban
-fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1"]
+fail2ban_ignore_addresses = [f"10.213.{_INSTANCE}.1", f"fd52:a7e0:{_INSTANCE}::1"]
 # the control machine (load generator of bench/webhook.py and the host tests) is not rate limited
-nginx_rate_limit_exempt = [f"10.213.{_INSTANCE}.1/32"]
+nginx_rate_limit_exempt = [f"10.213.{_INSTANCE}.1/32", f"fd52:a7e0:{_INSTANCE}::1/128"]
 # Grafana's APT repository is unreachable from staging: deploy its configuration only
 grafana_install = False
 # staging never notifies anyone

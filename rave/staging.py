@@ -5,10 +5,12 @@ One *instance* (``RAVE_STAGING_ID=<n>``, default 0) owns:
 - the state directory ``.staging/`` of the checkout (override: ``RAVE_STAGING_DIR``),
 - the bridge ``rvbr<n>`` with ``10.213.<n>.1/24`` and a tinyproxy on ``10.213.<n>.1:3128``
   (the hosts' only way out: no NAT, no forwarding),
-- per host k (1..N): netns ``rv<n>-h<k>``, veth ``rv<n>h<k>`` (peer ``eth0`` inside, address
-  ``10.213.<n>.<10+k>``), an overlay (lower: the cached bookworm root, upper/work under
-  ``.staging/hosts/<k>/``) mounted at ``.staging/hosts/<k>/root`` and a ``systemd-nspawn -b``
-  booting it.
+- the same bridge with ``fd52:a7e0:<n>::1/64`` (a unique local IPv6 prefix per instance, no
+  route beyond the bridge: it only lets the control machine reach the hosts over IPv6),
+- per host k (1..N): netns ``rv<n>-h<k>``, veth ``rv<n>h<k>`` (peer ``eth0`` inside, addresses
+  ``10.213.<n>.<10+k>`` and ``fd52:a7e0:<n>::<10+k>``), an overlay (lower: the cached bookworm
+  root, upper/work under ``.staging/hosts/<k>/``) mounted at ``.staging/hosts/<k>/root`` and a
+  ``systemd-nspawn -b`` booting it.
 
 The bookworm root is built once per machine with debootstrap under /var/cache/rave-staging and
 shared read-only by every instance. Everything an instance starts is named after its ID, so
@@ -22,6 +24,7 @@ import argparse
 import contextlib
 import fcntl
 import importlib
+import ipaddress
 import json
 import os
 import re
@@ -49,6 +52,10 @@ OPERATOR_GROUP = "rave-ssh"
 BOOT_TIMEOUT = float(os.environ.get("RAVE_STAGING_BOOT_TIMEOUT", "240"))
 STOP_TIMEOUT = 30.0
 MAX_HOSTS = 12  # addresses .11-.22; keeps interface names short (bench: 10 hosts)
+# Unique local IPv6 (RFC 4193) for the bridge and the hosts: fd52:a7e0:<n>::/64 per instance,
+# written with the same digits as the IPv4 subnet (10.213.4.11 <-> fd52:a7e0:4::11). On-link
+# only: no default route, no forwarding, so nothing beyond the bridge is ever reached over it.
+IPV6_PREFIX = "fd52:a7e0"
 
 
 class StagingError(Exception):
@@ -137,6 +144,10 @@ class Host:
         return f"{self.instance.subnet}.{10 + self.index}"
 
     @property
+    def address6(self) -> str:
+        return self.instance.ipv6(10 + self.index)
+
+    @property
     def netns(self) -> str:
         return f"rv{self.instance.id}-h{self.index}"
 
@@ -200,6 +211,18 @@ class Instance:
     @property
     def gateway(self) -> str:
         return f"{self.subnet}.1"
+
+    def ipv6(self, last: int) -> str:
+        """``fd52:a7e0:<n>::<last>`` in the canonical form `ip` prints (instance 0: fd52:a7e0::)."""
+        return str(ipaddress.IPv6Address(f"{IPV6_PREFIX}:{self.id}::{last}"))
+
+    @property
+    def subnet6(self) -> str:
+        return f"{self.ipv6(0)}/64"
+
+    @property
+    def gateway6(self) -> str:
+        return self.ipv6(1)
 
     @property
     def bridge(self) -> str:
@@ -381,15 +404,14 @@ def write_state_files(inst: Instance, hosts: list[Host]) -> None:
             {
                 "name": host.name,
                 "address": host.address,
+                "address6": host.address6,
                 "netns": host.netns,
                 "root": str(host.root),
                 "machine": host.machine,
                 "pid": host.pid(),
             }
         )
-        config.append(
-            f"Host {host.name} {host.address}\n"
-            f"    HostName {host.address}\n"
+        options = (
             f"    User {OPERATOR}\n"
             f"    IdentityFile {inst.key}\n"
             f"    IdentitiesOnly yes\n"
@@ -399,7 +421,10 @@ def write_state_files(inst: Instance, hosts: list[Host]) -> None:
             f"    ConnectTimeout 5\n"
             f"    LogLevel ERROR\n"
         )
-        known.append(f"{host.name},{host.address} {host.host_public_key()}")
+        config.append(f"Host {host.name} {host.address}\n    HostName {host.address}\n{options}")
+        # the same host over IPv6: `ssh -F ssh_config fd52:a7e0:<n>::<10+k>`
+        config.append(f"Host {host.address6}\n{options}")
+        known.append(f"{host.name},{host.address},{host.address6} {host.host_public_key()}")
     atomic_write(inst.hosts_json, json.dumps(entries, indent=2) + "\n")
     atomic_write(inst.ssh_config, "\n".join(config))
     atomic_write(inst.known_hosts, "\n".join(known) + "\n")
@@ -452,7 +477,27 @@ def ensure_bridge(inst: Instance) -> None:
     addresses = run("ip", "-4", "-o", "addr", "show", "dev", inst.bridge).stdout
     if f" {inst.gateway}/24 " not in addresses:
         run("ip", "addr", "add", f"{inst.gateway}/24", "dev", inst.bridge)
+    ensure_ipv6_address(inst.bridge, inst.gateway6)
     run("ip", "link", "set", inst.bridge, "up")
+
+
+def ensure_ipv6_address(device: str, address: str, netns: str | None = None) -> None:
+    """The /64 address on the device (added once; a bridge or netns left by an older harness
+    without IPv6 gets it too). nodad: the address is usable at once, and only we use the prefix."""
+    ip = ("ip", "-n", netns) if netns else ("ip",)
+    # IPv6 may be switched off for new interfaces (net.ipv6.conf.default.disable_ipv6=1)
+    sysctl = f"net.ipv6.conf.{device}.disable_ipv6=0"
+    if netns:
+        run("ip", "netns", "exec", netns, "sysctl", "-q", "-w", sysctl)
+    else:
+        run("sysctl", "-q", "-w", sysctl)
+    present = run(*ip, "-6", "-o", "addr", "show", "dev", device).stdout
+    if f" {address}/64 " not in present:
+        run(*ip, "addr", "add", f"{address}/64", "dev", device, "nodad")
+
+
+def ensure_host_ipv6(host: Host) -> None:
+    ensure_ipv6_address("eth0", host.address6, netns=host.netns)
 
 
 def setup_host_network(host: Host) -> None:
@@ -480,12 +525,14 @@ def setup_host_network(host: Host) -> None:
         host.netns,
     )
     run("ip", "neigh", "flush", "to", host.address, "dev", inst.bridge, check=False)
+    run("ip", "-6", "neigh", "flush", "to", host.address6, "dev", inst.bridge, check=False)
     run("ip", "link", "set", host.veth, "master", inst.bridge, "up")
     ns = ("ip", "-n", host.netns)
     run(*ns, "link", "set", "lo", "up")
     run(*ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
     run(*ns, "link", "set", "eth0", "up")
     run(*ns, "route", "add", "default", "via", inst.gateway)
+    ensure_host_ipv6(host)  # on-link /64 only: no IPv6 default route
 
 
 def teardown_host_network(host: Host) -> None:
@@ -918,6 +965,7 @@ def bring_up(inst: Instance, indices: list[int]) -> list[Host]:
     for host in hosts:
         ensure_host_key(host)
         if host.pid() and netns_exists(host.netns):
+            ensure_host_ipv6(host)  # a host booted by a harness without IPv6 gets it now
             continue
         teardown_host(host)  # stale netns, veth, mounts, processes of a killed session
         mount_overlay(host, lower)

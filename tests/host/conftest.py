@@ -105,6 +105,10 @@ class StagingHosts:
     def address(self, name: str) -> str:
         return self.entry(name)["address"]
 
+    def address6(self, name: str) -> str:
+        """The host's IPv6 address (fd52:a7e0:<n>::<10+k>, on the instance's bridge only)."""
+        return self.entry(name)["address6"]
+
     def index(self, name: str) -> int:
         return int(name.rsplit("-", 1)[1])
 

@@ -14,16 +14,18 @@ import re
 import resource
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from rave import hardening as h
-from rave.components import COMPONENTS, monitoring_ports, public_ports
+from rave.components import COMPONENTS, loopback_ports, monitoring_ports, public_ports
 from rave.deployrun import run_deploy
 from rave.staging import OPERATOR, Instance, instance_id
 
@@ -86,6 +88,12 @@ def ssh_audit(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def ssh_audit_policy(address: str) -> subprocess.CompletedProcess[str]:
+    """The RAVE SSH policy (ssh-audit-rave.policy) against the daemon answering on address:22."""
+    wait_for_ssh(address)
+    return ssh_audit("--skip-rate-test", "-P", str(POLICY), address)
+
+
 @pytest.fixture
 def host_name(host) -> str:
     return host.backend.get_hostname()
@@ -94,6 +102,24 @@ def host_name(host) -> str:
 @pytest.fixture
 def address(staging, host_name) -> str:
     return staging.address(host_name)
+
+
+@pytest.fixture
+def address6(staging, host_name) -> str:
+    return staging.address6(host_name)
+
+
+@pytest.fixture(params=["ipv4", "ipv6"])
+def each_address(request, staging, host_name) -> str:
+    """The host's IPv4 address, then its IPv6 address: the test runs over both families."""
+    if request.param == "ipv6":
+        return staging.address6(host_name)
+    return staging.address(host_name)
+
+
+def meter_of(address: str) -> str:
+    """The firewall's per-source SSH meter that counts connections from this family."""
+    return "ssh_meter_v6" if ":" in address else "ssh_meter_v4"
 
 
 # --- SSH -------------------------------------------------------------------------------------
@@ -162,6 +188,82 @@ def test_ssh_runs_as_ssh_service_not_socket_activated(host):
     assert host.run("systemctl is-enabled ssh.socket").stdout.strip() != "enabled"
 
 
+def ssh_port_owner(host) -> set[str]:
+    """Which processes hold the listening sockets of port 22 ("systemd" when socket-activated)."""
+    listeners = sh(host, "ss -Hltnp 'sport = :22'")
+    return set(re.findall(r'\("([^"]+)",pid=', listeners))
+
+
+def restore_ssh_service(host) -> None:
+    """Back to what the deploy makes: ssh.service serving, ssh.socket off."""
+    host.run("systemctl disable --now ssh.socket")
+    sh(host, "systemctl enable ssh.service && systemctl restart ssh.service")
+
+
+def test_a_socket_activated_sshd_is_switched_to_ssh_service_with_the_hardened_config(
+    staging, host, host_name, address, address6
+):
+    """Debian 12 offers socket activation (README.Debian: disable ssh.service, enable ssh.socket):
+    systemd then owns port 22 and starts ssh.service on the first connection, and sshd_config's
+    listeners are ignored. Boot the host in that state with Debian's stock sshd_config, prove the
+    socket serves the stock config (the audit fails), rerun the hardening deploy and audit the
+    running daemon on the port (IPv4 and IPv6): ssh.service must now serve the hardened config."""
+    hardened_sha = sh(host, f"sha256sum {h.SSHD_CONFIG}").split()[0]
+    sh(host, f"install -m 644 /usr/share/openssh/sshd_config {h.SSHD_CONFIG}")
+    sh(host, "systemctl disable --now ssh.service && systemctl enable --now ssh.socket")
+    try:
+        assert ssh_port_owner(host) == {"systemd"}, "systemd holds port 22 (socket activation)"
+        # the host starts that way: sockets.target listens, the harness's ssh activates sshd
+        staging.reboot(host_name)
+        assert sh(host, "systemctl is-active ssh.socket").strip() == "active"
+        assert sh(host, "systemctl is-enabled ssh.socket").strip() == "enabled"
+        assert host.run("systemctl is-enabled ssh.service").stdout.strip() == "disabled"
+        assert "systemd" in ssh_port_owner(host), "systemd holds port 22 (socket activation)"
+        assert "ssh.socket" in sh(host, "systemctl show -p TriggeredBy --value ssh.service")
+        stock = ssh_audit_policy(address)
+        assert stock.returncode != 0, "the stock Debian config passed the RAVE policy"
+
+        result = run_deploy(
+            "inventories/staging.py", [str(DEPLOYS / "hardening.py")], limit=host_name
+        )
+        assert result.ok, result.log_tail()
+        changed = result.changed_operations()
+        print("changed:", *changed, sep="\n  ")
+        assert any("Serve SSH from ssh.service" in op for op in changed), changed
+        assert sh(host, f"sha256sum {h.SSHD_CONFIG}").split()[0] == hardened_sha
+
+        assert host.run("systemctl is-active ssh.socket").stdout.strip() != "active"
+        assert host.run("systemctl is-enabled ssh.socket").stdout.strip() != "enabled"
+        assert host.service("ssh").is_running
+        assert host.service("ssh").is_enabled
+        # sshd itself (ssh.service's main process) holds port 22 again, on IPv4 and IPv6
+        main_pid = sh(host, "systemctl show -p MainPID --value ssh.service").strip()
+        listeners = sh(host, "ss -Hltnp 'sport = :22'")
+        assert ssh_port_owner(host) == {"sshd"}, listeners
+        assert set(re.findall(r"pid=(\d+)", listeners)) == {main_pid}, listeners
+        assert "0.0.0.0:22 " in listeners and "[::]:22 " in listeners, listeners
+        for served in (address, address6):
+            audit = ssh_audit_policy(served)
+            assert audit.returncode == 0, audit.stdout + audit.stderr
+            assert "Passed" in audit.stdout
+
+        # and the next run leaves SSH alone (no switch, no restart)
+        again = run_deploy(
+            "inventories/staging.py", [str(DEPLOYS / "hardening_ssh.py")], limit=host_name
+        )
+        assert again.ok, again.log_tail()
+        assert again.changed_operations() == [], again.changed_operations()
+    finally:
+        if sh(host, f"sha256sum {h.SSHD_CONFIG}").split()[0] != hardened_sha:
+            restore = run_deploy(
+                "inventories/staging.py", [str(DEPLOYS / "hardening_ssh.py")], limit=host_name
+            )
+            assert restore.ok, restore.log_tail()
+        if ssh_port_owner(host) != {"sshd"}:
+            restore_ssh_service(host)
+        wait_for_ssh(address)
+
+
 def test_operator_keys_are_exactly_the_configured_ones(host):
     expected = Path(str(Instance(instance_id()).key) + ".pub").read_text().split()[:2]
     keys_file = host.file(f"/home/{OPERATOR}/.ssh/authorized_keys")
@@ -172,9 +274,9 @@ def test_operator_keys_are_exactly_the_configured_ones(host):
     assert "rave-ssh" in host.user(OPERATOR).groups
 
 
-def test_running_daemon_offers_public_key_only(address):
+def test_running_daemon_offers_public_key_only(each_address):
     """Ask the running sshd (not its file) which authentications it allows."""
-    with socket.create_connection((address, 22), timeout=10) as conn:
+    with socket.create_connection((each_address, 22), timeout=10) as conn:
         transport = paramiko.Transport(conn)
         try:
             transport.start_client(timeout=15)
@@ -202,10 +304,9 @@ def test_root_cannot_log_in_even_with_the_operator_key(address):
     client.close()
 
 
-def test_ssh_audit_policy_passes(address):
+def test_ssh_audit_policy_passes(each_address):
     """The external auditor, from the control machine, against the running daemon."""
-    wait_for_ssh(address)
-    result = ssh_audit("--skip-rate-test", "-P", str(POLICY), address)
+    result = ssh_audit_policy(each_address)
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Passed" in result.stdout
@@ -301,8 +402,10 @@ def test_firewall_ruleset_is_loaded_and_matches_the_installed_file(host):
     assert host.service("nftables").is_enabled
 
 
-def test_port_scan_finds_only_ssh_and_the_edge(address):
-    """A full TCP connect scan (1-65535) from the control machine over the staging subnet."""
+def test_port_scan_finds_only_ssh_and_the_edge(each_address):
+    """A full TCP connect scan (1-65535) from the control machine over the staging subnet,
+    over IPv4 and over IPv6 (the `ip6` half of the ruleset and sshd/nginx on [::])."""
+    address = each_address
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = min(hard, 8192)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
@@ -345,11 +448,14 @@ async def _scan(address: str, ports: range, concurrency: int, timeout: float) ->
     return found
 
 
-def test_ssh_new_connections_are_rate_limited_per_source(host, address):
-    """A burst of new connections beyond the limit is dropped; the limit then refills."""
+def test_ssh_new_connections_are_rate_limited_per_source(host, each_address):
+    """A burst of new connections beyond the limit is dropped (and counted by the meter of
+    the family: ssh_meter_v4 or ssh_meter_v6); the limit then refills."""
+    address = each_address
+    meter = meter_of(address)
     wait_for_ssh(address)
-    dropped_before = _ssh_drops(host)
-    limit = re.search(r"@ssh_meter_v4 .* burst (\d+) packets", sh(host, "nft list table inet rave"))
+    dropped_before = _ssh_drops(host, meter)
+    limit = re.search(rf"@{meter} .* burst (\d+) packets", sh(host, "nft list table inet rave"))
     assert limit
     burst = 2 * int(limit.group(1))  # twice what the limit lets through at once
 
@@ -367,13 +473,13 @@ def test_ssh_new_connections_are_rate_limited_per_source(host, address):
 
     accepted = asyncio.run(connect_all())
     assert accepted < burst, "every connection of the burst got through"
-    assert _ssh_drops(host) > dropped_before
+    assert _ssh_drops(host, meter) > dropped_before
     wait_for_ssh(address, timeout=90)
 
 
-def _ssh_drops(host) -> int:
+def _ssh_drops(host, meter: str) -> int:
     ruleset = sh(host, "nft list chain inet rave input")
-    match = re.search(r"@ssh_meter_v4 .* counter packets (\d+) bytes \d+ drop", ruleset)
+    match = re.search(rf"@{meter} .* counter packets (\d+) bytes \d+ drop", ruleset)
     assert match, ruleset
     return int(match.group(1))
 
@@ -473,6 +579,74 @@ def test_monitoring_ports_open_only_to_the_named_sources(staging, host, host_nam
     assert tcp_state(address, port) == "filtered"
 
 
+def test_the_edge_serves_only_tls_1_3_over_ipv6(address6):
+    """nginx listens on [::]:3002 too: TLS 1.3 is negotiated there, TLS 1.2 is refused."""
+    port = public_ports()[-1]
+    assert port == 3002
+    modern = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    modern.check_hostname = False
+    modern.verify_mode = ssl.CERT_NONE  # the certificate is checked by tests/host/test_edge.py
+    with (
+        socket.create_connection((address6, port), timeout=10) as raw,
+        modern.wrap_socket(raw) as tls,
+    ):
+        assert tls.version() == "TLSv1.3"
+        assert tls.getpeername()[0] == address6
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: rave\r\nConnection: close\r\n\r\n")
+        assert tls.recv(64).startswith(b"HTTP/1.1 ")
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname = False
+    old.verify_mode = ssl.CERT_NONE
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection((address6, port), timeout=10) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        old.wrap_socket(raw).close()
+
+
+def test_internal_ports_are_dropped_over_ipv6(host, address, address6):
+    """Every non-public port (components LOOPBACK and MONITORING) is dropped over IPv6, even
+    with a listener on all addresses: a probe listens on [::]:<free internal port>, answers on
+    the host's own IPv6 address from inside, and is still unreachable from the control side."""
+    internal = loopback_ports()
+    assert internal, "components declare no internal ports"
+    with ThreadPoolExecutor(max_workers=len(internal)) as pool:
+        states = dict(
+            zip(internal, pool.map(lambda p: tcp_state(address6, p), internal), strict=True)
+        )
+    print(f"internal ports over IPv6 from the control side: {states}")
+    assert all(state == "filtered" for state in states.values()), states
+
+    listening = sh(host, "ss -Hltn").split()
+    free = [p for p in internal if not any(w.endswith(f":{p}") for w in listening)]
+    if not free:
+        pytest.fail(f"every internal port {internal} is in use: no free port for the probe")
+    port = free[0]
+    unit = "rave-ipv6-probe"
+    host.run(f"systemctl stop {unit}.service; systemctl reset-failed {unit}.service")
+    listener = (
+        "import socket, time; "
+        f"s = socket.create_server(('::', {port}), family=socket.AF_INET6, dualstack_ipv6=True); "
+        "time.sleep(300)"
+    )
+    sh(host, f"systemd-run --quiet --unit={unit} python3 -c {shlex.quote(listener)}")
+    try:
+        wait_until(
+            lambda: host.run(f"ss -Hltn 'sport = :{port}'").stdout.strip(),
+            30,
+            what=f"the probe listening on {port}",
+        )
+        # the listener itself is reachable on the host's IPv6 address (from the host: lo)
+        connect = f"import socket; socket.create_connection(('{address6}', {port}), 5)"
+        inside = host.run(f"python3 -c {shlex.quote(connect)}")
+        assert inside.rc == 0, inside.stderr
+        assert tcp_state(address6, port) == "filtered"
+        assert tcp_state(address, port) == "filtered"
+    finally:
+        host.run(f"systemctl stop {unit}.service")
+
+
 # --- fail2ban --------------------------------------------------------------------------------
 
 
@@ -486,8 +660,9 @@ def test_fail2ban_jails_run_with_systemd_backend_and_nftables(host):
     assert "Journal matches" in journal, "the sshd jail must read the journal (backend systemd)"
 
 
-def test_fail2ban_bans_survive_a_firewall_reload(host):
-    probe = "192.0.2.123"  # TEST-NET-1: only an element in a set, never a destination
+# documentation addresses (TEST-NET-1, 2001:db8::/32): only elements of a set, never destinations
+@pytest.mark.parametrize("probe", ["192.0.2.123", "2001:db8::123"], ids=["ipv4", "ipv6"])
+def test_fail2ban_bans_survive_a_firewall_reload(host, probe):
     sh(host, f"fail2ban-client set sshd banip {probe}")
     try:
         wait_until(

@@ -50,6 +50,43 @@ def test_address_lives_in_its_own_netns_only(staging, name):
     assert f" {entry['address']}/" not in outside
 
 
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_ipv6_address_is_on_the_bridge_link_only(staging, name):
+    """fd52:a7e0:<n>::<10+k>/64 inside the host's netns, the bridge holds ::1, and there is no
+    IPv6 route beyond that /64 (nothing outside the namespaces is reachable over it)."""
+    entry = staging.entry(name)
+    inside = _ip("-n", entry["netns"], "-6", "-o", "addr", "show", "dev", "eth0")
+    assert f" {entry['address6']}/64 " in inside
+    routes = _ip("-n", entry["netns"], "-6", "route", "show")
+    assert "default" not in routes, routes
+    bridge = _ip("-6", "-o", "addr", "show", "dev", staging.instance.bridge)
+    assert f" {staging.instance.gateway6}/64 " in bridge
+    assert f" {entry['address6']}/" not in _ip("-6", "-o", "addr", "show")
+    # the ssh_config and known_hosts cover the IPv6 address too (strict host key checking)
+    result = staging.ssh(entry["address6"], "hostname")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name
+
+
+def test_up_gives_running_hosts_their_ipv6_address_back(staging):
+    """A host (and bridge) set up by a harness without IPv6 gets it on `up`, without a reboot."""
+    name = staging.names[0]
+    entry = staging.entry(name)
+    boot = _boot_id(staging, name)
+    _ip("-n", entry["netns"], "addr", "del", f"{entry['address6']}/64", "dev", "eth0")
+    _ip("addr", "del", f"{staging.instance.gateway6}/64", "dev", staging.instance.bridge)
+    rave_staging("up")
+    assert f" {entry['address6']}/64 " in _ip("-n", entry["netns"], "-6", "-o", "addr")
+    bridge = _ip("-6", "-o", "addr", "show", "dev", staging.instance.bridge)
+    assert f" {staging.instance.gateway6}/64 " in bridge
+    assert _boot_id(staging, name) == boot
+    assert staging.ssh(entry["address6"], "true").returncode == 0
+
+
 def test_operator_has_passwordless_sudo(host):
     assert host.run("id -u").stdout.strip() == "0"  # the host fixture runs commands via sudo
     assert host.user("agent").exists

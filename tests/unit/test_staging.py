@@ -1,5 +1,6 @@
 """rave.staging without booting anything: names, addresses and the files the tools read."""
 
+import ipaddress
 import json
 
 import pytest
@@ -19,6 +20,21 @@ def test_names_and_addresses_follow_the_instance_id(instance):
     assert instance.gateway == "10.213.7.1"
     assert instance.proxy_url == "http://10.213.7.1:3128"
     assert instance.bridge == "rvbr7"
+
+
+def test_ipv6_addresses_are_unique_local_and_mirror_the_ipv4_ones(instance):
+    assert instance.host(2).address6 == "fd52:a7e0:7::12"
+    assert instance.gateway6 == "fd52:a7e0:7::1"
+    assert instance.subnet6 == "fd52:a7e0:7::/64"
+    # canonical form (what `ip -6 addr` prints), also for instance 0 and the widest names
+    assert staging.Instance(0).host(1).address6 == "fd52:a7e0::11"
+    assert staging.Instance(254).host(staging.MAX_HOSTS).address6 == "fd52:a7e0:254::22"
+    for ident in (0, 7, 254):
+        network = ipaddress.ip_network(staging.Instance(ident).subnet6)
+        assert network.subnet_of(ipaddress.ip_network("fc00::/7"))  # unique local, never routed
+        hosts = [staging.Instance(ident).host(k).address6 for k in range(1, staging.MAX_HOSTS + 1)]
+        assert all(ipaddress.ip_address(a) in network for a in hosts)
+    assert len({staging.Instance(i).subnet6 for i in range(255)}) == 255
 
 
 def test_interface_names_fit_the_kernel_limit():
@@ -45,19 +61,20 @@ def test_state_files_pin_the_host_keys(instance):
     staging.write_state_files(instance, hosts)
 
     entries = json.loads(instance.hosts_json.read_text())
-    assert [(e["name"], e["address"], e["netns"]) for e in entries] == [
-        ("rave-staging-1", "10.213.7.11", "rv7-h1"),
-        ("rave-staging-2", "10.213.7.12", "rv7-h2"),
+    assert [(e["name"], e["address"], e["address6"], e["netns"]) for e in entries] == [
+        ("rave-staging-1", "10.213.7.11", "fd52:a7e0:7::11", "rv7-h1"),
+        ("rave-staging-2", "10.213.7.12", "fd52:a7e0:7::12", "rv7-h2"),
     ]
     assert all(e["pid"] is None for e in entries)  # nothing runs
 
     known = instance.known_hosts.read_text().splitlines()
-    assert known[0] == f"rave-staging-1,10.213.7.11 {hosts[0].host_public_key()}"
+    assert known[0] == (f"rave-staging-1,10.213.7.11,fd52:a7e0:7::11 {hosts[0].host_public_key()}")
     assert known[0].split()[1] == "ssh-ed25519"
     assert hosts[0].host_public_key() != hosts[1].host_public_key()
 
     config = instance.ssh_config.read_text()
     assert "Host rave-staging-2 10.213.7.12\n    HostName 10.213.7.12\n" in config
+    assert "Host fd52:a7e0:7::12\n    User agent\n" in config
     for line in (
         f"IdentityFile {instance.key}",
         f"UserKnownHostsFile {instance.known_hosts}",
