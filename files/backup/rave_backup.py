@@ -623,6 +623,9 @@ def base_backup_if_due(config: dict[str, Any]) -> dict[str, Any] | None:
 def switch_wal_and_wait(config: dict[str, Any], timeout: float = 60) -> None:
     """Close the current WAL segment and wait until it is in the spool, so the snapshot that
     follows covers every transaction committed before it started."""
+    # a committed transaction (an xid makes a commit record): recovery to any time before this
+    # run finds a commit after it and stops there, even on a host with no traffic
+    psql(config, "SELECT txid_current()")
     segment = psql(config, "SELECT pg_walfile_name(pg_switch_wal())").strip()
     target = Path(config["wal_dir"]) / f"{segment}.gz"
     deadline = time.monotonic() + timeout
