@@ -751,8 +751,9 @@ def cmd_wal_status(config: dict[str, Any], args: argparse.Namespace) -> int:
         return 0
     values = wal_metrics(config)
     write_metrics(config, "rave_wal_archive", values)
-    for metric, (_help, value) in values.items():
-        say(f"{metric} {value}")
+    if not os.environ.get("INVOCATION_ID"):  # an operator; the timer's journal stays quiet
+        for metric, (_help, value) in values.items():
+            say(f"{metric} {value}")
     return 0 if "rave_wal_archive_enabled" in values else EXIT_FAILED
 
 
