@@ -199,3 +199,11 @@ def test_restore_files_never_writes_the_archive_directories(rb, tmp_path, monkey
     monkeypatch.setattr(rb.Path, "mkdir", lambda *a, **k: None)
     snapshot = {"paths": ["/s/dump", "/s/wal", "/s/base", "/etc/x"]}
     assert rb.restore_files(tmp_path, snapshot, config) == ["/etc/x"]
+
+
+def test_wal_status_removes_its_metrics_when_archiving_is_off(rb, tmp_path):
+    stale = tmp_path / "rave_wal_archive.prom"
+    stale.write_text("rave_wal_archive_metrics_timestamp_seconds 1\n")
+    config = {"wal_archiving": False, "textfile_dir": str(tmp_path)}
+    assert rb.cmd_wal_status(config, None) == 0
+    assert not stale.exists()
