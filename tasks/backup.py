@@ -34,9 +34,15 @@ SCRIPT = "/usr/local/sbin/rave-backup"
 CONFIG = "/etc/rave/backup.json"
 STATE_DIR = "/var/lib/rave-backup"
 DUMP_DIR = f"{STATE_DIR}/dump"
+# WAL archiving: PostgreSQL's archive_command writes into the spool (owned by postgres), the
+# base backups land beside it; every backup run puts both into restic, then prunes them
+WAL_DIR = f"{STATE_DIR}/wal"
+BASE_DIR = f"{STATE_DIR}/base"
+ARCHIVE_SCRIPT = "/usr/local/sbin/rave-wal-archive"
 CACHE_DIR = "/var/cache/rave-backup"
 UNIT = component("backup").unit
 MAINTENANCE_UNIT = f"{UNIT}-maintenance"
+WAL_STATUS_UNIT = f"{UNIT}-wal-status"
 SECRETS_UNIT = "rave-secrets"
 SECRET = "backup_repository_password"
 # always backed up besides the components' paths: the project's /etc/rave (the encrypted
@@ -79,6 +85,14 @@ def restart_units() -> list[str]:
     return [c.unit for c in COMPONENTS if c.name not in skip]
 
 
+def pg_conf_dir(s: HostSettings) -> str:
+    return f"/etc/postgresql/{s.postgres_version}/main"
+
+
+def wal_archive_conf(s: HostSettings) -> str:
+    return f"{pg_conf_dir(s)}/conf.d/rave-wal-archive.conf"
+
+
 def host_config(s: HostSettings) -> dict[str, Any]:
     """/etc/rave/backup.json: everything the host script needs, nothing secret."""
     return {
@@ -97,6 +111,14 @@ def host_config(s: HostSettings) -> dict[str, Any]:
         "pg_home": "/var/lib/postgresql",
         "pg_host": "/var/run/postgresql",
         "pg_port": 5432,
+        "pg_unit": component("postgresql").unit,
+        "pg_data": f"/var/lib/postgresql/{s.postgres_version}/main",
+        "pg_conf_dir": pg_conf_dir(s),
+        "wal_archiving": s.backup_wal_archiving and s.backup_databases,
+        "wal_dir": WAL_DIR,
+        "base_dir": BASE_DIR,
+        "base_interval_hours": s.backup_base_interval_hours,
+        "archive_timeout": s.backup_wal_archive_timeout_sec,
         "db_client_units": db_client_units(),
         "restart_units": restart_units(),
         "unit": UNIT,
@@ -155,6 +177,16 @@ def unit_templates(s: HostSettings) -> dict[str, tuple[str, dict[str, Any]]]:
         "postgres_unit": component("postgresql").unit,
     }
     units = "/etc/systemd/system"
+    wal_status = {
+        "backup/rave-backup-wal-status.service.j2": (
+            f"{units}/{WAL_STATUS_UNIT}.service",
+            service,
+        ),
+        "backup/rave-backup-wal-status.timer.j2": (
+            f"{units}/{WAL_STATUS_UNIT}.timer",
+            {"unit": WAL_STATUS_UNIT},
+        ),
+    }
     return {
         "backup/rave-backup.service.j2": (f"{units}/{UNIT}.service", service),
         "backup/rave-backup.timer.j2": (
@@ -173,12 +205,27 @@ def unit_templates(s: HostSettings) -> dict[str, tuple[str, dict[str, Any]]]:
                 "delay": s.backup_maintenance_randomized_delay_sec,
             },
         ),
+        **(wal_status if wal_archiving(s) else {}),
+    }
+
+
+def wal_archiving(s: HostSettings) -> bool:
+    return s.backup_wal_archiving and s.backup_databases
+
+
+def wal_archive_context(s: HostSettings) -> dict[str, Any]:
+    return {
+        "spool": WAL_DIR,
+        "archive_script": ARCHIVE_SCRIPT,
+        "archive_timeout": s.backup_wal_archive_timeout_sec,
     }
 
 
 def templates(s: HostSettings) -> dict[str, dict[str, Any]]:
     """For tests/unit/test_templates.py: every template of this task with its context."""
-    return {template: context for template, (_dest, context) in unit_templates(s).items()}
+    result = {template: context for template, (_dest, context) in unit_templates(s).items()}
+    result["backup/wal-archive.conf.j2"] = wal_archive_context(s)
+    return result
 
 
 class BackupRepositoryStatus(FactBase):
@@ -220,6 +267,45 @@ def run_op(name: str, subcommand: str, *args: str) -> None:
     python.call(name=name, function=run_and_print, command=op_command(subcommand, *args))
 
 
+def wal_archive(s: HostSettings) -> None:
+    """archive_command into the spool; PostgreSQL restarts only when this changed."""
+    if wal_archiving(s):
+        for path in (WAL_DIR, BASE_DIR):
+            files.directory(
+                name=f"WAL archiving directory {path} (PostgreSQL writes it)",
+                path=path,
+                user="postgres",
+                group="postgres",
+                mode="700",
+            )
+        install_host_script(
+            "Install rave-wal-archive (PostgreSQL's archive_command)",
+            str(FILES / "backup" / "rave-wal-archive"),
+            ARCHIVE_SCRIPT,
+        )
+        conf = put_template(
+            "PostgreSQL WAL archiving (archive_mode, archive_command, archive_timeout)",
+            "backup/wal-archive.conf.j2",
+            wal_archive_conf(s),
+            user="postgres",
+            group="postgres",
+            **wal_archive_context(s),
+        )
+    else:
+        conf = files.file(
+            name="No PostgreSQL WAL archiving (backup_wal_archiving is off)",
+            path=wal_archive_conf(s),
+            present=False,
+        )
+    systemd.service(
+        name="Restart PostgreSQL (WAL archiving changed)",
+        service=component("postgresql").unit,
+        running=True,
+        restarted=True,
+        _if=conf.did_change,
+    )
+
+
 @deploy("Backup")
 def backup() -> None:
     s = settings()
@@ -254,7 +340,9 @@ def backup() -> None:
         put_template(f"Backup unit {dest.rsplit('/', 1)[1]}", template, dest, **context)
         for template, (dest, context) in unit_templates(s).items()
     ]
-    for unit in (UNIT, MAINTENANCE_UNIT):
+    timers = {dest: op for (dest, _ctx), op in zip(unit_templates(s).values(), units, strict=True)}
+    services = [UNIT, MAINTENANCE_UNIT] + ([WAL_STATUS_UNIT] if wal_archiving(s) else [])
+    for unit in services:
         units.append(
             put_text(
                 f"Sandbox of {unit}",
@@ -271,7 +359,8 @@ def backup() -> None:
         _if=any_changed(*units),
     )
     systemd.daemon_reload(name="Reload systemd (backup units)", _if=any_changed(*units))
-    for unit, timer in ((UNIT, units[1]), (MAINTENANCE_UNIT, units[3])):  # see unit_templates
+    for unit in services:
+        timer = timers[f"/etc/systemd/system/{unit}.timer"]
         systemd.service(
             name=f"Enable and start {unit}.timer",
             service=f"{unit}.timer",
@@ -285,6 +374,7 @@ def backup() -> None:
             restarted=True,
             _if=timer.did_change,
         )
+    wal_archive(s)
     status = host.get_fact(
         BackupRepositoryStatus,
         repository=s.backup_repository,

@@ -3,8 +3,11 @@
 
 Subcommands (run as root; `dump` and `checksums` run as the postgres user, started by the others):
   init       create the restic repository if it does not exist (idempotent)
-  run        one backup: consistent dumps of every project database, then a restic snapshot of the
-             dumps and the project's files; writes node-exporter textfile metrics (the systemd unit)
+  run        one backup: consistent dumps of every project database, a base backup when due, the
+             current WAL segment archived, then a restic snapshot of the dumps, the WAL spool, the
+             base backup and the project's files; prunes the spool; writes node-exporter textfile
+             metrics (the systemd unit)
+  wal-status WAL archiving metrics (pg_stat_archiver, spool) for the node exporter (its timer)
   now        start rave-backup.service, wait for it and print what it did (ops/backup_now.py)
   list       the repository's snapshots of this host
   check      remove stale locks, then `restic check`
@@ -13,7 +16,9 @@ Subcommands (run as root; `dump` and `checksums` run as the postgres user, start
              (row counts and content checksums) with the values taken at backup time and with the
              live database; plus `restic check`
   restore    the database alone (--scope database) or the whole host (--scope host: files, secrets
-             file, SSH host keys, databases and roles), from a snapshot, then restarts what it must
+             file, SSH host keys, databases and roles), from a snapshot, then restarts what it must;
+             with --target-time the cluster is restored to that point in time instead (a base
+             backup plus archived WAL replayed up to it)
 
 The repository password is read by restic from RESTIC_PASSWORD_FILE (never on a command line).
 Exit codes: 0 ok, 1 failure, 2 repository password refused, 3 bad usage or verification mismatch.
@@ -29,6 +34,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +60,7 @@ PRE_RESTORE_SUFFIX = "__pre_restore"
 EXIT_FAILED = 1
 EXIT_PASSWORD = 2
 EXIT_MISMATCH = 3
+EXIT_USAGE = 3
 
 
 class Failure(Exception):
@@ -496,6 +504,263 @@ def backup_metrics(state: dict[str, Any]) -> dict[str, tuple[str, float]]:
     }
 
 
+# --------------------------------------------------------------------------- WAL archiving
+
+
+def wal_enabled(config: dict[str, Any]) -> bool:
+    return bool(config.get("wal_archiving"))
+
+
+def segment_position(name: str) -> str | None:
+    """The log/segment part of a WAL file name (timeline left out), None for history files."""
+    stem = name.split(".", 1)[0]
+    if len(stem) == 24 and all(c in "0123456789ABCDEF" for c in stem):
+        return stem[8:]
+    return None
+
+
+def wal_file_name(timeline: int, lsn: str, segment_size: int) -> str:
+    """pg_walfile_name() for any timeline: the segment holding the byte at lsn ("X/Y")."""
+    high, low = lsn.split("/")
+    segment = ((int(high, 16) << 32) | int(low, 16)) // segment_size
+    per_id = 0x100000000 // segment_size
+    return f"{timeline:08X}{segment // per_id:08X}{segment % per_id:08X}"
+
+
+def spool_files(config: dict[str, Any]) -> list[Path]:
+    """Completely archived files of the spool (the archive script renames them into place)."""
+    spool = Path(config["wal_dir"])
+    if not spool.is_dir():
+        return []
+    return sorted(p for p in spool.iterdir() if p.name.endswith(".gz") and p.is_file())
+
+
+def base_backups(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Complete base backups under base_dir (those with rave-base.json), oldest first."""
+    root = Path(config["base_dir"])
+    result = []
+    if root.is_dir():
+        for entry in root.iterdir():
+            info_file = entry / "rave-base.json"
+            if info_file.is_file():
+                info = json.loads(info_file.read_text())
+                info["path"] = str(entry)
+                result.append(info)
+    return sorted(result, key=lambda b: b["finished"])
+
+
+def cluster_identity(config: dict[str, Any]) -> tuple[str, int]:
+    """(system identifier, WAL segment size in bytes) of the running cluster."""
+    out = psql(
+        config,
+        "SELECT (SELECT system_identifier FROM pg_control_system()) || ' ' || "
+        "(SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')",
+    ).split()
+    return out[0], int(out[1])
+
+
+def take_base_backup(config: dict[str, Any]) -> dict[str, Any]:
+    """pg_basebackup (tar, gzip'd, with the WAL it needs) into base_dir/<UTC time>."""
+    root = Path(config["base_dir"])
+    label = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = root / label
+    system_identifier, segment_size = cluster_identity(config)
+    started = time.time()
+    say(f"taking a base backup (pg_basebackup) into {target} ...")
+    result = as_postgres(
+        config,
+        [
+            "pg_basebackup",
+            "--no-password",
+            "-D",
+            str(target),
+            "-Ft",
+            "-z",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--label",
+            f"rave-{label}",
+        ],
+    )
+    if result.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise Failure(f"pg_basebackup: {tail(result)}")
+    manifest = json.loads((target / "backup_manifest").read_text())
+    ranges = manifest["WAL-Ranges"]
+    timeline = int(ranges[0]["Timeline"])
+    info = {
+        "label": label,
+        "started": started,
+        "finished": time.time(),
+        "timeline": timeline,
+        "start_lsn": ranges[0]["Start-LSN"],
+        "end_lsn": ranges[-1]["End-LSN"],
+        "start_wal": wal_file_name(timeline, ranges[0]["Start-LSN"], segment_size),
+        "system_identifier": system_identifier,
+        "bytes": sum(p.stat().st_size for p in target.iterdir()),
+    }
+    (target / "rave-base.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+    say(
+        f"base backup {label}: {human(info['bytes'])} in {info['finished'] - started:.1f} s "
+        f"(WAL from {info['start_wal']})"
+    )
+    return info
+
+
+def base_backup_if_due(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A new base backup when there is none of this cluster or the newest is too old."""
+    bases = base_backups(config)
+    system_identifier, _size = cluster_identity(config)
+    ours = [b for b in bases if b["system_identifier"] == system_identifier]
+    max_age = config["base_interval_hours"] * 3600
+    if ours and time.time() - ours[-1]["finished"] < max_age:
+        return None
+    return take_base_backup(config)
+
+
+def switch_wal_and_wait(config: dict[str, Any], timeout: float = 60) -> None:
+    """Close the current WAL segment and wait until it is in the spool, so the snapshot that
+    follows covers every transaction committed before it started."""
+    # a committed transaction (an xid makes a commit record): recovery to any time before this
+    # run finds a commit after it and stops there, even on a host with no traffic
+    psql(config, "SELECT txid_current()")
+    segment = psql(config, "SELECT pg_walfile_name(pg_switch_wal())").strip()
+    target = Path(config["wal_dir"]) / f"{segment}.gz"
+    deadline = time.monotonic() + timeout
+    while not target.exists():
+        if time.monotonic() > deadline:
+            warn(f"WAL segment {segment} not archived after {timeout:.0f} s (see WAL metrics)")
+            return
+        time.sleep(0.2)
+    say(f"WAL archived up to segment {segment}")
+
+
+def prune_archive(config: dict[str, Any], in_snapshot: list[Path]) -> None:
+    """After a successful snapshot: keep only the newest base backup and the WAL from its
+    start on (older ones are in this and earlier snapshots). History files stay (tiny)."""
+    bases = base_backups(config)
+    if not bases:
+        return
+    newest = bases[-1]
+    for base in bases[:-1]:
+        shutil.rmtree(base["path"], ignore_errors=True)
+        say(f"pruned base backup {base['label']} (in the snapshot)")
+    keep_from = newest["start_wal"][8:]
+    pruned = 0
+    for path in in_snapshot:
+        position = segment_position(path.name)
+        if position is not None and position < keep_from:
+            path.unlink(missing_ok=True)
+            pruned += 1
+    if pruned:
+        say(f"pruned {pruned} archived WAL file(s) older than base backup {newest['label']}")
+
+
+def archiver_status(config: dict[str, Any]) -> dict[str, Any] | None:
+    """pg_stat_archiver and the segments still waiting; None if PostgreSQL does not answer."""
+    try:
+        out = psql(
+            config,
+            "SELECT current_setting('archive_mode'), archived_count, failed_count, "
+            "coalesce(extract(epoch FROM last_archived_time), 0), "
+            "coalesce(extract(epoch FROM last_failed_time), 0), "
+            "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') "
+            "FROM pg_stat_archiver",
+        )
+    except Failure:
+        return None
+    mode, archived, failed, last_archived, last_failed, ready = out.strip().split("|")
+    return {
+        "enabled": mode in ("on", "always"),
+        "archived": int(archived),
+        "failed": int(failed),
+        "last_archived": float(last_archived),
+        "last_failed": float(last_failed),
+        "ready": int(ready),
+    }
+
+
+def wal_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    status = archiver_status(config)
+    state = load_state(config)
+    spool = spool_files(config)
+    bases = base_backups(config)
+    values: dict[str, tuple[str, float]] = {
+        "rave_wal_archive_up": (
+            "1 if PostgreSQL answered the archiver status query.",
+            int(status is not None),
+        ),
+        "rave_wal_archive_metrics_timestamp_seconds": (
+            "Unix time these WAL archiving metrics were taken.",
+            float(time.time()),
+        ),
+        "rave_wal_archive_spool_files": (
+            "Archived WAL files in the local spool (pruned once in a snapshot).",
+            len(spool),
+        ),
+        "rave_wal_archive_spool_bytes": (
+            "Bytes of archived WAL in the local spool.",
+            sum(p.stat().st_size for p in spool),
+        ),
+        "rave_wal_archive_last_backed_up_timestamp_seconds": (
+            "Unix time the newest WAL file in the last successful restic snapshot was archived.",
+            float(state.get("wal_backed_up", 0)),
+        ),
+        "rave_wal_base_backup_last_timestamp_seconds": (
+            "Unix time the newest base backup (pg_basebackup) finished (0: none).",
+            float(bases[-1]["finished"]) if bases else 0.0,
+        ),
+    }
+    if status is not None:
+        values.update(
+            {
+                "rave_wal_archive_enabled": (
+                    "1 if PostgreSQL's archive_mode is on.",
+                    int(status["enabled"]),
+                ),
+                "rave_wal_archive_archived_total": (
+                    "WAL files archived since the statistics were reset (pg_stat_archiver).",
+                    status["archived"],
+                ),
+                "rave_wal_archive_failed_total": (
+                    "Failed archive_command attempts (pg_stat_archiver).",
+                    status["failed"],
+                ),
+                "rave_wal_archive_last_archived_timestamp_seconds": (
+                    "Unix time of the last successfully archived WAL file (0: none).",
+                    status["last_archived"],
+                ),
+                "rave_wal_archive_last_failed_timestamp_seconds": (
+                    "Unix time of the last failed archive attempt (0: none).",
+                    status["last_failed"],
+                ),
+                "rave_wal_archive_ready_segments": (
+                    "WAL files completed but not archived yet (pg_wal/archive_status/*.ready).",
+                    status["ready"],
+                ),
+            }
+        )
+    return values
+
+
+def cmd_wal_status(config: dict[str, Any], args: argparse.Namespace) -> int:
+    if not wal_enabled(config):
+        # no stale metrics (their age would raise WalArchivingStalled) once it is turned off
+        (Path(config["textfile_dir"]) / "rave_wal_archive.prom").unlink(missing_ok=True)
+        say("WAL archiving is off (backup_wal_archiving)")
+        return 0
+    values = wal_metrics(config)
+    write_metrics(config, "rave_wal_archive", values)
+    if not os.environ.get("INVOCATION_ID"):  # an operator; the timer's journal stays quiet
+        for metric, (_help, value) in values.items():
+            say(f"{metric} {value}")
+    if "rave_wal_archive_enabled" not in values:  # PostgresDown alerts; not a failed unit too
+        warn("PostgreSQL did not answer: rave_wal_archive_up 0")
+    return 0
+
+
 # --------------------------------------------------------------------------- backup
 
 
@@ -530,6 +795,12 @@ def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dic
         say(f"dumped (tables per database): {out.strip()}")
     write_owners(dump_dir)
     paths = [str(dump_dir)] + [p for p in config["paths"] if os.path.lexists(p)]
+    in_snapshot: list[Path] = []
+    if config["databases"] and wal_enabled(config):
+        base_backup_if_due(config)
+        switch_wal_and_wait(config)
+        in_snapshot = spool_files(config)  # listed before restic starts: all in the snapshot
+        paths += [config["wal_dir"], config["base_dir"]]
     missing = [p for p in config["paths"] if not os.path.lexists(p)]
     if missing:
         say("not present on this host (skipped): " + ", ".join(missing))
@@ -557,6 +828,10 @@ def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dic
         )
     if not summary:
         raise Failure("restic backup printed no summary")
+    if in_snapshot:
+        summary["wal_backed_up"] = max(p.stat().st_mtime for p in in_snapshot)
+    if config["databases"] and wal_enabled(config):
+        prune_archive(config, in_snapshot)
     return summary
 
 
@@ -584,6 +859,8 @@ def cmd_run(config_path: str, config: dict[str, Any], args: argparse.Namespace) 
             last_added=summary.get("data_added", 0),
             last_snapshot=summary.get("snapshot_id", ""),
         )
+        if "wal_backed_up" in summary:
+            state["wal_backed_up"] = summary["wal_backed_up"]
         say(
             f"rave-backup: OK: snapshot {summary.get('snapshot_id', '?')[:8]} saved in "
             f"{finished - started:.1f} s: {human(summary.get('total_bytes_processed', 0))} "
@@ -591,6 +868,8 @@ def cmd_run(config_path: str, config: dict[str, Any], args: argparse.Namespace) 
         )
     save_state(config, state)
     write_metrics(config, "rave_backup", backup_metrics(state))
+    if wal_enabled(config):
+        write_metrics(config, "rave_wal_archive", wal_metrics(config))
     return code
 
 
@@ -1026,11 +1305,201 @@ def restore_databases(
             subprocess.run(["systemctl", "start", *clients], check=False)
 
 
+# ------------------------------------------------------------ point-in-time restore
+
+RECOVERY_CONF = "zz-rave-recovery.conf"
+
+
+def parse_time(value: str) -> float:
+    """Unix time of an ISO 8601 time with a zone (restic's nanoseconds cut to microseconds)."""
+    match = re.match(r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d)?)(\.\d+)?(.*)$", value.strip())
+    if not match:
+        raise Failure(f"not an ISO 8601 time: {value!r}", EXIT_USAGE)
+    zone = match.group(3).strip()
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    fraction = (match.group(2) or "")[:7]
+    try:
+        parsed = datetime.fromisoformat(match.group(1) + fraction + zone)
+    except ValueError:
+        raise Failure(f"not an ISO 8601 time: {value!r}", EXIT_USAGE) from None
+    if parsed.tzinfo is None:
+        raise Failure(f"{value!r} has no time zone (add +00:00 or Z)", EXIT_USAGE)
+    return parsed.timestamp()
+
+
+def utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def snapshot_for_time(
+    config: dict[str, Any], restic: Restic, snapshot: str, target: float
+) -> dict[str, Any]:
+    """The given snapshot, or the first one taken after the target time that holds WAL."""
+    if snapshot != "latest":
+        chosen = restic.resolve(snapshot)
+        if parse_time(chosen["time"]) < target:
+            raise Failure(
+                f"snapshot {chosen['short_id']} was taken at {chosen['time'][:19]} (UTC), before "
+                "the target time: it cannot hold the WAL up to it",
+                EXIT_USAGE,
+            )
+        return chosen
+    snapshots = [s for s in restic.snapshots() if config["wal_dir"] in s["paths"]]
+    later = [s for s in snapshots if parse_time(s["time"]) >= target]
+    if not later:
+        newest = snapshots[-1]["time"][:19] if snapshots else "none"
+        raise Failure(
+            f"no snapshot with archived WAL was taken after {utc(target)} (newest: {newest}); "
+            "take a backup first (ops/backup_now.py)",
+            EXIT_USAGE,
+        )
+    return later[0]
+
+
+def choose_base(temp: Path, config: dict[str, Any], snapshot: dict[str, Any], target: float):
+    """The newest base backup in the restored snapshot that finished before the target."""
+    restored = dict(config, base_dir=str(temp / config["base_dir"].lstrip("/")))
+    bases = base_backups(restored)
+    if not bases:
+        raise Failure(f"snapshot {snapshot['short_id']} holds no base backup", EXIT_USAGE)
+    usable = [b for b in bases if b["finished"] <= target]
+    if not usable:
+        raise Failure(
+            f"every base backup in snapshot {snapshot['short_id']} finished after the target "
+            f"time; the earliest point it can restore is {utc(bases[0]['finished'])}",
+            EXIT_USAGE,
+        )
+    return usable[-1]
+
+
+def wal_range(temp: Path, config: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    source = temp / config["wal_dir"].lstrip("/")
+    start = base["start_wal"][8:]
+    return sorted(
+        p.name[:-3] for p in source.glob("*.gz") if (segment_position(p.name) or "") >= start
+    )
+
+
+def postgres_log_tail(config: dict[str, Any], lines: int = 8) -> str:
+    version = Path(config["pg_data"]).parent.name
+    log = Path(f"/var/log/postgresql/postgresql-{version}-main.log")
+    if not log.exists():
+        return "(no log)"
+    return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_promoted(config: dict[str, Any], timeout: float) -> None:
+    """Until recovery reached the target and the server was promoted (accepts writes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = as_postgres(config, ["psql", "-X", "-At", "-c", "SELECT pg_is_in_recovery()"])
+        if result.returncode == 0 and result.stdout.strip() == "f":
+            return
+        if result.returncode != 0 and not unit_active(f"{config['pg_unit']}.service"):
+            raise Failure(f"PostgreSQL stopped during recovery: {postgres_log_tail(config)}")
+        time.sleep(1)
+    raise Failure(f"recovery did not finish in {timeout:.0f} s: {postgres_log_tail(config)}")
+
+
+def postgres_dir(path: Path, config: dict[str, Any]) -> None:
+    entry = pwd.getpwnam(config["pg_user"])
+    path.mkdir(mode=0o700, parents=True)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(path, 0o700)
+
+
+def restore_point_in_time(
+    config_path: str,
+    config: dict[str, Any],
+    temp: Path,
+    base: dict[str, Any],
+    target: str,
+    timeout: float,
+) -> None:
+    """Replace the cluster by the base backup and replay archived WAL up to the target time.
+
+    The current data directory, WAL spool and base backups are moved aside first and put back
+    if recovery fails. Afterwards the spool and base directory start empty (the restored
+    cluster is on a new timeline; the next backup run takes a new base backup).
+    """
+    unit = f"{config['pg_unit']}.service"
+    pg_data, spool, bases = (Path(config[k]) for k in ("pg_data", "wal_dir", "base_dir"))
+    moved = [(p, Path(str(p) + PRE_RESTORE_SUFFIX)) for p in (pg_data, spool, bases)]
+    wal_source = temp / config["wal_dir"].lstrip("/")
+    base_path = temp / config["base_dir"].lstrip("/") / base["label"]
+    make_readable_by_postgres(temp, wal_source, config)
+    make_readable_by_postgres(temp, base_path, config)
+    conf = Path(config["pg_conf_dir"]) / "conf.d" / RECOVERY_CONF
+    clients = [u for u in config["db_client_units"] if unit_active(u)]
+    if clients:
+        say("stopping database clients: " + ", ".join(clients))
+        subprocess.run(["systemctl", "stop", *clients], check=True)
+    started = time.monotonic()
+    try:
+        say(f"stopping {unit}; moving {pg_data}, {spool} and {bases} aside")
+        subprocess.run(["systemctl", "stop", unit], check=True)
+        for live, aside in moved:
+            if aside.exists():
+                shutil.rmtree(aside)
+            if live.exists():
+                live.rename(aside)
+            postgres_dir(live, config)
+        try:
+            for archive, into in (("base.tar.gz", pg_data), ("pg_wal.tar.gz", pg_data / "pg_wal")):
+                untar = as_postgres(
+                    config, ["tar", "-xzf", str(base_path / archive), "-C", str(into)]
+                )
+                if untar.returncode != 0:
+                    raise Failure(f"unpacking {archive}: {tail(untar)}")
+            signal_file = pg_data / "recovery.signal"
+            signal_file.touch()
+            entry = pwd.getpwnam(config["pg_user"])
+            os.chown(signal_file, entry.pw_uid, entry.pw_gid)
+            # the restored snapshot's WAL only: never a live spool of another timeline
+            restore = f'f={wal_source}/%f.gz; test -f "$f" && gzip -dc "$f" > "%p"'
+            conf.write_text(
+                "# Written by rave-backup restore --target-time; removed when recovery ends\n"
+                f"restore_command = '{restore}'\n"
+                f"recovery_target_time = '{target}'\n"
+                "recovery_target_action = 'promote'\n"
+                "recovery_target_timeline = 'latest'\n"
+            )
+            os.chmod(conf, 0o644)
+            say(f"recovering: base backup {base['label']}, WAL replayed up to {target} ...")
+            subprocess.run(["systemctl", "start", unit], check=False)
+            wait_promoted(config, timeout)
+        except (Failure, OSError, subprocess.CalledProcessError) as failure:
+            subprocess.run(["systemctl", "stop", unit], check=False)
+            conf.unlink(missing_ok=True)
+            for live, aside in moved:
+                shutil.rmtree(live, ignore_errors=True)
+                if aside.exists():
+                    aside.rename(live)
+            subprocess.run(["systemctl", "start", unit], check=False)
+            raise Failure(
+                f"point-in-time restore failed, the previous cluster was put back: {failure}"
+            ) from None
+        conf.unlink(missing_ok=True)
+        subprocess.run(["systemctl", "reload", unit], check=False)
+        for _live, aside in moved:
+            shutil.rmtree(aside, ignore_errors=True)
+        say(f"recovered to {target} and promoted in {time.monotonic() - started:.1f} s")
+        for db in project_databases(config):
+            tables = checksums_of(config_path, config, db)
+            rows = sum(t["rows"] for t in tables.values())
+            say(f"database {db}: {len(tables)} tables, {rows} rows")
+    finally:
+        if clients:
+            say("starting database clients: " + ", ".join(clients))
+            subprocess.run(["systemctl", "start", *clients], check=False)
+
+
 def restore_files(temp: Path, snapshot: dict[str, Any], config: dict[str, Any]) -> list[str]:
     restored = []
     for path in snapshot["paths"]:
-        if os.path.normpath(path) == os.path.normpath(config["dump_dir"]):
-            continue
+        archive = [config[k] for k in ("dump_dir", "wal_dir", "base_dir") if k in config]
+        if os.path.normpath(path) in {os.path.normpath(p) for p in archive}:
+            continue  # restored as databases, never as files
         source = temp / path.lstrip("/")
         if not os.path.lexists(source):
             continue
@@ -1047,11 +1516,18 @@ def restore_files(temp: Path, snapshot: dict[str, Any], config: dict[str, Any]) 
 def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespace) -> int:
     restic = Restic(config, args.password_file)
     started = time.time()
+    target = parse_time(args.target_time) if args.target_time else None
+    if target is not None and not wal_enabled(config):
+        raise Failure("WAL archiving is off on this host: no point-in-time restore", EXIT_USAGE)
     with host_lock(config, wait_seconds=args.wait):
         restic.open()  # a wrong password stops here, before anything is touched
         restic.unlock_stale()
-        snapshot = restic.resolve(args.snapshot)
-        only = [config["dump_dir"]] if args.scope == "database" else None
+        if target is None:
+            snapshot = restic.resolve(args.snapshot)
+            only = [config["dump_dir"]] if args.scope == "database" else None
+        else:
+            snapshot = snapshot_for_time(config, restic, args.snapshot, target)
+            only = [config["wal_dir"], config["base_dir"]] if args.scope == "database" else None
         temp = restore_to_temp(config, restic, snapshot, only)
         try:
             if args.scope == "host":
@@ -1059,18 +1535,33 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
                 remapped = remap_owners(temp, owners)
                 if remapped:
                     say(f"{remapped} restored files re-owned to this host's user and group ids")
-            dump_dir, manifest = read_manifest(temp, config)
-            plan = [
-                f"databases {', '.join(sorted(manifest['databases']))} "
-                "(each replaced by its dump; the old one is put back if the restore fails)"
-            ]
+            archive = {config[k] for k in ("dump_dir", "wal_dir", "base_dir") if k in config}
+            if target is None:
+                dump_dir, manifest = read_manifest(temp, config)
+                plan = [
+                    f"databases {', '.join(sorted(manifest['databases']))} "
+                    "(each replaced by its dump; the old one is put back if the restore fails)"
+                ]
+                if args.scope == "host":
+                    plan.insert(0, "roles (globals.sql)")
+            else:
+                base = choose_base(temp, config, snapshot, target)
+                segments = wal_range(temp, config, base)
+                plan = [
+                    f"the whole PostgreSQL cluster (every database and role) to {utc(target)}: "
+                    f"base backup {base['label']} (finished {utc(base['finished'])}), then "
+                    f"{len(segments)} archived WAL file(s) "
+                    f"({segments[0] if segments else '-'} .. {segments[-1] if segments else '-'})"
+                    " replayed up to that time (the current cluster is put back if it fails)"
+                ]
             if args.scope == "host":
-                plan.insert(0, "roles (globals.sql)")
                 plan.insert(
-                    0,
-                    "files: " + ", ".join(p for p in snapshot["paths"] if p != config["dump_dir"]),
+                    0, "files: " + ", ".join(p for p in snapshot["paths"] if p not in archive)
                 )
-            say(f"restore plan (snapshot {snapshot['short_id']}, scope {args.scope}):")
+            what = f"snapshot {snapshot['short_id']}" + (
+                f", point in time {utc(target)}" if target is not None else ""
+            )
+            say(f"restore plan ({what}, scope {args.scope}):")
             for item in plan:
                 say(f"  - {item}")
             if not args.yes:
@@ -1079,17 +1570,19 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
             if args.scope == "host":
                 for path in restore_files(temp, snapshot, config):
                     say(f"restored {path}")
-            restore_databases(
-                config_path, config, dump_dir, manifest, with_globals=args.scope == "host"
-            )
+            if target is None:
+                restore_databases(
+                    config_path, config, dump_dir, manifest, with_globals=args.scope == "host"
+                )
+            else:
+                restore_point_in_time(
+                    config_path, config, temp, base, utc(target), timeout=args.recovery_timeout
+                )
         finally:
             shutil.rmtree(temp, ignore_errors=True)
     if args.scope == "host":
         restart_after_host_restore(config)
-    say(
-        f"RESTORED: snapshot {snapshot['short_id']} (scope {args.scope}) in "
-        f"{time.time() - started:.1f} s"
-    )
+    say(f"RESTORED: {what} (scope {args.scope}) in {time.time() - started:.1f} s")
     return 0
 
 
@@ -1126,6 +1619,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("list")
     sub.add_parser("status")
     sub.add_parser("databases")
+    sub.add_parser("wal-status")
     ls = sub.add_parser("ls")
     ls.add_argument("--snapshot", default="latest")
     check = sub.add_parser("check")
@@ -1144,6 +1638,12 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--snapshot", default="latest")
     restore.add_argument("--scope", choices=("database", "host"), default="database")
     restore.add_argument("--yes", action="store_true", help="really restore (else a dry run)")
+    restore.add_argument(
+        "--target-time",
+        default=None,
+        help="point-in-time restore of the cluster to this ISO 8601 time (with a zone)",
+    )
+    restore.add_argument("--recovery-timeout", type=float, default=3600)
     restore.add_argument("--wait", type=int, default=1800)
     dump = sub.add_parser("dump")
     dump.add_argument("--out", required=True)
@@ -1164,6 +1664,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_dump(config, args)
         if command == "checksums":
             return cmd_checksums(args.config, config, args)
+        if command == "wal-status":
+            return cmd_wal_status(config, args)
         if command == "databases":
             print("\n".join(project_databases(config)))
             return 0

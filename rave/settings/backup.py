@@ -8,6 +8,7 @@ them validated like every other setting (a typo is refused before pyinfra connec
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -66,6 +67,25 @@ class BackupSettings(Concern):
         pattern=r"^/[^\s]+$",
         description="node exporter textfile collector directory for the backup metrics",
     )
+    backup_wal_archiving: bool = Field(
+        True,
+        description="continuous WAL archiving (PostgreSQL archive_command into a spool that every "
+        "backup run puts into restic) plus periodic base backups: point-in-time restore",
+    )
+    backup_wal_archive_timeout_sec: int = Field(
+        300,
+        ge=60,
+        le=3600,
+        description="PostgreSQL archive_timeout: a WAL segment is archived at least this often "
+        "while anything is written (so a quiet host still archives)",
+    )
+    backup_base_interval_hours: int = Field(
+        24,
+        ge=1,
+        le=24 * 31,
+        description="a backup run takes a new base backup (pg_basebackup) when the last one is "
+        "older than this: the starting point WAL is replayed from",
+    )
     # --- parameters of the operator operations (ops/backup_*.py), given with --data
     backup_snapshot: str = Field(
         "latest",
@@ -76,6 +96,12 @@ class BackupSettings(Concern):
         "database",
         description="ops/backup_restore.py: the databases alone, or the whole host "
         "(files, secrets file, SSH host keys, roles and databases)",
+    )
+    backup_restore_target_time: str | None = Field(
+        None,
+        description="ops/backup_restore.py: restore to this point in time (ISO 8601 with a time "
+        "zone, e.g. 2026-12-06T15:04:05+00:00): a base backup plus archived WAL replayed up "
+        "to it (the whole PostgreSQL cluster)",
     )
     backup_restore_confirm: bool = Field(
         False, description="ops/backup_restore.py: really restore (false: print the plan only)"
@@ -91,6 +117,21 @@ class BackupSettings(Concern):
         description="ops: read the repository password from this host file instead of the "
         "secret (for drills and the wrong-password test)",
     )
+
+    @field_validator("backup_restore_target_time")
+    @classmethod
+    def _target_time(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"not an ISO 8601 time: {value!r} (e.g. 2026-12-06T15:04:05+00:00)"
+            ) from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone: add one, e.g. +00:00 or Z")
+        return parsed.isoformat()
 
     @field_validator("backup_include_extra")
     @classmethod

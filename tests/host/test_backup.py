@@ -193,7 +193,8 @@ def _host_state(host) -> dict:
         "files": run(
             host,
             "sha256sum /etc/ssh/ssh_host_ed25519_key* && "
-            "find /etc/rave /var/lib/rave-backup -xdev -type f ! -name lock -exec sha256sum {} + "
+            "find /etc/rave /var/lib/rave-backup -xdev -type f ! -name lock "
+            "! -path '/var/lib/rave-backup/wal/*' -exec sha256sum {} + "
             "| sort",
         ).stdout,
         "databases": run(host, f"{RB} databases").stdout,

@@ -120,3 +120,90 @@ def test_restored_files_are_reowned_by_name(rb, tmp_path):
     owners.write_text(json.dumps({"users": {"54321": "nobody"}, "groups": {"54321": "nogroup"}}))
     assert rb.remap_owners(tmp_path / "tree", owners) == 1
     assert target.stat().st_uid == nobody.pw_uid
+
+
+def test_wal_file_names_and_positions(rb):
+    size = 16 * 1024 * 1024
+    assert rb.wal_file_name(1, "0/2000028", size) == "000000010000000000000002"
+    assert rb.wal_file_name(2, "1/FF000000", size) == "0000000200000001000000FF"
+    assert rb.segment_position("000000010000000000000002.gz") == "0000000000000002"
+    assert rb.segment_position("000000010000000000000002.00000028.backup.gz") == (
+        "0000000000000002"
+    )
+    assert rb.segment_position("00000002.history.gz") is None
+
+
+def test_parse_time_accepts_restic_and_operator_forms(rb):
+    a = rb.parse_time("2026-12-06T15:04:05.123456789Z")  # restic: nanoseconds
+    b = rb.parse_time("2026-12-06T16:04:05.123456+01:00")
+    assert a == b
+    assert rb.parse_time("2026-12-06 15:04:05+00:00") == int(a)
+    for bad in ("2026-12-06T15:04:05", "yesterday"):
+        with pytest.raises(rb.Failure):
+            rb.parse_time(bad)
+    assert rb.utc(0) == "1970-01-01T00:00:00.000+00:00"
+
+
+def _base(root: Path, label: str, finished: float, start_wal: str) -> None:
+    (root / label).mkdir(parents=True)
+    info = {"label": label, "finished": finished, "start_wal": start_wal, "system_identifier": "1"}
+    (root / label / "rave-base.json").write_text(json.dumps(info))
+
+
+def test_prune_keeps_the_newest_base_and_its_wal_and_history(rb, tmp_path):
+    config = {"base_dir": str(tmp_path / "base"), "wal_dir": str(tmp_path / "wal")}
+    _base(tmp_path / "base", "old", 100, "000000010000000000000002")
+    _base(tmp_path / "base", "new", 200, "000000010000000000000005")
+    (tmp_path / "base" / "incomplete").mkdir()  # no rave-base.json: not a base backup
+    spool = tmp_path / "wal"
+    spool.mkdir()
+    names = [f"0000000100000000000000{n:02X}.gz" for n in range(2, 8)]
+    names += ["00000002.history.gz", "000000010000000000000003.00000028.backup.gz"]
+    for name in names:
+        (spool / name).write_text("x")
+    (spool / ".000000010000000000000008.tmp").write_text("x")  # being archived
+    listed = rb.spool_files(config)
+    assert [p.name for p in listed] == sorted(names)
+    (spool / "000000010000000000000008.gz").write_text("x")  # archived after the listing
+    rb.prune_archive(config, listed)
+    assert [b["label"] for b in rb.base_backups(config)] == ["new"]
+    left = sorted(p.name for p in spool.iterdir())
+    assert left == [
+        ".000000010000000000000008.tmp",
+        "000000010000000000000005.gz",
+        "000000010000000000000006.gz",
+        "000000010000000000000007.gz",
+        "000000010000000000000008.gz",
+        "00000002.history.gz",
+    ]
+
+
+def test_choose_base_takes_the_newest_finished_before_the_target(rb, tmp_path):
+    config = {"base_dir": "/var/lib/rave-backup/base"}
+    root = tmp_path / "var/lib/rave-backup/base"
+    _base(root, "a", 100, "000000010000000000000002")
+    _base(root, "b", 200, "000000010000000000000005")
+    snapshot = {"short_id": "abcd1234"}
+    assert rb.choose_base(tmp_path, config, snapshot, 150)["label"] == "a"
+    assert rb.choose_base(tmp_path, config, snapshot, 250)["label"] == "b"
+    with pytest.raises(rb.Failure, match="earliest point it can restore"):
+        rb.choose_base(tmp_path, config, snapshot, 50)
+
+
+def test_restore_files_never_writes_the_archive_directories(rb, tmp_path, monkeypatch):
+    copied = []
+    monkeypatch.setattr(rb.subprocess, "run", lambda args, check: copied.append(args[-1]))
+    config = {"dump_dir": "/s/dump", "wal_dir": "/s/wal", "base_dir": "/s/base"}
+    for path in ("s/dump", "s/wal", "s/base", "etc/x"):
+        (tmp_path / path).mkdir(parents=True)
+    monkeypatch.setattr(rb.Path, "mkdir", lambda *a, **k: None)
+    snapshot = {"paths": ["/s/dump", "/s/wal", "/s/base", "/etc/x"]}
+    assert rb.restore_files(tmp_path, snapshot, config) == ["/etc/x"]
+
+
+def test_wal_status_removes_its_metrics_when_archiving_is_off(rb, tmp_path):
+    stale = tmp_path / "rave_wal_archive.prom"
+    stale.write_text("rave_wal_archive_metrics_timestamp_seconds 1\n")
+    config = {"wal_archiving": False, "textfile_dir": str(tmp_path)}
+    assert rb.cmd_wal_status(config, None) == 0
+    assert not stale.exists()

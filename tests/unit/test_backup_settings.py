@@ -59,3 +59,22 @@ def test_ops_parameters_validate():
         backup_verify_strict_live=True,
     )
     assert (s.backup_snapshot, s.backup_restore_scope) == ("0123abcd", "host")
+
+
+def test_restore_target_time_needs_a_zone_and_is_normalised():
+    s = make_settings(backup_restore_target_time="2026-12-06T15:04:05Z")
+    assert s.backup_restore_target_time == "2026-12-06T15:04:05+00:00"
+    assert make_settings().backup_restore_target_time is None
+    with pytest.raises(ValidationError, match="backup_restore_target_time"):
+        make_settings(backup_restore_target_time="2026-12-06 15:04:05")
+    with pytest.raises(ValidationError, match="not an ISO 8601 time"):
+        make_settings(backup_restore_target_time="yesterday")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("backup_wal_archive_timeout_sec", 10), ("backup_base_interval_hours", 0)],
+)
+def test_wal_settings_are_bounded(field, value):
+    with pytest.raises(ValidationError, match=field):
+        make_settings(**{field: value})

@@ -106,4 +106,28 @@ def test_templates_hook_covers_the_backup_templates():
         "backup/rave-backup.timer.j2",
         "backup/rave-backup-maintenance.service.j2",
         "backup/rave-backup-maintenance.timer.j2",
+        "backup/rave-backup-wal-status.service.j2",
+        "backup/rave-backup-wal-status.timer.j2",
+        "backup/wal-archive.conf.j2",
     }
+    off = set(task.templates(make_settings(backup_wal_archiving=False)))
+    assert "backup/rave-backup-wal-status.timer.j2" not in off
+
+
+def test_wal_archiving_configuration():
+    s = make_settings(backup_wal_archive_timeout_sec=120, backup_base_interval_hours=12)
+    conf = render("backup/wal-archive.conf.j2", **task.wal_archive_context(s))
+    assert "archive_mode = on" in conf
+    assert f"archive_command = '{task.ARCHIVE_SCRIPT} {task.WAL_DIR} %p %f'" in conf
+    assert "archive_timeout = 120" in conf
+    assert task.wal_archive_conf(s) == "/etc/postgresql/15/main/conf.d/rave-wal-archive.conf"
+    config = json.loads(task.config_text(s))
+    assert config["wal_archiving"] is True
+    assert config["base_interval_hours"] == 12
+    assert config["pg_data"] == "/var/lib/postgresql/15/main"
+    assert config["pg_unit"] == component("postgresql").unit
+    # the spool and base backups are under the state directory the backup unit may write
+    assert config["wal_dir"].startswith(task.STATE_DIR + "/")
+    assert config["base_dir"].startswith(task.STATE_DIR + "/")
+    # no archiving without database dumps (nothing would put the spool into restic)
+    assert not json.loads(task.config_text(make_settings(backup_databases=False)))["wal_archiving"]
