@@ -95,11 +95,83 @@ def test_failed_snapshot_changes_nothing():
     assert "ops/update.py" not in files(runner, "h1")
 
 
-def test_major_update_prints_the_runbook(capsys):
+@pytest.mark.parametrize("component", ["debian", "postgresql"])
+def test_untestable_major_updates_print_a_runbook_and_change_nothing(component, capsys):
     runner = FakeRunner(["h1"])
-    assert cli.cmd_update(runner, cli.parser().parse_args(["update", "major"])) == 2
-    assert "disk snapshot" in capsys.readouterr().out
+    assert cli.cmd_update(runner, cli.parser().parse_args(["update", "major", component])) == 2
+    out = capsys.readouterr().out
+    assert "NOT AUTOMATED, and this command changed nothing" in out
+    assert "disk snapshot" in out
     assert runner.calls == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["update", "major"], "needs a component"),
+        (["update", "major", "nginx"], "unknown component 'nginx'"),
+        (["update", "major", "ccr"], "needs --to VERSION"),
+        (["update", "major", "ccr", "--to", "2.x"], "setting ccr_version: String should match"),
+        (["update", "config", "ccr"], "takes no component"),
+    ],
+)
+def test_bad_major_update_is_refused_before_any_host(argv, message, capsys):
+    runner = FakeRunner(["h1"])
+    assert cli.cmd_update(runner, cli.parser().parse_args(argv)) == 2
+    assert message in capsys.readouterr().err
+    assert runner.calls == []
+
+
+def test_major_update_saves_deploys_the_version_validates_and_discards(capsys):
+    runner = FakeRunner(["h1"])
+    opts = cli.parser().parse_args(["update", "major", "ccr", "--to", "2.0.0"])
+    assert cli.cmd_update(runner, opts) == 0
+    steps = [
+        (args[0], next((a for a in args if a.startswith(("ops_major_action", "ccr_"))), ""))
+        for _, args in runner.calls
+        if args[0] not in ("ops/snapshot.py", cli.BACKUP_FILE)
+    ]
+    assert steps == [
+        ("ops/major.py", "ops_major_action=save"),
+        ("deploy.py", "ccr_version=2.0.0"),
+        ("ops/major.py", "ops_major_action=settle"),
+        ("ops/validate.py", ""),
+        ("ops/major.py", "ops_major_action=discard"),
+    ]
+    assert files(runner, "h1").index("ops/snapshot.py") < files(runner, "h1").index(
+        "ops/major.py"
+    )
+    out = capsys.readouterr().out
+    assert "h1: OK   updated and validated" in out
+    assert "set ccr_version = '2.0.0' in group_data" in out
+
+
+def test_failed_major_update_restores_the_software_and_stops_the_rollout(capsys):
+    runner = FakeRunner(["h1", "h2"], fail={("h1", "ops/validate.py", "--data")})
+    opts = cli.parser().parse_args(
+        ["update", "major", "ccr", "--to", "3.1.1", "--force-validation-failure"]
+    )
+    assert cli.cmd_update(runner, opts) == 1
+    h1 = [args for host, args in runner.calls if host == "h1"]
+    actions = [a for args in h1 for a in args if a.startswith(("ops_major_action", "ops_snap"))]
+    assert actions[actions.index("ops_snapshot=restore") :] == [
+        "ops_snapshot=restore",
+        "ops_major_action=restore",
+        "ops_major_action=settle",
+    ]
+    assert "ops_major_action=discard" not in actions
+    assert files(runner, "h2") == []
+    out = capsys.readouterr().out
+    assert "h1: FAIL validation failed; rolled back; host valid after it" in out
+    assert "h2: FAIL not updated: rollout stopped" in out
+    assert "group_data" not in out  # nothing was updated: nothing to pin
+
+
+def test_failed_save_changes_nothing():
+    runner = FakeRunner(["h1"], fail={("h1", "ops/major.py", "ops_major_action=save")})
+    opts = cli.parser().parse_args(["update", "major", "ccr", "--to", "2.0.0"])
+    assert cli.cmd_update(runner, opts) == 1
+    assert "deploy.py" not in files(runner, "h1")
 
 
 def test_unknown_command_is_refused():
