@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pyinfra_cli.util import parse_cli_arg
 
 from rave.ops import drift as drift_mod
 from rave.ops import major as major_mod
@@ -152,12 +153,16 @@ class Major:
 
     component: str
     version: str
+    # further settings the new version needs (KEY=VALUE, pyinfra --data syntax): applied with
+    # the version, rolled back with it (the configuration snapshot)
+    settings: tuple[str, ...] = ()
 
     def data(self, action: str) -> list[str]:
         return _data(ops_major_component=self.component, ops_major_action=action)
 
     def deploy_data(self) -> list[str]:
-        return _data(**{major_mod.AUTOMATED[self.component]: self.version})
+        extra = [arg for item in self.settings for arg in ("--data", item)]
+        return _data(**{major_mod.AUTOMATED[self.component]: self.version}) + extra
 
 
 def update_host(
@@ -233,15 +238,23 @@ def major_update(opts: argparse.Namespace) -> Major | int:
     if opts.to is None:
         say(f"update major {opts.component} needs --to VERSION (the new {setting})")
         return 2
-    try:
-        HostSettings.model_validate({setting: opts.to})
-    except ValidationError as error:
-        # only this setting's errors: the others (hostname, ...) come from the inventory
-        message = "; ".join(e["msg"] for e in error.errors() if e["loc"] == (setting,))
-        if message:
-            say(f"update major {opts.component} --to {opts.to}: setting {setting}: {message}")
+    values: dict[str, object] = {setting: opts.to}
+    for item in opts.set:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in HostSettings.model_fields or key == setting:
+            say(f"update major --set {item!r}: want SETTING=VALUE naming a setting (not {setting})")
             return 2
-    return Major(component=opts.component, version=opts.to)
+        values[key] = parse_cli_arg(raw)  # what pyinfra's --data will make of it
+    try:
+        HostSettings.model_validate(values)
+    except ValidationError as error:
+        # only the errors of these settings: the others (hostname, ...) come from the inventory
+        wrong = [e for e in error.errors() if e["loc"] and e["loc"][0] in values]
+        if wrong:
+            message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in wrong)
+            say(f"update major {opts.component}: setting {message}")
+            return 2
+    return Major(component=opts.component, version=opts.to, settings=tuple(opts.set))
 
 
 def cmd_update(runner: Runner, opts: argparse.Namespace) -> int:
@@ -251,8 +264,8 @@ def cmd_update(runner: Runner, opts: argparse.Namespace) -> int:
         if isinstance(target, int):
             return target
         major = target
-    elif opts.component is not None or opts.to is not None:
-        say(f"update {opts.kind} takes no component or --to (only update major does)")
+    elif opts.component is not None or opts.to is not None or opts.set:
+        say(f"update {opts.kind} takes no component, --to or --set (only update major does)")
         return 2
     failures = 0
     results: list[tuple[str, bool, str]] = []
@@ -303,6 +316,13 @@ def parser() -> argparse.ArgumentParser:
         help="major only: ccr (automated), debian or postgresql (runbook, changes nothing)",
     )
     p.add_argument("--to", metavar="VERSION", help="major only: the component's new version")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="major only: a setting the new version needs (applied and rolled back with it)",
+    )
     p.add_argument(
         "--max-failures", type=int, default=0, help="failed hosts tolerated before stopping"
     )

@@ -138,9 +138,7 @@ def test_major_update_saves_deploys_the_version_validates_and_discards(capsys):
         ("ops/validate.py", ""),
         ("ops/major.py", "ops_major_action=discard"),
     ]
-    assert files(runner, "h1").index("ops/snapshot.py") < files(runner, "h1").index(
-        "ops/major.py"
-    )
+    assert files(runner, "h1").index("ops/snapshot.py") < files(runner, "h1").index("ops/major.py")
     out = capsys.readouterr().out
     assert "h1: OK   updated and validated" in out
     assert "set ccr_version = '2.0.0' in group_data" in out
