@@ -8,7 +8,8 @@ service is up; restore: put the saved tree back and restart (the rollback); disc
 saved tree after a validated update. Scripts: rave/ops/major.py.
 """
 
-from pyinfra.operations import server
+from pyinfra import host
+from pyinfra.operations import python
 
 from rave.deploykit import settings
 from rave.ops import major
@@ -24,25 +25,27 @@ SOFTWARE = {
     ),
 }
 
+
+def run_and_print(label: str, script: str) -> None:
+    """Run one step's script as root and show its output (the operator reads what it did)."""
+    ok, output = host.run_shell_command(script, _sudo=True, print_input=False)
+    for line in output.output_lines:
+        print(f"    {host.name}: {line}")
+    if not ok:
+        raise RuntimeError(f"{host.name}: {label} failed (output above)")
+
+
 config = settings()
 software = SOFTWARE[config.ops_major_component]
-action = config.ops_major_action
-if action == "save":
-    server.shell(
-        name=f"Save the installed {software.component} ({software.tree})",
-        commands=[major.save_script(software)],
-    )
-elif action == "settle":
-    server.shell(
-        name=f"Wait for {software.unit} to be up",
-        commands=[major.settle_script(software, config.ops_major_settle_seconds)],
-    )
-elif action == "restore":
-    server.shell(
-        name=f"Put the saved {software.component} back and restart it",
-        commands=[major.restore_script(software)],
-    )
+steps = {
+    "save": (f"Save the installed {software.component} ({software.tree})", major.save_script),
+    "restore": (f"Put the saved {software.component} back and restart it", major.restore_script),
+    "discard": (f"Drop the saved {software.component}", major.discard_script),
+}
+if config.ops_major_action == "settle":
+    label = f"Wait for {software.unit} to be up"
+    script = major.settle_script(software, config.ops_major_settle_seconds)
 else:
-    server.shell(
-        name=f"Drop the saved {software.component}", commands=[major.discard_script(software)]
-    )
+    label, build = steps[config.ops_major_action]
+    script = build(software)
+python.call(name=label, function=run_and_print, label=label, script=script)

@@ -82,7 +82,8 @@ def settle_script(software: Software, seconds: int) -> str:
 
 
 def restore_script(software: Software, save_dir: str = SAVE_DIR) -> str:
-    """Put the saved tree back (the update's files removed), restart, check the version."""
+    """Put the saved tree back (the update's files removed), restart, check the version; the
+    saved copy is kept only when that fails."""
     d = f"{save_dir}/{software.component}"
     return "\n".join(
         [
@@ -97,6 +98,7 @@ def restore_script(software: Software, save_dir: str = SAVE_DIR) -> str:
             f"was=$(cat {d}/version)",
             f'echo "{software.component} version $now (before the update: $was)"',
             'test "$now" = "$was"',
+            f"rm -rf {d}",  # put back: the copy is not needed any more
         ]
     )
 

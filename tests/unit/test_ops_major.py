@@ -88,8 +88,17 @@ def test_save_then_restore_puts_the_old_version_back(fake_host):
     assert not (tree / "added.js").exists()
     log = (tmp_path / "systemctl.log").read_text().splitlines()
     assert log[0] == "stop rave-ccr" and log[-1] == "start rave-ccr"
+    assert not (tmp_path / "saves/ccr").exists()  # put back: the copy is dropped
+
+
+def test_discard_drops_the_saved_tree(fake_host):
+    tmp_path, tree, software, run = fake_host
+    saves = str(tmp_path / "saves")
+    assert run(major.save_script(software, saves)).returncode == 0
+    assert (tmp_path / "saves/ccr/tree.tar").exists()
     assert run(major.discard_script(software, saves)).returncode == 0
     assert not (tmp_path / "saves/ccr").exists()
+    assert (tree / "dist.js").read_text() == "old"
 
 
 def test_save_refuses_when_the_component_is_not_installed(fake_host):
