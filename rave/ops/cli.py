@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pyinfra_cli.util import parse_cli_arg
 
 from rave.ops import drift as drift_mod
 from rave.ops import major as major_mod
@@ -82,6 +81,21 @@ def limited(entries: list[dict[str, Any]], patterns: list[str]) -> list[str]:
         if not patterns or any(fnmatch.fnmatch(entry["name"], p) or p in groups for p in patterns):
             names.append(entry["name"])
     return names
+
+
+def data_value(raw: str) -> object:
+    """What pyinfra's --data makes of a value (pyinfra_cli.util.parse_cli_arg; importing
+    pyinfra_cli would monkey-patch this process with gevent)."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def _data(**values: object) -> list[str]:
@@ -244,7 +258,7 @@ def major_update(opts: argparse.Namespace) -> Major | int:
         if not sep or key not in HostSettings.model_fields or key == setting:
             say(f"update major --set {item!r}: want SETTING=VALUE naming a setting (not {setting})")
             return 2
-        values[key] = parse_cli_arg(raw)  # what pyinfra's --data will make of it
+        values[key] = data_value(raw)
     try:
         HostSettings.model_validate(values)
     except ValidationError as error:

@@ -187,3 +187,20 @@ def test_limit_accepts_names_globs_and_groups():
     assert cli.limited(entries, ["rave-prod-2"]) == ["rave-prod-2"]
     assert cli.limited(entries, ["rave-prod-*"]) == ["rave-prod-1", "rave-prod-2"]
     assert cli.limited(entries, ["staging"]) == ["rave-staging-1"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("true", True),
+        ("False", False),
+        ("12", 12),
+        ('[{"a": 1}]', [{"a": 1}]),
+        ("2.0.0", "2.0.0"),
+        ("1.5", 1.5),
+        ("text", "text"),
+    ],
+)
+def test_data_values_are_read_as_pyinfra_reads_them(raw, value):
+    # as pyinfra_cli.util.parse_cli_arg (not imported here: it monkey-patches with gevent)
+    assert cli.data_value(raw) == value
