@@ -204,3 +204,13 @@ def test_limit_accepts_names_globs_and_groups():
 def test_data_values_are_read_as_pyinfra_reads_them(raw, value):
     # as pyinfra_cli.util.parse_cli_arg (not imported here: it monkey-patches with gevent)
     assert cli.data_value(raw) == value
+
+
+def test_major_update_settings_go_to_the_deploy_only():
+    runner = FakeRunner(["h1"])
+    providers = '[{"name": "p", "api_base_url": "https://llm.invalid/v1", "models": ["m"]}]'
+    argv = ["update", "major", "ccr", "--to", "2.0.0", "--set", f"ccr_providers={providers}"]
+    assert cli.cmd_update(runner, cli.parser().parse_args(argv)) == 0
+    with_settings = [args for _, args in runner.calls if f"ccr_providers={providers}" in args]
+    assert [args[0] for args in with_settings] == ["deploy.py"]
+    assert "ccr_version=2.0.0" in with_settings[0]
