@@ -296,7 +296,7 @@ def cmd_update(runner: Runner, opts: argparse.Namespace) -> int:
     for host, ok, detail in results:
         print(f"{host}: {'OK  ' if ok else 'FAIL'} {detail}")
     if major is not None and any(ok for _, ok, _ in results):
-        print(major_mod.pin_reminder(major.component, major.version))
+        print(major_mod.pin_reminder(major.component, major.version, major.settings))
     return 0 if failures == 0 else 1
 
 

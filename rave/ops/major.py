@@ -139,9 +139,12 @@ See docs/operations.md (Updates)."""
 RUNBOOKS: dict[str, str] = {"debian": DEBIAN_RUNBOOK, "postgresql": POSTGRESQL_RUNBOOK}
 
 
-def pin_reminder(component: str, version: str) -> str:
+def pin_reminder(component: str, version: str, settings: tuple[str, ...] = ()) -> str:
     setting = AUTOMATED[component]
+    names = [item.partition("=")[0] for item in settings]
+    also = f" (and {', '.join(names)} as given with --set)" if names else ""
     return (
-        f"next: set {setting} = {version!r} in group_data (and commit): until then a deploy "
-        f"from this checkout moves the updated hosts back to its {setting} (drift shows it)"
+        f"next: set {setting} = {version!r} in group_data{also} and commit: until then a "
+        f"deploy from this checkout moves the updated hosts back to its {setting} and settings "
+        "(rave-ops drift shows it)"
     )

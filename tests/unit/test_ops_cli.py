@@ -206,7 +206,7 @@ def test_data_values_are_read_as_pyinfra_reads_them(raw, value):
     assert cli.data_value(raw) == value
 
 
-def test_major_update_settings_go_to_the_deploy_only():
+def test_major_update_settings_go_to_the_deploy_only(capsys):
     runner = FakeRunner(["h1"])
     providers = '[{"name": "p", "api_base_url": "https://llm.invalid/v1", "models": ["m"]}]'
     argv = ["update", "major", "ccr", "--to", "2.0.0", "--set", f"ccr_providers={providers}"]
@@ -214,3 +214,4 @@ def test_major_update_settings_go_to_the_deploy_only():
     with_settings = [args for _, args in runner.calls if f"ccr_providers={providers}" in args]
     assert [args[0] for args in with_settings] == ["deploy.py"]
     assert "ccr_version=2.0.0" in with_settings[0]
+    assert "(and ccr_providers as given with --set)" in capsys.readouterr().out
