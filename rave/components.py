@@ -53,7 +53,8 @@ class Component(BaseModel):
     packages: tuple[str, ...] = ()
     user: str | None = None  # service account that owns its secrets
     ports: tuple[Port, ...] = ()
-    route: Route | None = None
+    route: Route | None = None  # its entry point (listed on the status page)
+    extra_routes: tuple[Route, ...] = ()  # further locations it needs, e.g. the API its UI calls
     metrics: Metrics | None = None
     backup_paths: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()  # names in the secrets model this component reads
@@ -175,6 +176,8 @@ COMPONENTS: tuple[Component, ...] = (
         user="rave-ccr",
         ports=(Port(number=3456, exposure=Exposure.LOOPBACK, purpose="Claude Code Router"),),
         route=Route(path="/ccr-ui/", upstream_port=3456, auth=True, upstream_path="/ui/"),
+        # the UI is served from /ui/ but calls the absolute path /api/ (config, transformers, ...)
+        extra_routes=(Route(path="/api/", upstream_port=3456, auth=True),),
         secrets=("ccr_api_keys",),
         owned_unit=True,
         optional=True,
@@ -214,7 +217,11 @@ def loopback_ports() -> list[int]:
 
 
 def routes() -> list[Route]:
-    return [c.route for c in COMPONENTS if c.route is not None]
+    return [
+        route
+        for c in COMPONENTS
+        for route in ((c.route,) if c.route is not None else ()) + c.extra_routes
+    ]
 
 
 def scrape_targets(enabled: set[str] | None = None) -> list[Metrics]:

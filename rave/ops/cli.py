@@ -5,7 +5,8 @@
     rave-ops validate                    six-stage validation, exit 1 on any FAIL
     rave-ops drift                       what a deploy would change, exit 1 on drift
     rave-ops facts                       the project's custom facts as JSON
-    rave-ops update config|security|minor|major
+    rave-ops update config|security|minor
+    rave-ops update major ccr --to 2.0.0  a component's major version (debian, postgresql: runbook)
 
 Every command runs `python -m pyinfra` in the repository (config.py validates host data
 before anything connects). -i picks the inventory (default: $RAVE_INVENTORY or staging).
@@ -23,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from rave.ops import drift as drift_mod
+from rave.ops import major as major_mod
+from rave.settings import HostSettings
 
 REPO = Path(__file__).resolve().parents[2]
 FACTS = (
@@ -76,6 +81,21 @@ def limited(entries: list[dict[str, Any]], patterns: list[str]) -> list[str]:
         if not patterns or any(fnmatch.fnmatch(entry["name"], p) or p in groups for p in patterns):
             names.append(entry["name"])
     return names
+
+
+def data_value(raw: str) -> object:
+    """What pyinfra's --data makes of a value (pyinfra_cli.util.parse_cli_arg; importing
+    pyinfra_cli would monkey-patch this process with gevent)."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def _data(**values: object) -> list[str]:
@@ -141,18 +161,27 @@ def cmd_facts(runner: Runner, opts: argparse.Namespace) -> int:
     return 0
 
 
-MAJOR_RUNBOOK = """\
-A major update (Debian 12 -> 13, or a component's major version) is not automated:
-  1. rave-ops update config --limit HOST     (host in sync and valid before you start)
-  2. take a provider-level disk snapshot of HOST (the only full rollback for a release upgrade)
-  3. run the backup (ops/backup_now.py) and copy it off the host
-  4. change the apt sources / component pin in the repository, review the diff, deploy to ONE
-     host, rave-ops validate --limit HOST, watch it for a day, then the next host
-  5. rollback = restore the disk snapshot, then the backup of the data taken in 3
-See docs/operations.md."""
+@dataclass(frozen=True)
+class Major:
+    """A component's major update: which component, to which version."""
+
+    component: str
+    version: str
+    # further settings the new version needs (KEY=VALUE, pyinfra --data syntax): applied with
+    # the version, rolled back with it (the configuration snapshot)
+    settings: tuple[str, ...] = ()
+
+    def data(self, action: str) -> list[str]:
+        return _data(ops_major_component=self.component, ops_major_action=action)
+
+    def deploy_data(self) -> list[str]:
+        extra = [arg for item in self.settings for arg in ("--data", item)]
+        return _data(**{major_mod.AUTOMATED[self.component]: self.version}) + extra
 
 
-def update_host(runner: Runner, host: str, kind: str, force_failure: bool) -> tuple[bool, str]:
+def update_host(
+    runner: Runner, host: str, kind: str, force_failure: bool, major: Major | None = None
+) -> tuple[bool, str]:
     """One host's update: backup, snapshot, update, validate, rollback on failure."""
     only = [host]
     if (REPO / BACKUP_FILE).exists():
@@ -164,41 +193,99 @@ def update_host(runner: Runner, host: str, kind: str, force_failure: bool) -> tu
     say(f"{host}: snapshot of the managed configuration")
     if runner.run("ops/snapshot.py", *_data(ops_snapshot="take"), limit=only).returncode != 0:
         return False, "snapshot failed: nothing was changed"
-    say(f"{host}: {kind} update")
+    if major is not None:
+        say(f"{host}: save the installed {major.component} (put back if the update fails)")
+        if runner.run("ops/major.py", *major.data("save"), limit=only).returncode != 0:
+            return False, f"saving {major.component} failed: nothing was changed"
     if kind == "config":
+        say(f"{host}: config update")
         updated = runner.run("deploy.py", limit=only).returncode == 0
+    elif major is not None:
+        say(f"{host}: major update of {major.component} to {major.version}")
+        updated = runner.run("deploy.py", *major.deploy_data(), limit=only).returncode == 0
+        # wait for the restarted service even after a failed deploy: the rollback follows
+        runner.run("ops/major.py", *major.data("settle"), limit=only)
     else:
+        say(f"{host}: {kind} update")
         updated = (
             runner.run("ops/update.py", *_data(ops_update=kind), limit=only).returncode == 0
             and runner.run("deploy.py", limit=only).returncode == 0
         )
-    valid = False
     if updated:
         say(f"{host}: validation after the update")
         data = _data(ops_validate_force_failure=True if force_failure else None)
-        valid = runner.run("ops/validate.py", *data, limit=only).returncode == 0
-        if valid:
+        if runner.run("ops/validate.py", *data, limit=only).returncode == 0:
+            if major is not None:
+                runner.run("ops/major.py", *major.data("discard"), limit=only)
             return True, "updated and validated"
     reason = "validation failed" if updated else "the update failed"
     say(f"{host}: {reason}: rolling back the managed configuration")
     restored = (
         runner.run("ops/snapshot.py", *_data(ops_snapshot="restore"), limit=only).returncode == 0
     )
+    if major is not None:
+        say(f"{host}: rolling back {major.component} to the saved version")
+        restored = (
+            runner.run("ops/major.py", *major.data("restore"), limit=only).returncode == 0
+            and restored
+        )
+        runner.run("ops/major.py", *major.data("settle"), limit=only)
     say(f"{host}: validation after the rollback")
     revalid = runner.run("ops/validate.py", limit=only).returncode == 0
     outcome = "rolled back" if restored else "rollback INCOMPLETE"
     return False, f"{reason}; {outcome}; host {'valid' if revalid else 'STILL INVALID'} after it"
 
 
+def major_update(opts: argparse.Namespace) -> Major | int:
+    """The validated target of `update major`, or the exit code when there is nothing to run."""
+    known = sorted(major_mod.AUTOMATED) + sorted(major_mod.RUNBOOKS)
+    if opts.component is None:
+        say(f"update major needs a component: one of {known}")
+        return 2
+    if opts.component in major_mod.RUNBOOKS:
+        print(major_mod.RUNBOOKS[opts.component])
+        return 2
+    if opts.component not in major_mod.AUTOMATED:
+        say(f"update major: unknown component {opts.component!r}; one of {known}")
+        return 2
+    setting = major_mod.AUTOMATED[opts.component]
+    if opts.to is None:
+        say(f"update major {opts.component} needs --to VERSION (the new {setting})")
+        return 2
+    values: dict[str, object] = {setting: opts.to}
+    for item in opts.set:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in HostSettings.model_fields or key == setting:
+            say(f"update major --set {item!r}: want SETTING=VALUE naming a setting (not {setting})")
+            return 2
+        values[key] = data_value(raw)
+    try:
+        HostSettings.model_validate(values)
+    except ValidationError as error:
+        # only the errors of these settings: the others (hostname, ...) come from the inventory
+        wrong = [e for e in error.errors() if e["loc"] and e["loc"][0] in values]
+        if wrong:
+            message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in wrong)
+            say(f"update major {opts.component}: setting {message}")
+            return 2
+    return Major(component=opts.component, version=opts.to, settings=tuple(opts.set))
+
+
 def cmd_update(runner: Runner, opts: argparse.Namespace) -> int:
+    major: Major | None = None
     if opts.kind == "major":
-        print(MAJOR_RUNBOOK)
+        target = major_update(opts)
+        if isinstance(target, int):
+            return target
+        major = target
+    elif opts.component is not None or opts.to is not None or opts.set:
+        say(f"update {opts.kind} takes no component, --to or --set (only update major does)")
         return 2
     failures = 0
     results: list[tuple[str, bool, str]] = []
     hosts = runner.hosts()
     for position, host in enumerate(hosts):
-        ok, detail = update_host(runner, host, opts.kind, opts.force_validation_failure)
+        ok, detail = update_host(runner, host, opts.kind, opts.force_validation_failure, major)
         results.append((host, ok, detail))
         failures += 0 if ok else 1
         if failures > opts.max_failures:
@@ -208,6 +295,8 @@ def cmd_update(runner: Runner, opts: argparse.Namespace) -> int:
             break
     for host, ok, detail in results:
         print(f"{host}: {'OK  ' if ok else 'FAIL'} {detail}")
+    if major is not None and any(ok for _, ok, _ in results):
+        print(major_mod.pin_reminder(major.component, major.version, major.settings))
     return 0 if failures == 0 else 1
 
 
@@ -235,6 +324,19 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_facts)
     p = sub.add_parser("update", help="update procedure with backup, validation and rollback")
     p.add_argument("kind", choices=("config", "security", "minor", "major"))
+    p.add_argument(
+        "component",
+        nargs="?",
+        help="major only: ccr (automated), debian or postgresql (runbook, changes nothing)",
+    )
+    p.add_argument("--to", metavar="VERSION", help="major only: the component's new version")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="major only: a setting the new version needs (applied and rolled back with it)",
+    )
     p.add_argument(
         "--max-failures", type=int, default=0, help="failed hosts tolerated before stopping"
     )

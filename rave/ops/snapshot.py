@@ -29,6 +29,7 @@ MANAGED_PATHS = (
     "etc/postgresql",
     "etc/prometheus",
     "etc/rave",
+    "etc/rave-ccr",
     "etc/ssh",
     "etc/sudoers.d",
     "etc/sysctl.d",
@@ -51,6 +52,7 @@ RESTORE_ACTIONS = (
     ("etc/default/prometheus-*", "2 restart-default"),
     ("etc/grafana/*", "2 restart grafana-server"),
     ("etc/rave/*", "2 restart-owned"),
+    ("etc/rave-ccr/*", "2 restart rave-ccr"),
     ("etc/systemd/timesyncd.conf.d/*", "2 restart systemd-timesyncd"),
 )
 

@@ -401,9 +401,25 @@ def _ports(host: str, probe: dict[str, Any], control: ControlResults | None) -> 
             f"not listening {absent}" if absent else "",
         )
     )
+    # every port an installed component declares is served (a unit can be "active" between
+    # crash-restarts, or started but not serving: the port is what clients need)
+    units: dict[str, dict[str, Any]] = probe.get("units", {})
+    declared = sorted(
+        (c.name, port.number)
+        for c in COMPONENTS
+        if units.get(c.name, {}).get("present") and not c.scheduled
+        for port in c.ports
+    )
+    silent = [f"{name}:{number}" for name, number in declared if number not in listening]
     internal = sorted({p for a, p in listeners if is_loopback(a)} & set(loopback_ports()))
     checks.append(
-        _check(host, "ports", "internal ports on loopback", True, f"{internal}"),
+        _check(
+            host,
+            "ports",
+            "declared ports listening",
+            not silent,
+            f"not listening {silent}" if silent else f"loopback {internal}",
+        ),
     )
     if control is None:
         return checks

@@ -36,6 +36,24 @@ class OpsSettings(Concern):
     ops_update: Literal["security", "minor"] = Field(
         "security", description="ops/update.py: which package update to apply"
     )
+    ops_major_component: str = Field(
+        "ccr", description="ops/major.py: the component of a major update (rave/ops/major.py)"
+    )
+    ops_major_action: Literal["save", "settle", "restore", "discard"] = Field(
+        "save", description="ops/major.py: save, wait for, restore or discard its software"
+    )
+    ops_major_settle_seconds: int = Field(
+        60, ge=1, le=600, description="ops/major.py settle: how long to wait for the service"
+    )
+
+    @field_validator("ops_major_component")
+    @classmethod
+    def _automated(cls, value: str) -> str:
+        from rave.ops.major import AUTOMATED
+
+        if value not in AUTOMATED:
+            raise ValueError(f"no automated major update for {value!r}; known: {sorted(AUTOMATED)}")
+        return value
 
     @field_validator("ops_services", mode="before")
     @classmethod

@@ -78,6 +78,31 @@ def test_ui_requires_credentials(staging):
         assert "<html" in page.text.lower() and "<script" in page.text.lower()
 
 
+def test_ui_api_calls_are_routed_behind_the_same_auth(staging):
+    """The UI (under /ccr-ui/) calls the absolute path /api/: routed, and only with the password."""
+    secrets = values(staging)
+    user = secrets.ccr_ui_password_hash.split(":", 1)[0]
+    good = (user, secrets.ccr_ui_password)
+    with client(staging) as https:
+        page = https.get("/ccr-ui/", auth=good).text
+        assert '"/api' in page  # the bundled UI's API base (class with baseUrl="/api")
+        for path in ("/api/config", "/api/transformers"):
+            refused = https.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"].startswith("Basic"), path
+            assert "nginx" in refused.text  # the edge refused it, not the router
+            assert https.get(path, auth=(user, "wrong-" + secrets.ccr_ui_password)).status_code == (
+                401
+            )
+        wait_for(lambda: https.get("/api/config", auth=good).status_code == 200, timeout=60)
+        config = https.get("/api/config", auth=good, headers={"Accept": "application/json"})
+        assert config.headers["content-type"].startswith("application/json")
+        # the router's own configuration, as the UI shows it
+        assert config.json()["PORT"] == PORT and config.json()["HOST"] == "127.0.0.1"
+        transformers = https.get("/api/transformers", auth=good).json()["transformers"]
+        assert transformers and all("name" in t for t in transformers)
+
+
 def test_keys_only_in_tmpfs_never_in_ps(host, staging):
     config = host.file(RUNTIME_CONFIG)
     assert config.exists and config.user == "rave-ccr" and config.mode == 0o600

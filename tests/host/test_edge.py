@@ -93,7 +93,7 @@ def test_security_headers_and_status_page(staging):
 
 def test_routes_are_derived_from_the_components(staging):
     paths = {route.path for route in routes()}
-    assert paths == {"/webhook", "/grafana/", "/ccr-ui/"}
+    assert paths == {"/webhook", "/grafana/", "/ccr-ui/", "/api/"}
     with client(staging) as https:
         for method in ("GET", "PUT", "DELETE", "PATCH"):
             response = https.request(method, "/webhook")
@@ -101,6 +101,7 @@ def test_routes_are_derived_from_the_components(staging):
             assert response.headers["allow"] == "POST"
             assert "strict-transport-security" in response.headers
         assert https.get("/ccr-ui/").status_code == 401
+        assert https.get("/api/config").status_code == 401
         password = values(staging).ccr_ui_password
         if password:
             user = values(staging).ccr_ui_password_hash.split(":", 1)[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rave.components import COMPONENTS
+from rave.settings.ccr import CcrSettings
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF = "/etc/nginx/nginx.conf"
@@ -257,3 +258,91 @@ def test_update_with_failed_validation_rolls_back_to_the_previous_state(staging,
     finally:
         sudo(staging, name, f"sed -i '/^{marker}$/d' {NGINX_CONF} && systemctl reload nginx")
     assert sudo(staging, name, f"cat {NGINX_CONF}").stdout == original
+
+
+CCR_PACKAGE_JSON = "/opt/rave/ccr/node_modules/@musistudio/claude-code-router/package.json"
+# a provider without a key (never called): CCR 2.x binds loopback only once one is configured
+STUB_PROVIDERS = json.dumps(
+    [{"name": "stub", "api_base_url": "https://llm.invalid/v1/chat/completions", "models": ["m"]}]
+)
+
+
+def ccr_state(staging, name: str) -> dict[str, str]:
+    """What a CCR major update changes: version, its files' checksums, unit state, listeners."""
+    package = sudo(staging, name, f"cat {CCR_PACKAGE_JSON}").stdout
+    return {
+        "version": json.loads(package)["version"] if package.strip() else "absent",
+        "files": sudo(
+            staging,
+            name,
+            "md5sum /etc/rave-ccr/settings.json /etc/systemd/system/rave-ccr.service; "
+            "find /opt/rave/ccr -type f | sort | xargs md5sum | md5sum",
+        ).stdout,
+        "active": staging.ssh(name, "systemctl is-active rave-ccr").stdout.strip(),
+        "listening": staging.ssh(name, "ss -Hltn 'sport = :3456'").stdout.split()[3:4],
+    }
+
+
+def ccr_settled(staging, name: str) -> bool:
+    state = ccr_state(staging, name)
+    return state["active"] == "active" and state["listening"] == ["127.0.0.1:3456"]
+
+
+@requires(*FULL_STACK, "ccr")
+def test_major_update_that_fails_validation_is_rolled_back(staging, name):
+    """CCR 2.0.0 without a provider listens on 0.0.0.0 (its own choice): the validation fails
+    and the host is put back to the version and configuration it had."""
+    wait_until(lambda: ccr_settled(staging, name), "the router to run", deadline=60)
+    before = ccr_state(staging, name)
+    assert before["version"] == CcrSettings().ccr_version
+    result = rave_ops("--limit", name, "update", "major", "ccr", "--to", "2.0.0", timeout=1800)
+    output = result.stdout + result.stderr[-4000:]
+    assert result.returncode == 1, output
+    assert f"{name}: FAIL validation failed; rolled back; host valid after it" in result.stdout
+    assert "0.0.0.0:3456" in result.stdout, output  # the reason: a listener off loopback
+    assert "rolling back ccr to the saved version" in result.stderr
+    pinned = before["version"]
+    assert f"ccr version {pinned} (before the update: {pinned})" in result.stdout
+    assert "group_data" not in result.stdout  # nothing updated: nothing to pin
+    assert ccr_state(staging, name) == before
+
+
+@requires(*FULL_STACK, "ccr")
+def test_major_update_to_a_working_version_and_back(staging, name):
+    """2.0.0 with a provider configured passes the validation; the major update back to the
+    pinned version leaves the host as the checkout describes it."""
+    wait_until(lambda: ccr_settled(staging, name), "the router to run", deadline=60)
+    before = ccr_state(staging, name)
+    pinned = CcrSettings().ccr_version
+    try:
+        result = rave_ops(
+            "--limit",
+            name,
+            "update",
+            "major",
+            "ccr",
+            "--to",
+            "2.0.0",
+            "--set",
+            f"ccr_providers={STUB_PROVIDERS}",
+            timeout=1800,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+        assert f"{name}: OK   updated and validated" in result.stdout
+        assert "set ccr_version = '2.0.0' in group_data" in result.stdout
+        updated = ccr_state(staging, name)
+        assert updated["version"] == "2.0.0"
+        assert updated["active"] == "active" and updated["listening"] == ["127.0.0.1:3456"]
+        settings = json.loads(sudo(staging, name, "cat /etc/rave-ccr/settings.json").stdout)
+        assert [p["name"] for p in settings["providers"]] == ["stub"]
+        saved = sudo(staging, name, "ls /var/lib/rave-ops/pre-major/ccr 2>&1").stdout
+        assert "No such file" in saved  # discarded after the validated update
+    finally:
+        back = rave_ops("--limit", name, "update", "major", "ccr", "--to", pinned, timeout=1800)
+    assert back.returncode == 0, back.stdout + back.stderr[-4000:]
+    assert f"{name}: OK   updated and validated" in back.stdout
+    after = ccr_state(staging, name)
+    assert after["version"] == pinned
+    assert after["active"] == "active" and after["listening"] == ["127.0.0.1:3456"]
+    # configuration as before; the package tree is a fresh npm install of the same version
+    assert after["files"].splitlines()[:2] == before["files"].splitlines()[:2]

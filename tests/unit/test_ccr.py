@@ -104,3 +104,33 @@ def test_sandbox_allows_jit_and_limits_memory(mode):
 def test_edge_maps_the_ui_path():
     route = component("ccr").route
     assert route is not None and route.auth and route.upstream_path == "/ui/"
+
+
+def _location(conf: str, path: str) -> str:
+    start = conf.index(f"location {path} {{")
+    return conf[start : conf.index("\n        }\n", start)]
+
+
+def test_edge_routes_the_ui_api_behind_the_same_auth():
+    from tasks import edge
+
+    ccr = component("ccr")
+    assert [r.path for r in ccr.extra_routes] == ["/api/"]
+    conf = render("nginx/nginx.conf.j2", **edge.nginx_context(make_settings()))
+    ui, api = _location(conf, "/ccr-ui/"), _location(conf, "/api/")
+    for block in (ui, api):
+        assert "auth_basic_user_file /run/rave/secrets/nginx/ccr_ui_password_hash;" in block
+        # the edge's Basic credentials stay at the edge; the router checks its own X-API-Key
+        assert 'proxy_set_header Authorization "";' in block
+    assert "proxy_pass http://127.0.0.1:3456/ui/;" in ui
+    assert "proxy_pass http://127.0.0.1:3456;" in api  # the URI passed unchanged
+    # the webhook (no auth) keeps its headers as they are
+    assert "Authorization" not in _location(conf, "= /webhook")
+
+
+def test_route_paths_are_unique():
+    from rave.components import routes
+
+    paths = [route.path for route in routes()]
+    assert len(paths) == len(set(paths)), paths
+    assert "/api/" in paths and "/ccr-ui/" in paths

@@ -95,11 +95,81 @@ def test_failed_snapshot_changes_nothing():
     assert "ops/update.py" not in files(runner, "h1")
 
 
-def test_major_update_prints_the_runbook(capsys):
+@pytest.mark.parametrize("component", ["debian", "postgresql"])
+def test_untestable_major_updates_print_a_runbook_and_change_nothing(component, capsys):
     runner = FakeRunner(["h1"])
-    assert cli.cmd_update(runner, cli.parser().parse_args(["update", "major"])) == 2
-    assert "disk snapshot" in capsys.readouterr().out
+    assert cli.cmd_update(runner, cli.parser().parse_args(["update", "major", component])) == 2
+    out = capsys.readouterr().out
+    assert "NOT AUTOMATED, and this command changed nothing" in out
+    assert "disk snapshot" in out
     assert runner.calls == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["update", "major"], "needs a component"),
+        (["update", "major", "nginx"], "unknown component 'nginx'"),
+        (["update", "major", "ccr"], "needs --to VERSION"),
+        (["update", "major", "ccr", "--to", "2.x"], "setting ccr_version: String should match"),
+        (["update", "config", "ccr"], "takes no component"),
+    ],
+)
+def test_bad_major_update_is_refused_before_any_host(argv, message, capsys):
+    runner = FakeRunner(["h1"])
+    assert cli.cmd_update(runner, cli.parser().parse_args(argv)) == 2
+    assert message in capsys.readouterr().err
+    assert runner.calls == []
+
+
+def test_major_update_saves_deploys_the_version_validates_and_discards(capsys):
+    runner = FakeRunner(["h1"])
+    opts = cli.parser().parse_args(["update", "major", "ccr", "--to", "2.0.0"])
+    assert cli.cmd_update(runner, opts) == 0
+    steps = [
+        (args[0], next((a for a in args if a.startswith(("ops_major_action", "ccr_"))), ""))
+        for _, args in runner.calls
+        if args[0] not in ("ops/snapshot.py", cli.BACKUP_FILE)
+    ]
+    assert steps == [
+        ("ops/major.py", "ops_major_action=save"),
+        ("deploy.py", "ccr_version=2.0.0"),
+        ("ops/major.py", "ops_major_action=settle"),
+        ("ops/validate.py", ""),
+        ("ops/major.py", "ops_major_action=discard"),
+    ]
+    assert files(runner, "h1").index("ops/snapshot.py") < files(runner, "h1").index("ops/major.py")
+    out = capsys.readouterr().out
+    assert "h1: OK   updated and validated" in out
+    assert "set ccr_version = '2.0.0' in group_data" in out
+
+
+def test_failed_major_update_restores_the_software_and_stops_the_rollout(capsys):
+    runner = FakeRunner(["h1", "h2"], fail={("h1", "ops/validate.py", "--data")})
+    opts = cli.parser().parse_args(
+        ["update", "major", "ccr", "--to", "3.1.1", "--force-validation-failure"]
+    )
+    assert cli.cmd_update(runner, opts) == 1
+    h1 = [args for host, args in runner.calls if host == "h1"]
+    actions = [a for args in h1 for a in args if a.startswith(("ops_major_action", "ops_snap"))]
+    assert actions[actions.index("ops_snapshot=restore") :] == [
+        "ops_snapshot=restore",
+        "ops_major_action=restore",
+        "ops_major_action=settle",
+    ]
+    assert "ops_major_action=discard" not in actions
+    assert files(runner, "h2") == []
+    out = capsys.readouterr().out
+    assert "h1: FAIL validation failed; rolled back; host valid after it" in out
+    assert "h2: FAIL not updated: rollout stopped" in out
+    assert "group_data" not in out  # nothing was updated: nothing to pin
+
+
+def test_failed_save_changes_nothing():
+    runner = FakeRunner(["h1"], fail={("h1", "ops/major.py", "ops_major_action=save")})
+    opts = cli.parser().parse_args(["update", "major", "ccr", "--to", "2.0.0"])
+    assert cli.cmd_update(runner, opts) == 1
+    assert "deploy.py" not in files(runner, "h1")
 
 
 def test_unknown_command_is_refused():
@@ -117,3 +187,31 @@ def test_limit_accepts_names_globs_and_groups():
     assert cli.limited(entries, ["rave-prod-2"]) == ["rave-prod-2"]
     assert cli.limited(entries, ["rave-prod-*"]) == ["rave-prod-1", "rave-prod-2"]
     assert cli.limited(entries, ["staging"]) == ["rave-staging-1"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("true", True),
+        ("False", False),
+        ("12", 12),
+        ('[{"a": 1}]', [{"a": 1}]),
+        ("2.0.0", "2.0.0"),
+        ("1.5", 1.5),
+        ("text", "text"),
+    ],
+)
+def test_data_values_are_read_as_pyinfra_reads_them(raw, value):
+    # as pyinfra_cli.util.parse_cli_arg (not imported here: it monkey-patches with gevent)
+    assert cli.data_value(raw) == value
+
+
+def test_major_update_settings_go_to_the_deploy_only(capsys):
+    runner = FakeRunner(["h1"])
+    providers = '[{"name": "p", "api_base_url": "https://llm.invalid/v1", "models": ["m"]}]'
+    argv = ["update", "major", "ccr", "--to", "2.0.0", "--set", f"ccr_providers={providers}"]
+    assert cli.cmd_update(runner, cli.parser().parse_args(argv)) == 0
+    with_settings = [args for _, args in runner.calls if f"ccr_providers={providers}" in args]
+    assert [args[0] for args in with_settings] == ["deploy.py"]
+    assert "ccr_version=2.0.0" in with_settings[0]
+    assert "(and ccr_providers as given with --set)" in capsys.readouterr().out

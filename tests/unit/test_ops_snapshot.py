@@ -23,7 +23,8 @@ def test_restore_actions_cover_units_and_services():
 
 
 def test_managed_paths_include_what_the_deploy_writes():
-    for path in ("etc/nginx", "etc/systemd/system", "etc/rave", "etc/ssh", "etc/nftables.conf"):
+    managed = ("etc/nginx", "etc/systemd/system", "etc/rave", "etc/rave-ccr", "etc/ssh")
+    for path in (*managed, "etc/nftables.conf"):
         assert path in snapshot.MANAGED_PATHS
 
 
@@ -37,6 +38,7 @@ def test_case_arms_map_paths_to_actions():
     out = case_arm_output("etc/systemd/system/rave-webhook.service.d/limits.conf")
     assert "0 daemon-reload" in out and "3 restart rave-webhook.service" in out
     assert case_arm_output("etc/nginx/sites-enabled/rave")[0] == "2 restart nginx"
+    assert case_arm_output("etc/rave-ccr/settings.json")[0] == "2 restart rave-ccr"
     assert case_arm_output("etc/prometheus/alertmanager.yml")[0] == (
         "2 restart prometheus-alertmanager"
     )

@@ -80,6 +80,11 @@ def healthy_probe():
             "LISTEN 0 511 127.0.0.1:8081 0.0.0.0:*",
             "LISTEN 0 2048 127.0.0.1:8001 0.0.0.0:*",
             "LISTEN 0 244 [::1]:5432 [::]:*",
+            "LISTEN 0 4096 127.0.0.1:9090 0.0.0.0:*",
+            "LISTEN 0 4096 127.0.0.1:9093 0.0.0.0:*",
+            "LISTEN 0 4096 127.0.0.1:9100 0.0.0.0:*",
+            "LISTEN 0 4096 127.0.0.1:9113 0.0.0.0:*",
+            "LISTEN 0 4096 127.0.0.1:9187 0.0.0.0:*",
             "LISTEN 0 4096 127.0.0.53%lo:53 0.0.0.0:*",
         ],
         "release": {"commit": "0123456789abcdef", "mode": "SAFE"},
@@ -130,6 +135,14 @@ def test_disabled_service_fails():
     probe = healthy_probe()
     probe["units"]["prometheus"]["enabled"] = "disabled"
     assert "services/prometheus" in failures(probe)
+
+
+def test_running_service_that_does_not_listen_fails():
+    probe = healthy_probe()
+    probe["units"]["ccr"]["present"] = True  # installed, "active" between crash-restarts
+    assert failures(probe) == {"ports/declared ports listening": "not listening ['ccr:3456']"}
+    probe["listeners"].append("LISTEN 0 511 127.0.0.1:3456 0.0.0.0:*")
+    assert failures(probe) == {}
 
 
 def test_extra_listener_on_public_address_fails():
