@@ -21,6 +21,10 @@ COMMON_NAMES = {
     "backup_repository_password",
     "ccr_api_keys",
     "ccr_ui_password_hash",
+    # optional: a remote backup repository's credentials (issue 7)
+    "backup_repository_env",
+    "backup_sftp_private_key",
+    "backup_sftp_known_hosts",
 }
 
 
