@@ -278,5 +278,6 @@ def test_present_lists_optional_secrets_with_a_value_never_the_value(staging):
     assert facts == {
         "backup_repository_env": ["AWS_ACCESS_KEY_ID"],
         "backup_sftp_known_hosts": True,
+        "ccr_ui_password": True,
     }
     assert "AKIA-secret-id" not in json.dumps(facts)
