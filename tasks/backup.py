@@ -166,7 +166,7 @@ def sandbox(s: HostSettings) -> Sandbox:
             "CAP_SETGID",
         ),
         syscall_filter=(DEFAULT_SYSCALL_FILTER[0], deny),
-        protect_home="read-only",  # an sftp repository reads root's ~/.ssh
+        protect_home="read-only",  # ssh (sftp repository) looks at ~/.ssh; the key is a secret
         extra=tuple(extra),
     )
 
