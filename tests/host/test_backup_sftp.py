@@ -44,7 +44,8 @@ Match User {USER}
 SETUP = f"""set -e
 id {USER} >/dev/null 2>&1 || useradd --system --no-create-home --home-dir / \
     --shell /usr/sbin/nologin {USER}
-install -d -m 700 {BASE}
+usermod -p '*' {USER}  # no password, but not locked: sshd without PAM refuses locked accounts
+install -d -m 711 {BASE}  # sshd reads authorized_keys as the user
 install -d -o root -g root -m 755 {CHROOT}
 install -d -o {USER} -g {USER} -m 700 {CHROOT}/repo
 for key in host_key other_host_key client_key; do
@@ -80,7 +81,7 @@ def run(host, command: str, *args: str, expect: int | None = 0):
 
 @pytest.fixture
 def sftp_server(host):
-    run(host, "install -d -m 700 %s", BASE)
+    run(host, "install -d -m 711 %s", BASE)
     run(host, "printf %s %s > " + f"{BASE}/sshd_config", "%s", SSHD_CONFIG)
     try:
         run(host, "sh -c %s", SETUP)
@@ -114,7 +115,7 @@ def test_backup_and_check_through_sftp_with_the_pinned_host_key(host, sftp_serve
     backup = run(host, f"{RB} --config {CONFIG} run")
     assert "rave-backup: OK: snapshot" in backup.stdout + backup.stderr
     snapshots = run(host, f"{RB} --config {CONFIG} list").stdout
-    assert "/etc/rave" in snapshots
+    assert f"repository {REPOSITORY}: 1 snapshot(s) of host" in snapshots
     run(host, f"{RB} --config {CONFIG} check")
     # the data really is on the "server", in restic's layout, owned by the sftp user
     assert host.file(f"{CHROOT}/repo/config").user == USER
