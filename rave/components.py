@@ -187,7 +187,12 @@ COMPONENTS: tuple[Component, ...] = (
         unit="rave-backup",
         packages=("restic", "python3-psycopg"),
         user="root",
-        secrets=("backup_repository_password",),
+        secrets=(
+            "backup_repository_password",
+            "backup_repository_env",
+            "backup_sftp_private_key",
+            "backup_sftp_known_hosts",
+        ),
         owned_unit=True,
         scheduled=True,
     ),

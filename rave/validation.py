@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rave.settings import PASSTHROUGH_PREFIXES, HostSettings
+from rave.settings.backup import missing_credentials
 from rave.topology import derived_data
 
 
@@ -52,7 +53,7 @@ def validate_host(name: str, layers: list[DataLayer]) -> HostSettings:
         data["hostname"] = name.split(".")[0]
         origin["hostname"] = "the inventory's host name (set hostname to override)"
     try:
-        return HostSettings.model_validate(data)
+        settings = HostSettings.model_validate(data)
     except ValidationError as error:
         problems = []
         for item in error.errors():
@@ -64,6 +65,31 @@ def validate_host(name: str, layers: list[DataLayer]) -> HostSettings:
                 message = "unknown setting (a typo? every setting is declared in rave/settings/)"
             problems.append(f"host {name}: {field} in {source}: {message}")
         raise HostDataError(problems) from None
+    problems = credential_problems(name, settings, origin)
+    if problems:
+        raise HostDataError(problems)
+    return settings
+
+
+def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:
+    """A remote backup repository without its credentials in the secrets (from the public
+    <env>.present file: nothing is decrypted)."""
+    from rave.secrets.store import Environment, StoreError
+
+    if not (s.backup_enabled and s.secrets_deploy):
+        return []
+    try:
+        env = Environment.for_host(s.rave_environment, s.secrets_file, s.secrets_recipients_file)
+    except StoreError:
+        return []  # the secrets task reports a bad environment name itself
+    missing = missing_credentials(s.backup_repository, env.present())
+    source = origin.get("backup_repository", "defaults (no file sets it)")
+    return [
+        f"host {name}: backup_repository in {source} ({s.backup_repository.split(':', 1)[0]}:) "
+        f"needs the secret {needed}, which {env.encrypted_path} does not hold: set it with "
+        f"`rave-secrets edit --env {s.rave_environment}` (docs/backup.md)"
+        for needed in missing
+    ]
 
 
 def inventory_layers(inventory: Any, host: Any, inventory_file: str) -> list[DataLayer]:

@@ -52,11 +52,15 @@ DATABASE_SECRETS = ("postgres_webhook_password", "postgres_exporter_password")
 
 
 def password_file() -> str:
+    return secret_file(SECRET)
+
+
+def secret_file(name: str) -> str:
     try:
         from rave.secrets.deploy import secret_path
     except ImportError:  # the secrets package follows the same contract
-        return f"/run/rave/secrets/backup/{SECRET}"
-    return str(secret_path("backup", SECRET))
+        return f"/run/rave/secrets/backup/{name}"
+    return str(secret_path("backup", name))
 
 
 def minimal_paths(paths: list[str] | tuple[str, ...]) -> list[str]:
@@ -98,6 +102,10 @@ def host_config(s: HostSettings) -> dict[str, Any]:
     return {
         "repository": s.backup_repository,
         "password_file": password_file(),
+        # a remote repository's credentials: files the script reads, never values in here
+        "repository_env_file": secret_file("backup_repository_env"),
+        "sftp_key_file": secret_file("backup_sftp_private_key"),
+        "sftp_known_hosts_file": secret_file("backup_sftp_known_hosts"),
         "cache_dir": CACHE_DIR,
         "state_dir": STATE_DIR,
         "dump_dir": DUMP_DIR,
@@ -158,7 +166,7 @@ def sandbox(s: HostSettings) -> Sandbox:
             "CAP_SETGID",
         ),
         syscall_filter=(DEFAULT_SYSCALL_FILTER[0], deny),
-        protect_home="read-only",  # an sftp repository reads root's ~/.ssh
+        protect_home="read-only",  # ssh (sftp repository) looks at ~/.ssh; the key is a secret
         extra=tuple(extra),
     )
 
@@ -233,6 +241,13 @@ class BackupRepositoryStatus(FactBase):
 
     def command(self, repository: str, password_file: str) -> str:
         repo, pw = shlex.quote(repository), shlex.quote(password_file)
+        if not is_local(repository):
+            # a remote repository needs its credentials: the installed script sets them up
+            script = f"{SCRIPT} --config {CONFIG}"
+            return (
+                f"if [ -x {SCRIPT} ] && [ -r {CONFIG} ]; then {script} status 2>/dev/null "
+                "| tail -n 1; else echo missing; fi"
+            )
         return (
             "if ! command -v restic >/dev/null 2>&1; then echo no-restic; "
             f"elif ! [ -r {pw} ]; then echo no-password; "

@@ -21,6 +21,11 @@ Subcommands (run as root; `dump` and `checksums` run as the postgres user, start
              backup plus archived WAL replayed up to it)
 
 The repository password is read by restic from RESTIC_PASSWORD_FILE (never on a command line).
+A remote repository's credentials come from the secrets directory too: the JSON of
+backup_repository_env joins restic's environment (root's own process; the postgres-side
+subcommands never get it), and an sftp: repository is reached with
+`-o sftp.command=ssh -i <key file> -o UserKnownHostsFile=<known_hosts file> ...`
+(file names only on the command line, StrictHostKeyChecking=yes).
 Exit codes: 0 ok, 1 failure, 2 repository password refused, 3 bad usage or verification mismatch.
 """
 
@@ -139,14 +144,17 @@ class Restic:
             RESTIC_CACHE_DIR=self.config["cache_dir"],
             HOME=os.environ.get("HOME", "/root"),
         )
-        env.update(self.config.get("repository_env", {}))
+        env.update(repository_env(self.config))
         return env
+
+    def command(self, *args: str) -> list[str]:
+        return ["restic", *sftp_options(self.config), *args]
 
     def run(
         self, *args: str, capture: bool = True, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            ["restic", *args],
+            self.command(*args),
             env=self.env(),
             text=True,
             stdout=subprocess.PIPE if capture else None,
@@ -159,7 +167,7 @@ class Restic:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            ["restic", *args], env=self.env(), text=True, stdout=subprocess.PIPE
+            self.command(*args), env=self.env(), text=True, stdout=subprocess.PIPE
         )
 
     def status(self) -> str:
@@ -228,6 +236,76 @@ class Restic:
         if len(matches) != 1:
             raise Failure(f"snapshot {snapshot!r} not found (or ambiguous) for this host")
         return matches[0]
+
+
+def read_secret(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise Failure(f"no {what} at {path} (is rave-secrets.service up?)") from None
+
+
+def repository_env(config: dict[str, Any]) -> dict[str, str]:
+    """restic's environment for a remote repository (the secret backup_repository_env)."""
+    path = config.get("repository_env_file")
+    if not path or is_local_repository(config["repository"]):
+        return {}
+    text = read_secret(path, "repository environment (secret backup_repository_env)")
+    try:
+        env = json.loads(text or "{}")
+    except ValueError:
+        raise Failure(f"{path} is not JSON (secret backup_repository_env)") from None
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise Failure(f"{path} is not a JSON object of strings (secret backup_repository_env)")
+    return env
+
+
+SFTP_SHORT = re.compile(r"^sftp:(?:(?P<user>[^@/:]+)@)?(?P<host>[^:/]+):(?P<path>.+)$")
+SFTP_URL = re.compile(
+    r"^sftp://(?:(?P<user>[^@/:]+)@)?(?P<host>[^:/]+)(?::(?P<port>[0-9]+))?/(?P<path>.*)$"
+)
+
+
+def sftp_options(config: dict[str, Any]) -> list[str]:
+    """`-o sftp.command=ssh ...` for an sftp: repository: the provisioned key and the pinned
+    known_hosts only (no agent, no ~/.ssh, no prompt); [] for any other repository."""
+    repository = config["repository"]
+    if not repository.startswith("sftp:"):
+        return []
+    match = SFTP_URL.match(repository) or SFTP_SHORT.match(repository)
+    if not match:
+        raise Failure(f"cannot read user and host from the sftp repository {repository!r}")
+    key, known_hosts = config.get("sftp_key_file"), config.get("sftp_known_hosts_file")
+    if not key or not known_hosts:
+        raise Failure(f"{repository}: the configuration names no sftp key or known_hosts file")
+    for path, secret in (
+        (key, "backup_sftp_private_key"),
+        (known_hosts, "backup_sftp_known_hosts"),
+    ):
+        if not read_secret(path, f"secret {secret}").strip():
+            raise Failure(f"{path} is empty: set the secret {secret} (docs/backup.md)")
+    ssh = [
+        "ssh",
+        "-F", "none",
+        "-i", key,
+        "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "BatchMode=yes",
+        "-o", "ServerAliveInterval=60",
+    ]  # fmt: skip
+    port = match.groupdict().get("port")
+    if port:
+        ssh += ["-p", port]
+    if match.group("user"):
+        ssh += ["-l", match.group("user")]
+    ssh += [match.group("host"), "-s", "sftp"]
+    return ["-o", "sftp.command=" + " ".join(ssh)]
 
 
 def tail(result: subprocess.CompletedProcess[str], lines: int = 5) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rave.components import COMPONENTS, Component
-from rave.secrets.model import SECRET_NAMES
+from rave.secrets.model import SECRET_NAMES, default_file_content, is_optional
 from rave.secrets.store import Environment
 
 SECRETS_ROOT = "/run/rave/secrets"
@@ -77,12 +77,16 @@ def check_declarations() -> list[str]:
 
 
 def manifest(component: Component, versions: dict[str, int]) -> str:
-    """The manifest of one component: user and {secret: version} (the version changes with it)."""
-    data = {
+    """The manifest of one component: user and {secret: version} (the version changes with it),
+    plus the file content of its optional secrets for an encrypted file that lacks them."""
+    data: dict[str, Any] = {
         "component": component.name,
         "user": component.user,
         "secrets": {name: versions.get(name, 0) for name in component.secrets},
     }
+    defaults = {n: default_file_content(n) for n in component.secrets if is_optional(n)}
+    if defaults:  # only then: the other components' manifests stay byte for byte the same
+        data["defaults"] = defaults
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 

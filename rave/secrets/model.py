@@ -15,6 +15,53 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PASSWORD_MIN = 16
 # htpasswd lines nginx accepts: apr1 (openssl passwd -apr1) or bcrypt ($2y$)
+# restic's environment for its remote backends (restic's documentation, "Environment Variables");
+# anything else in backup_repository_env is refused, named
+RESTIC_BACKEND_ENV = frozenset(
+    {
+        # S3-compatible stores (s3:)
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        # Backblaze B2 (b2:)
+        "B2_ACCOUNT_ID",
+        "B2_ACCOUNT_KEY",
+        # Azure Blob Storage (azure:)
+        "AZURE_ACCOUNT_NAME",
+        "AZURE_ACCOUNT_KEY",
+        "AZURE_ACCOUNT_SAS",
+        "AZURE_ENDPOINT_SUFFIX",
+        # Google Cloud Storage (gs:)
+        "GOOGLE_PROJECT_ID",
+        "GOOGLE_ACCESS_TOKEN",
+        # OpenStack Swift (swift:)
+        "ST_AUTH",
+        "ST_USER",
+        "ST_KEY",
+        "OS_AUTH_URL",
+        "OS_REGION_NAME",
+        "OS_USERNAME",
+        "OS_USER_ID",
+        "OS_PASSWORD",
+        "OS_TENANT_ID",
+        "OS_TENANT_NAME",
+        "OS_USER_DOMAIN_NAME",
+        "OS_USER_DOMAIN_ID",
+        "OS_PROJECT_NAME",
+        "OS_PROJECT_DOMAIN_NAME",
+        "OS_PROJECT_DOMAIN_ID",
+        "OS_TRUST_ID",
+        "OS_APPLICATION_CREDENTIAL_ID",
+        "OS_APPLICATION_CREDENTIAL_NAME",
+        "OS_APPLICATION_CREDENTIAL_SECRET",
+        "OS_STORAGE_URL",
+        "OS_AUTH_TOKEN",
+        # REST server (rest:)
+        "RESTIC_REST_USERNAME",
+        "RESTIC_REST_PASSWORD",
+    }
+)
 HTPASSWD_LINE = re.compile(
     r"^[A-Za-z0-9_.-]+:"
     r"(\$apr1\$[./0-9A-Za-z]{1,8}\$[./0-9A-Za-z]{22}|\$2[aby]\$\d\d\$[./0-9A-Za-z]{53})$"
@@ -71,6 +118,18 @@ class SecretsModel(BaseModel):
         min_length=1, description="Alertmanager receivers with their credentials"
     )
     backup_repository_password: str = Field(description="encryption password of the backups")
+    # optional (a local repository needs none): files that lack them still decrypt and install
+    backup_repository_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="restic's environment for a remote repository, e.g. AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY for s3: (only the names restic documents for its backends)",
+    )
+    backup_sftp_private_key: str = Field(
+        "", description="OpenSSH private key (no passphrase) of an sftp: repository's login"
+    )
+    backup_sftp_known_hosts: str = Field(
+        "", description="known_hosts line(s) of an sftp: repository's server (pinned)"
+    )
     ccr_api_keys: dict[str, str] = Field(
         description="Claude Code Router provider name -> API key (may be empty)"
     )
@@ -114,6 +173,37 @@ class SecretsModel(BaseModel):
     def _passwords(cls, value: str) -> str:
         return _password(value, "password")
 
+    @field_validator("backup_repository_env")
+    @classmethod
+    def _restic_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if name not in RESTIC_BACKEND_ENV:
+                raise ValueError(
+                    f"{name} is not an environment variable restic documents for its backends "
+                    f"(known: {', '.join(sorted(RESTIC_BACKEND_ENV))})"
+                )
+            if not value or "\n" in value or "\0" in value:
+                raise ValueError(f"{name} must be one non-empty line")
+        return env
+
+    @field_validator("backup_sftp_private_key")
+    @classmethod
+    def _ssh_key(cls, value: str) -> str:
+        if not value:
+            return value
+        if "-----BEGIN OPENSSH PRIVATE KEY-----" not in value:
+            raise ValueError("not an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----)")
+        return value if value.endswith("\n") else value + "\n"
+
+    @field_validator("backup_sftp_known_hosts")
+    @classmethod
+    def _known_hosts(cls, value: str) -> str:
+        lines = [line for line in value.splitlines() if line.strip()]
+        for line in lines:
+            if len(line.split()) < 3:
+                raise ValueError(f"not a known_hosts line 'host keytype key': {line[:40]!r}")
+        return "".join(line + "\n" for line in lines)
+
     @field_validator("ccr_ui_password_hash")
     @classmethod
     def _htpasswd(cls, value: str) -> str:
@@ -124,6 +214,25 @@ class SecretsModel(BaseModel):
 
 
 SECRET_NAMES: tuple[str, ...] = tuple(SecretsModel.model_fields)
+
+
+def is_optional(name: str) -> bool:
+    return not SecretsModel.model_fields[name].is_required()
+
+
+def default_file_content(name: str) -> str:
+    """The file an optional secret gets on a host whose encrypted file lacks it."""
+    field = SecretsModel.model_fields[name]
+    value = field.get_default(call_default_factory=True)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def is_set(model: SecretsModel, name: str) -> bool:
+    """Does an optional secret hold a value (not its default)?"""
+    return bool(
+        getattr(model, name)
+        != SecretsModel.model_fields[name].get_default(call_default_factory=True)
+    )
 
 
 class SecretsFormatError(ValueError):

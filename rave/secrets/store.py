@@ -5,6 +5,9 @@
                           '# host: NAME' comment line before each key
   <dir>/<env>.versions    JSON {secret name: version}, bumped whenever a value changes; the
                           deploy uses it to restart only the readers of changed secrets
+  <dir>/<env>.present     JSON {optional secret: true, or the names of its keys (never a
+                          value)}: the optional secrets that hold a value, so host data that
+                          needs one (a remote backup repository) is checked before connecting
 
 <dir> is secrets/ in the repo, except for `staging`, whose files live in the staging state
 directory (.staging/secrets, generated per worktree by the staging harness). RAVE_SECRETS_DIR
@@ -21,7 +24,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rave.secrets import crypto
-from rave.secrets.model import SECRET_NAMES, SecretsModel, from_json, to_json
+from rave.secrets.model import (
+    SECRET_NAMES,
+    SecretsModel,
+    from_json,
+    is_optional,
+    is_set,
+    to_json,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGING_ENVIRONMENT = "staging"
@@ -170,6 +180,17 @@ class Environment:
         data: dict[str, Any] = json.loads(self.versions_path.read_text())
         return {str(k): int(v) for k, v in data.items()}
 
+    @property
+    def present_path(self) -> Path:
+        return self.versions_path.with_suffix(".present")
+
+    def present(self) -> dict[str, Any]:
+        """Optional secrets that hold a value (a file written before they existed: none)."""
+        if not self.present_path.exists():
+            return {}
+        data: dict[str, Any] = json.loads(self.present_path.read_text())
+        return data
+
     # -- values ---------------------------------------------------------------------------
     def armored(self) -> str:
         if not self.exists():
@@ -200,6 +221,9 @@ class Environment:
             versions[name] = versions.get(name, 0) + 1
         _atomic_write(self.encrypted_path, armored)
         _atomic_write(self.versions_path, json.dumps(versions, indent=1, sort_keys=True) + "\n")
+        _atomic_write(
+            self.present_path, json.dumps(present(model), indent=1, sort_keys=True) + "\n"
+        )
         return changed
 
     def reencrypt(self, identities: list[Any]) -> None:
@@ -210,3 +234,13 @@ class Environment:
     def encrypted_to_host(self, key: str) -> bool:
         """Is the file (not just the recipients list) encrypted to this ssh-ed25519 host key?"""
         return crypto.ssh_key_tag(key) in crypto.ssh_tags_in(self.armored())
+
+
+def present(model: SecretsModel) -> dict[str, Any]:
+    """Public facts about the optional secrets: which hold a value (a dict: its key names)."""
+    result: dict[str, Any] = {}
+    for name in SECRET_NAMES:
+        if is_optional(name) and is_set(model, name):
+            value = getattr(model, name)
+            result[name] = sorted(value) if isinstance(value, dict) else True
+    return result

@@ -20,6 +20,33 @@ REPOSITORY_PATTERN = r"^(/[^\s]*|(sftp|s3|rest|b2|azure|gs|swift|rclone):[^\s]+)
 # systemd OnCalendar: a shorthand or a calendar expression (checked again by systemd-analyze)
 CALENDAR_PATTERN = r"^[A-Za-z0-9*:,./~ -]+$"
 SNAPSHOT_PATTERN = r"^(latest|[0-9a-f]{8,64})$"
+# what a remote repository needs from the secrets (backup_repository_env keys, or a secret)
+REQUIRED_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "s3": (
+        "backup_repository_env.AWS_ACCESS_KEY_ID",
+        "backup_repository_env.AWS_SECRET_ACCESS_KEY",
+    ),
+    "b2": ("backup_repository_env.B2_ACCOUNT_ID", "backup_repository_env.B2_ACCOUNT_KEY"),
+    "azure": ("backup_repository_env.AZURE_ACCOUNT_NAME",),
+    "sftp": ("backup_sftp_private_key", "backup_sftp_known_hosts"),
+}
+
+
+def repository_backend(repository: str) -> str:
+    """local, or restic's backend prefix (s3, sftp, ...)."""
+    return "local" if repository.startswith("/") else repository.split(":", 1)[0]
+
+
+def missing_credentials(repository: str, present: dict[str, object]) -> list[str]:
+    """The credentials (secret, or secret.KEY) the repository needs and the secrets lack;
+    present is the environment's public <env>.present (rave/secrets/store.py)."""
+    missing = []
+    for needed in REQUIRED_CREDENTIALS.get(repository_backend(repository), ()):
+        secret, _, key = needed.partition(".")
+        value = present.get(secret)
+        if not value or (key and (not isinstance(value, list) or key not in value)):
+            missing.append(needed)
+    return missing
 
 
 class BackupSettings(Concern):

@@ -207,3 +207,67 @@ def test_wal_status_removes_its_metrics_when_archiving_is_off(rb, tmp_path):
     config = {"wal_archiving": False, "textfile_dir": str(tmp_path)}
     assert rb.cmd_wal_status(config, None) == 0
     assert not stale.exists()
+
+
+def _remote_config(tmp_path, repository, env=None, key="", known_hosts=""):
+    files = {"env": json.dumps(env or {}), "key": key, "kh": known_hosts}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return {
+        "repository": repository,
+        "password_file": str(tmp_path / "pw"),
+        "cache_dir": str(tmp_path / "cache"),
+        "repository_env_file": str(tmp_path / "env"),
+        "sftp_key_file": str(tmp_path / "key"),
+        "sftp_known_hosts_file": str(tmp_path / "kh"),
+    }
+
+
+def test_s3_credentials_come_from_the_secret_file_into_restics_environment(rb, tmp_path):
+    env = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "sk"}
+    config = _remote_config(tmp_path, "s3:https://s3.example.org/b/rave", env=env)
+    restic = rb.Restic(config, None)
+    assert restic.env()["AWS_SECRET_ACCESS_KEY"] == "sk"
+    assert restic.env()["RESTIC_REPOSITORY"] == "s3:https://s3.example.org/b/rave"
+    command = restic.command("snapshots")
+    assert command == ["restic", "snapshots"]
+    assert "sk" not in " ".join(command)
+    # a local repository ignores the file (and its absence)
+    config["repository"] = "/srv/restic"
+    (tmp_path / "env").unlink()
+    assert "AWS_SECRET_ACCESS_KEY" not in rb.Restic(config, None).env()
+    config["repository"] = "s3:https://s3.example.org/b/rave"
+    with pytest.raises(rb.Failure, match="backup_repository_env"):
+        rb.Restic(config, None).env()
+
+
+@pytest.mark.parametrize(
+    ("repository", "target"),
+    [
+        ("sftp:backup@backup.example.org:/srv/rave", ["-l", "backup", "backup.example.org"]),
+        ("sftp://backup@10.0.0.5:2222//srv/rave", ["-p", "2222", "-l", "backup", "10.0.0.5"]),
+        ("sftp:backup.example.org:/srv/rave", ["backup.example.org"]),
+    ],
+)
+def test_sftp_uses_the_provisioned_key_and_pinned_known_hosts_only(
+    rb, tmp_path, repository, target
+):
+    config = _remote_config(
+        tmp_path, repository, key="-----BEGIN OPENSSH PRIVATE KEY-----\n", known_hosts="h k v\n"
+    )
+    command = rb.Restic(config, None).command("check")
+    assert command[:2] == ["restic", "-o"] and command[-1] == "check"
+    assert command[2].startswith("sftp.command=ssh -F none ")
+    ssh = command[2].removeprefix("sftp.command=").split()
+    assert ssh[ssh.index("-i") + 1] == str(tmp_path / "key")
+    assert f"UserKnownHostsFile={tmp_path / 'kh'}" in ssh
+    assert "StrictHostKeyChecking=yes" in ssh
+    assert "BatchMode=yes" in ssh
+    assert ssh[-2:] == ["-s", "sftp"]
+    assert ssh[-2 - len(target) : -2] == target
+
+
+def test_sftp_without_its_key_fails_naming_the_secret(rb, tmp_path):
+    config = _remote_config(tmp_path, "sftp:b@h:/r", known_hosts="h k v\n")
+    with pytest.raises(rb.Failure, match="set the secret backup_sftp_private_key"):
+        rb.Restic(config, None).command("check")

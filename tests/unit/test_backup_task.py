@@ -131,3 +131,14 @@ def test_wal_archiving_configuration():
     assert config["base_dir"].startswith(task.STATE_DIR + "/")
     # no archiving without database dumps (nothing would put the spool into restic)
     assert not json.loads(task.config_text(make_settings(backup_databases=False)))["wal_archiving"]
+
+
+def test_remote_repository_fact_asks_the_installed_script_and_config_names_credential_files():
+    fact = task.BackupRepositoryStatus()
+    command = fact.command(repository="s3:https://s3.example.org/b/r", password_file="/run/x/pw")
+    assert f"{task.SCRIPT} --config {task.CONFIG} status" in command
+    assert "RESTIC_REPOSITORY" not in command  # the script sets up the credentials itself
+    config = task.host_config(make_settings(backup_repository="sftp:b@h:/r"))
+    assert config["repository_env_file"] == "/run/rave/secrets/backup/backup_repository_env"
+    assert config["sftp_key_file"] == "/run/rave/secrets/backup/backup_sftp_private_key"
+    assert config["sftp_known_hosts_file"] == "/run/rave/secrets/backup/backup_sftp_known_hosts"

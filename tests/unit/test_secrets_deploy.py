@@ -170,3 +170,44 @@ def test_secrets_changed_follows_the_components_own_manifest():
     assert webhook() is True
     assert nginx() is False
     assert ccr() is False  # the secrets task did not run for it: nothing to restart
+
+
+def test_script_installs_an_older_file_that_lacks_the_optional_secrets(host, values):
+    """A file encrypted before the remote-repository secrets existed still installs: the backup
+    component gets their defaults from its manifest; a missing required secret still fails."""
+    script, root, _ = host
+    data = json.loads(to_json(values))
+    optional = ("backup_repository_env", "backup_sftp_private_key", "backup_sftp_known_hosts")
+    for name in optional:
+        del data[name]
+    public = " ".join(Path(script.IDENTITY + ".pub").read_text().split()[:2])
+    Path(script.ENCRYPTED).write_text(crypto.encrypt(json.dumps(data).encode(), [public]))
+    assert script.main() == 0
+    backup = root / "backup"
+    assert (backup / "backup_repository_env").read_text() == "{}"
+    assert (backup / "backup_sftp_private_key").read_text() == ""
+    assert (backup / "backup_sftp_known_hosts").read_text() == ""
+    assert stat.S_IMODE((backup / "backup_sftp_private_key").stat().st_mode) == 0o400
+    assert (backup / "backup_repository_password").read_text() == values.backup_repository_password
+
+    del data["backup_repository_password"]  # required: no default, the run fails
+    Path(script.ENCRYPTED).write_text(crypto.encrypt(json.dumps(data).encode(), [public]))
+    assert script.main() == 1
+    # the value present in the file wins over the manifest's default
+    data["backup_repository_password"] = values.backup_repository_password
+    data["backup_repository_env"] = {"AWS_ACCESS_KEY_ID": "id"}
+    Path(script.ENCRYPTED).write_text(crypto.encrypt(json.dumps(data).encode(), [public]))
+    assert script.main() == 0
+    assert json.loads((backup / "backup_repository_env").read_text()) == {"AWS_ACCESS_KEY_ID": "id"}
+
+
+def test_only_manifests_with_optional_secrets_carry_defaults():
+    by_name = {c.name: c for c in COMPONENTS}
+    backup = json.loads(manifest(by_name["backup"], {}))
+    assert backup["defaults"] == {
+        "backup_repository_env": "{}",
+        "backup_sftp_private_key": "",
+        "backup_sftp_known_hosts": "",
+    }
+    # the others stay byte for byte as before (no restart of their readers on upgrade)
+    assert "defaults" not in json.loads(manifest(by_name["webhook"], {}))

@@ -21,6 +21,10 @@ COMMON_NAMES = {
     "backup_repository_password",
     "ccr_api_keys",
     "ccr_ui_password_hash",
+    # optional: a remote backup repository's credentials (issue 7)
+    "backup_repository_env",
+    "backup_sftp_private_key",
+    "backup_sftp_known_hosts",
 }
 
 
@@ -118,3 +122,39 @@ def test_htpasswd_line_is_apr1_and_verifies(values):
         check=True,
     ).stdout.decode()
     assert again.strip() == hashed
+
+
+def test_restic_env_names_are_checked_against_restics_backend_variables(values):
+    data = json.loads(to_json(values))
+    data["backup_repository_env"] = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "k"}
+    assert from_json(json.dumps(data)).backup_repository_env["AWS_ACCESS_KEY_ID"] == "id"
+    data["backup_repository_env"] = {"AWS_ACCESS_KEY": "id"}
+    with pytest.raises(SecretsFormatError, match="AWS_ACCESS_KEY is not an environment variable"):
+        from_json(json.dumps(data))
+    data["backup_repository_env"] = {"AWS_DEFAULT_REGION": "a\nb"}
+    with pytest.raises(SecretsFormatError, match="AWS_DEFAULT_REGION must be one non-empty line"):
+        from_json(json.dumps(data))
+
+
+def test_sftp_key_and_known_hosts_are_checked(values):
+    data = json.loads(to_json(values))
+    data["backup_sftp_private_key"] = "-----BEGIN RSA PRIVATE KEY-----\nx\n"
+    with pytest.raises(SecretsFormatError, match=r"backup_sftp_private_key: .*OpenSSH"):
+        from_json(json.dumps(data))
+    data["backup_sftp_private_key"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nx"
+    data["backup_sftp_known_hosts"] = "backup.example.org ssh-ed25519"
+    with pytest.raises(SecretsFormatError, match=r"backup_sftp_known_hosts: .*known_hosts line"):
+        from_json(json.dumps(data))
+    data["backup_sftp_known_hosts"] = "backup.example.org ssh-ed25519 AAAAC3Nz"
+    model = from_json(json.dumps(data))
+    assert model.backup_sftp_private_key.endswith("x\n")
+    assert model.backup_sftp_known_hosts == "backup.example.org ssh-ed25519 AAAAC3Nz\n"
+
+
+def test_a_file_without_the_optional_secrets_still_parses(values):
+    data = json.loads(to_json(values))
+    for name in ("backup_repository_env", "backup_sftp_private_key", "backup_sftp_known_hosts"):
+        del data[name]
+    model = from_json(json.dumps(data))
+    assert model.backup_repository_env == {}
+    assert model.backup_sftp_private_key == ""

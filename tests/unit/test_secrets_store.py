@@ -260,3 +260,24 @@ def test_init_creates_an_environment_only_the_member_reads(tmp_path, capsys):
     assert [(r.kind, r.name) for r in env.recipients()] == [("team", "alice")]
     assert env.decrypt(crypto.load_identities(identity)).ccr_api_keys == {}
     assert cli.main(["init", "--member", "alice", *argv]) == 1
+
+
+def test_present_lists_optional_secrets_with_a_value_never_the_value(staging):
+    from rave.secrets.staging import generated_values
+    from rave.secrets.store import present
+
+    env = staging[0]
+    assert env.present_path.exists()  # written with every encryption
+    # staging: a local repository, no credentials (ccr_ui_password, also optional, is set)
+    assert env.present() == {"ccr_ui_password": True}
+    model = generated_values(["h1"])
+    data = model.model_dump(mode="json")
+    data["backup_repository_env"] = {"AWS_ACCESS_KEY_ID": "AKIA-secret-id"}
+    data["backup_sftp_known_hosts"] = "h ssh-ed25519 AAAA"
+    facts = present(type(model).model_validate(data))
+    assert facts == {
+        "backup_repository_env": ["AWS_ACCESS_KEY_ID"],
+        "backup_sftp_known_hosts": True,
+        "ccr_ui_password": True,
+    }
+    assert "AKIA-secret-id" not in json.dumps(facts)

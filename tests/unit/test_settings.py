@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -68,3 +70,66 @@ def test_more_specific_layer_wins_and_connector_keys_pass_through():
         DataLayer("group_data/all.py", {"rave_mode": "SAFE", "operator_keys": [SAMPLE_KEY]}),
     ]
     assert validate_host("h1", layers).rave_mode is Mode.FULL_PIPE
+
+
+def _remote_repository_layers(tmp_path, repository, present):
+    from rave.secrets.store import Environment
+
+    encrypted = tmp_path / "prod.age"
+    if present is not None:
+        env = Environment.for_host("prod", str(encrypted), None)
+        env.present_path.write_text(json.dumps(present))
+    data = {
+        "operator_keys": [SAMPLE_KEY],
+        "rave_environment": "prod",
+        "secrets_file": str(encrypted),
+        "backup_repository": repository,
+    }
+    return [DataLayer("group_data/prod.py", data)]
+
+
+@pytest.mark.parametrize(
+    ("repository", "present", "missing"),
+    [
+        ("s3:https://s3.example.org/bucket/rave", None, "backup_repository_env.AWS_ACCESS_KEY_ID"),
+        (
+            "s3:https://s3.example.org/bucket/rave",
+            {"backup_repository_env": ["AWS_ACCESS_KEY_ID"]},
+            "backup_repository_env.AWS_SECRET_ACCESS_KEY",
+        ),
+        ("sftp:backup@backup.example.org:/srv/rave", {}, "backup_sftp_private_key"),
+        (
+            "sftp:backup@backup.example.org:/srv/rave",
+            {"backup_sftp_private_key": True},
+            "backup_sftp_known_hosts",
+        ),
+    ],
+)
+def test_remote_repository_without_its_credentials_is_refused(
+    tmp_path, repository, present, missing
+):
+    with pytest.raises(HostDataError) as error:
+        validate_host("h1", _remote_repository_layers(tmp_path, repository, present))
+    message = str(error.value)
+    assert "backup_repository in group_data/prod.py" in message
+    assert f"needs the secret {missing}" in message
+    assert "rave-secrets edit --env prod" in message
+
+
+@pytest.mark.parametrize(
+    ("repository", "present"),
+    [
+        (
+            "s3:https://s3.example.org/bucket/rave",
+            {"backup_repository_env": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]},
+        ),
+        (
+            "sftp:backup@backup.example.org:/srv/rave",
+            {"backup_sftp_private_key": True, "backup_sftp_known_hosts": True},
+        ),
+        ("/var/backups/rave/restic", None),  # a local repository needs nothing
+    ],
+)
+def test_remote_repository_with_its_credentials_validates(tmp_path, repository, present):
+    settings = validate_host("h1", _remote_repository_layers(tmp_path, repository, present))
+    assert settings.backup_repository == repository
