@@ -55,7 +55,6 @@ class BaseSettings(Concern):
         "agent", pattern=r"^[a-z_][a-z0-9_-]*$", description="the operators' SSH login (sudo)"
     )
     operator_keys: list[str] = Field(
-        min_length=1,
         description="ssh-ed25519 public keys allowed to log in as operator_user; never empty",
     )
     service_user: str = Field(
@@ -65,6 +64,11 @@ class BaseSettings(Concern):
     @field_validator("operator_keys")
     @classmethod
     def _ed25519_only(cls, keys: list[str]) -> list[str]:
+        if not keys:
+            raise ValueError(
+                "no operator key: a host must never be left without one (list them one a line "
+                "in secrets/<environment>.operator-keys, which group_data reads)"
+            )
         for key in keys:
             parts = key.split()
             if len(parts) < 2 or parts[0] != "ssh-ed25519":

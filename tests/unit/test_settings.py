@@ -39,7 +39,7 @@ def test_safe_fits_a_two_gigabyte_host():
         ("rave_mode", "FAST", "rave_mode"),
         ("timezone", "Mars/Olympus", "unknown time zone"),
         ("egress_proxy", "proxy:3128", "egress_proxy"),
-        ("operator_keys", [], "operator_keys"),
+        ("operator_keys", [], "operator-keys"),  # the error says where keys are listed
         ("operator_keys", ["ssh-rsa AAAAB3Nza"], "not an ssh-ed25519"),
         ("hostname", "Bad_Name", "hostname"),
     ],
