@@ -1,8 +1,7 @@
 """Local staging hosts (rave.staging): egress only through the harness's proxy."""
 
-from pathlib import Path
-
 from rave.secrets.operators import configured_keys
+from rave.secrets.store import staging_state_dir
 
 __all__ = [
     "alertmanager_silenced",
@@ -17,7 +16,7 @@ __all__ = [
     "vulnscan_data_upload",
 ]
 
-_STATE = Path(__file__).resolve().parents[1] / ".staging"
+_STATE = staging_state_dir()  # .staging/ of the checkout, or RAVE_STAGING_DIR
 _INSTANCE = (
     (_STATE / "instance-id").read_text().strip() if (_STATE / "instance-id").exists() else "0"
 )

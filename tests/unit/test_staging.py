@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,17 @@ def test_an_instance_does_not_reuse_another_instances_state(instance, monkeypatc
     assert not (instance.state / "hosts").exists()
     assert not (instance.state / "hosts.json").exists()
     assert touched == ["rave-staging-1"]  # its own mount only; the network is left alone
+
+
+def test_staging_group_data_follows_the_instance_state_dir(tmp_path, monkeypatch):
+    """RAVE_STAGING_DIR (a second checkout's or a bench's instance) decides proxy and keys."""
+    import runpy
+
+    (tmp_path / "instance-id").write_text("7\n")
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchInstanceKeyOnlyForThisTest bench"
+    (tmp_path / "id_ed25519.pub").write_text(key + "\n")
+    monkeypatch.setenv("RAVE_STAGING_DIR", str(tmp_path))
+    data = runpy.run_path(str(Path(__file__).resolve().parents[2] / "group_data" / "staging.py"))
+    assert data["egress_proxy"] == "http://10.213.7.1:3128"
+    assert data["operator_keys"] == [key]
+    assert "10.213.7.1" in data["fail2ban_ignore_addresses"]
