@@ -396,21 +396,29 @@ def ensure_host_key(host: Host) -> None:
 
 
 def write_state_files(inst: Instance, hosts: list[Host]) -> None:
-    entries = []
+    entries = [
+        {
+            "name": host.name,
+            "address": host.address,
+            "address6": host.address6,
+            "netns": host.netns,
+            "root": str(host.root),
+            "machine": host.machine,
+            "pid": host.pid(),
+        }
+        for host in hosts
+    ]
+    atomic_write(inst.hosts_json, json.dumps(entries, indent=2) + "\n")
+    from rave.staging_vm import vm_entries  # the instance's VM (rave-staging vm) keeps its entry
+
+    write_ssh_files(inst, [*hosts, *vm_entries(inst)])
+
+
+def write_ssh_files(inst: Instance, hosts: list[Host]) -> None:
+    """ssh_config and known_hosts for these hosts (containers and the VM)."""
     config = []
     known = []
     for host in hosts:
-        entries.append(
-            {
-                "name": host.name,
-                "address": host.address,
-                "address6": host.address6,
-                "netns": host.netns,
-                "root": str(host.root),
-                "machine": host.machine,
-                "pid": host.pid(),
-            }
-        )
         options = (
             f"    User {OPERATOR}\n"
             f"    IdentityFile {inst.key}\n"
@@ -425,7 +433,6 @@ def write_state_files(inst: Instance, hosts: list[Host]) -> None:
         # the same host over IPv6: `ssh -F ssh_config fd52:a7e0:<n>::<10+k>`
         config.append(f"Host {host.address6}\n{options}")
         known.append(f"{host.name},{host.address},{host.address6} {host.host_public_key()}")
-    atomic_write(inst.hosts_json, json.dumps(entries, indent=2) + "\n")
     atomic_write(inst.ssh_config, "\n".join(config))
     atomic_write(inst.known_hosts, "\n".join(known) + "\n")
 
@@ -922,7 +929,7 @@ def wait_for_boot(hosts: list[Host], booting: list[Host], timeout: float = BOOT_
         for host in list(pending):
             if not host.pid():
                 raise StagingError(
-                    f"{host.name}: systemd-nspawn exited during boot; console log "
+                    f"{host.name}: its systemd-nspawn (or qemu) exited during boot; console log "
                     f"{host.console}:\n{console_tail(host)}"
                 )
             if ssh_ok(host):
@@ -1025,7 +1032,10 @@ def cmd_up(inst: Instance, count: int | None, fresh: bool = False) -> None:
 
 
 def cmd_down(inst: Instance) -> None:
+    from rave.staging_vm import teardown_vm
+
     with inst.locked():
+        teardown_vm(inst)  # its tap is on the bridge that goes away below
         for index in inst.known_indices():
             teardown_host(inst.host(index))
         teardown_network(inst)
@@ -1112,6 +1122,20 @@ def print_info(inst: Instance) -> None:
     print("  deploy: .venv/bin/pyinfra -y inventories/staging.py deploy.py")
 
 
+def vm_command(inst: Instance, args: argparse.Namespace) -> int:
+    from rave import staging_vm
+
+    if args.vm_command == "up":
+        staging_vm.cmd_vm_up(inst, args.fresh)
+    elif args.vm_command == "down":
+        staging_vm.cmd_vm_down(inst)
+    elif args.vm_command == "status":
+        return staging_vm.cmd_vm_status(inst, args.json)
+    elif args.vm_command == "info":
+        staging_vm.print_vm_info(inst)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rave-staging", description="local systemd-nspawn staging hosts (RAVE_STAGING_ID)"
@@ -1130,8 +1154,16 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="what runs (exit 1 unless every host answers ssh)")
     status.add_argument("--json", action="store_true")
     sub.add_parser("info", help="how to reach the hosts")
+    vm = sub.add_parser("vm", help="a QEMU VM on the instance's bridge (docs/staging.md)")
+    vm_sub = vm.add_subparsers(dest="vm_command", required=True)
+    vm_up = vm_sub.add_parser("up", help="boot the VM (no-op if running)")
+    vm_up.add_argument("--fresh", action="store_true", help="rebuild its disk first")
+    vm_sub.add_parser("down", help="stop the VM, remove its tap (its disk stays)")
+    vm_status = vm_sub.add_parser("status", help="what runs (exit 1 unless ssh answers)")
+    vm_status.add_argument("--json", action="store_true")
+    vm_sub.add_parser("info", help="how to reach the VM")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0 and args.command not in ("info",):
+    if os.geteuid() != 0 and "info" not in (args.command, getattr(args, "vm_command", None)):
         log("must run as root (mounts, network namespaces, systemd-nspawn)")
         return 2
     try:
@@ -1148,6 +1180,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(inst, args.json)
         elif args.command == "info":
             print_info(inst)
+        elif args.command == "vm":
+            return vm_command(inst, args)
     except StagingError as error:
         log(f"error: {error}")
         return 1
