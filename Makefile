@@ -12,9 +12,10 @@ PYTEST_ARGS ?=
 # Debian packages the control machine needs (one list: append, keep it sorted by purpose)
 SYSTEM_PACKAGES := python3-venv make git systemd-container debootstrap tinyproxy iproute2 \
 	openssh-client age openssl restic postgresql-client nftables curl \
-	postgresql-15 prometheus gpg
+	postgresql-15 prometheus gpg qemu-system-x86 e2fsprogs
 
-.PHONY: venv lock system-deps staging staging-down lint typecheck unit host-tests test test-multihost
+.PHONY: venv lock system-deps staging staging-down lint typecheck unit host-tests test test-multihost \
+	test-vm
 
 venv: $(VENV)/.installed
 
@@ -63,11 +64,17 @@ unit: venv
 host-tests: venv
 	$(BIN)/pytest tests/host $(PYTEST_ARGS)
 
-# lint and types first, then every suite under tests/ (unit, then host tests on fresh hosts)
+# lint and types first, then every suite under tests/ (unit, then host tests on fresh hosts);
+# the VM suite has its own target (make test-vm: minutes of TCG emulation, docs/staging.md)
 test: lint typecheck
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+	$(BIN)/pytest tests --ignore=tests/vm $(PYTEST_ARGS)
 
 # 2 service hosts + 1 monitoring host: every host suite on the service hosts, plus
 # tests/host/test_multihost.py (skipped by `make test`); not part of `make test` (CI time)
 test-multihost: venv
 	RAVE_STAGING_HOSTS=3 RAVE_STAGING_MONITORING=1 $(BIN)/pytest tests/host $(PYTEST_ARGS)
+
+# a QEMU VM on the staging bridge: auditd, AppArmor and kernel.* sysctls, which containers
+# cannot have (tests/vm/test_vm_hardening.py; -s prints the boot and deploy times)
+test-vm: venv
+	$(BIN)/pytest -s tests/vm $(PYTEST_ARGS)
