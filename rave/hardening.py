@@ -16,6 +16,7 @@ from pyinfra.api import FactBase
 
 from rave.components import Exposure, component, monitoring_ports, public_ports
 from rave.render import render
+from rave.secrets.deploy import SECRETS_ROOT
 from rave.settings import HostSettings
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
@@ -25,6 +26,8 @@ NFT_CANDIDATE = "/etc/nftables.rave-candidate.conf"
 NFT_APPLY = "/usr/local/sbin/rave-nft-apply"
 REPORT_PATH = "/var/lib/rave-hardening/report.json"
 AUDIT_RULES = "/etc/audit/rules.d/rave.rules"
+AUDIT_TMPFILES = "/etc/tmpfiles.d/rave-audit.conf"
+SECRETS_DIR = SECRETS_ROOT  # watched by the audit rules (templates/hardening/audit.rules.j2)
 # dropped by ssh_hardening/dev-sec and Mozilla's guideline: DH groups under 3072 bits
 MODULI_MIN_BITS = 3071
 

@@ -384,6 +384,18 @@ def system(report: dict[str, Any], container: bool) -> None:
         h.render_file(config, "hardening/audit.rules.j2"),
         mode="640",
     )
+    # auditctl refuses a watch whose parent directory is missing, and stops loading the file
+    # there: the secrets directory exists from early boot (tmpfiles runs before auditd)
+    watched = put_text(
+        "Watched secrets directory exists from early boot (tmpfiles)",
+        h.AUDIT_TMPFILES,
+        f"d {h.SECRETS_DIR} 0711 root root -\n",
+    )
+    if not host.get_fact(Directory, path=h.SECRETS_DIR):
+        server.shell(
+            name=f"Create {h.SECRETS_DIR} now (tmpfiles)",
+            commands=[f"systemd-tmpfiles --create {h.AUDIT_TMPFILES}"],
+        )
     if container:
         _report(report, "auditd", "cannot run in a container (no audit in a child PID namespace)")
         if host.get_fact(h.UnitActive, unit="auditd.service")["active"] == "failed":
@@ -394,7 +406,9 @@ def system(report: dict[str, Any], container: bool) -> None:
     else:
         systemd.service(name="auditd runs", service="auditd.service", running=True, enabled=True)
         server.shell(
-            name="Load the audit rules", commands=["augenrules --load"], _if=rules.did_change
+            name="Load the audit rules",
+            commands=["augenrules --load"],
+            _if=any_changed(rules, watched),
         )
 
 
