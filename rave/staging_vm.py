@@ -295,11 +295,13 @@ def start_qemu(vm: VmHost, accel: str, kernel: Path, initrd: Path) -> int:
     return process.pid
 
 
-def stop_qemu(vm: VmHost) -> None:
-    """ACPI poweroff (SIGTERM makes qemu quit at once, so ask the guest first), then kill."""
+def stop_qemu(vm: VmHost, clean: bool = True) -> None:
+    """A clean poweroff of the guest (SIGTERM makes qemu quit at once: the guest would see a
+    power cut), then SIGTERM/SIGKILL; clean=False when the disk is thrown away anyway."""
     pid = vm.pid()
     if pid:
-        if st.ssh_run(vm, "sudo systemctl --no-block poweroff", timeout=10).returncode == 0:
+        poweroff = "sudo systemctl --no-block poweroff"
+        if clean and st.ssh_run(vm, poweroff, timeout=10).returncode == 0:
             st.wait_gone(pid, st.STOP_TIMEOUT)
         st.terminate(pid)
     # a qemu of this instance whose pidfile is gone (killed session, deleted state)
@@ -429,7 +431,7 @@ def cmd_vm_up(inst: st.Instance, fresh: bool) -> None:
         if vm.pid() and st.link_exists(vm.tap) and not fresh:
             accel = vm.accel_file.read_text().strip() if vm.accel_file.exists() else None
         else:
-            stop_qemu(vm)  # a killed session's qemu, or the running VM for --fresh
+            stop_qemu(vm, clean=not fresh)  # a killed session's qemu, or the VM for --fresh
             st.unmount_root(vm)  # an interrupted disk build
             if fresh or not disk_current(vm):
                 if vm.disk.exists() and not fresh:

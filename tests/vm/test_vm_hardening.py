@@ -80,7 +80,9 @@ def vm() -> Iterator[testinfra.host.Host]:
     )
     infra.backend.__dict__["client"] = _strict_client(VM.address)
     yield infra
-    infra.backend.__dict__.pop("client").close()
+    client = infra.backend.__dict__.pop("client", None)
+    if client is not None:
+        client.close()
     for what, seconds in TIMES.items():
         print(f"\nVM timing: {what}: {seconds:.1f}s")
 
@@ -110,7 +112,16 @@ def test_nothing_is_reported_as_impossible(vm):
 
 
 def _rules(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.startswith(("-w ", "-a "))]
+    """Rule lines as `auditctl -l` prints them (it drops a watched directory's trailing /)."""
+    rules = []
+    for line in text.splitlines():
+        if line.startswith("-w "):
+            words = line.split()
+            words[1] = words[1].rstrip("/") or "/"
+            rules.append(" ".join(words))
+        elif line.startswith("-a "):
+            rules.append(" ".join(line.split()))
+    return rules
 
 
 def test_auditd_runs_with_every_project_rule_loaded(vm):
@@ -162,3 +173,57 @@ def test_a_second_deploy_changes_nothing(vm):
     result = deploy()
     TIMES["second deploy (no change)"] = time.monotonic() - started
     assert result.changed == 0, result.changed_operations()
+
+
+def _qemu_pids() -> list[int]:
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and VM.qemu_name in _cmdline(int(entry.name))
+    ]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
+
+
+def test_up_recovers_from_a_killed_qemu_and_keeps_the_disk(vm):
+    boot_before = sh(vm, "cat /proc/sys/kernel/random/boot_id").strip()
+    sh(vm, "touch /var/lib/rave-staging/vm-kill-test && sync")
+    (pid,) = _qemu_pids()
+    os.kill(pid, 9)  # a killed session: the tap and the state files stay behind
+    deadline = time.monotonic() + 10
+    while pid in _qemu_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _link_exists(VM.tap)
+    started = time.monotonic()
+    rave_staging("vm", "up")
+    TIMES["vm up after a killed qemu (boot only)"] = time.monotonic() - started
+    assert len(_qemu_pids()) == 1
+    vm.backend.__dict__.pop("client").close()
+    vm.backend.__dict__["client"] = _strict_client(VM.address)
+    assert sh(vm, "cat /proc/sys/kernel/random/boot_id").strip() != boot_before
+    assert vm.file("/var/lib/rave-staging/vm-kill-test").exists
+    assert vm.service("auditd").is_running  # the deployed controls come back at boot
+    assert "-k sudoers" in sh(vm, "auditctl -l")
+
+
+def test_zz_down_removes_what_up_made(vm):
+    containers_running = any(INSTANCE.host(i).pid() for i in INSTANCE.known_indices())
+    vm.backend.__dict__.pop("client").close()
+    vm.backend.__dict__["client"] = None  # the fixture's teardown must not close it twice
+    rave_staging("vm", "down")
+    assert _qemu_pids() == []
+    assert not _link_exists(VM.tap)
+    assert not VM.json_file.exists()
+    assert "rave-staging-vm" not in INSTANCE.ssh_config.read_text()
+    assert VM.disk.exists()  # kept, like a container's upper layer
+    # the bridge and proxy go only when no container of the instance needs them
+    assert _link_exists(INSTANCE.bridge) == containers_running
