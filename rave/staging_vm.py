@@ -62,6 +62,10 @@ class VmHost(st.Host):
         return f"{self.instance.subnet}.{VM_ADDRESS_OCTET}"
 
     @property
+    def address6(self) -> str:
+        return self.instance.ipv6(VM_ADDRESS_OCTET)
+
+    @property
     def netns(self) -> str:
         return ""  # qemu runs in the control machine's namespace; the guest is on the tap
 
@@ -188,7 +192,8 @@ def provision_vm(vm: VmHost) -> None:
         "# written by rave-staging: the instance bridge only; egress via its proxy\n"
         f"[Match]\nMACAddress={vm.mac}\n\n"
         f"[Network]\nAddress={vm.address}/24\nGateway={inst.gateway}\n"
-        "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        # the instance's on-link IPv6 /64 like the containers: no IPv6 gateway, no RA
+        f"Address={vm.address6}/64\nLinkLocalAddressing=ipv6\nIPv6AcceptRA=no\n"
     )
     st.run("chroot", str(root), "systemctl", "enable", "systemd-networkd.service")
 
@@ -399,6 +404,7 @@ def write_vm_state(vm: VmHost, accel: str | None) -> None:
     entry = {
         "name": vm.name,
         "address": vm.address,
+        "address6": vm.address6,
         "tap": vm.tap,
         "disk": str(vm.disk),
         "machine": vm.machine,

@@ -16,6 +16,7 @@ def instance(tmp_path):
 def test_the_vm_lives_on_the_instance_bridge_next_to_the_containers(instance):
     vm = staging_vm.vm_host(instance)
     assert (vm.name, vm.address, vm.tap) == ("rave-staging-vm", "10.213.7.100", "rv7vm")
+    assert vm.address6 == "fd52:a7e0:7::100"
     container_addresses = {instance.host(i).address for i in range(1, staging.MAX_HOSTS + 1)}
     assert vm.address not in container_addresses
     assert len(staging_vm.vm_host(staging.Instance(254)).tap) <= 15  # IFNAMSIZ - 1
@@ -55,7 +56,7 @@ def test_the_ssh_files_keep_the_vm_next_to_the_containers(instance):
     config = instance.ssh_config.read_text()
     assert "Host rave-staging-vm 10.213.7.100\n    HostName 10.213.7.100\n" in config
     known = instance.known_hosts.read_text()
-    assert f"rave-staging-vm,10.213.7.100 {vm.host_public_key()}" in known
+    assert f"rave-staging-vm,10.213.7.100,fd52:a7e0:7::100 {vm.host_public_key()}" in known
     entry = json.loads(vm.json_file.read_text())[0]
     assert (entry["address"], entry["accel"]) == ("10.213.7.100", "tcg")
 
