@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from rave.staging import OPERATOR, Instance, instance_id
+from rave.staging import Instance, instance_id
 
 
 def _staging_hosts() -> list[tuple[str, dict]]:
@@ -29,20 +29,7 @@ def _staging_hosts() -> list[tuple[str, dict]]:
             f"{instance.id}. Use RAVE_STAGING_ID={recorded} or run `rave-staging up` first."
         )
     entries = json.loads(hosts_file.read_text())
-    return [
-        (
-            entry["name"],
-            {
-                "ssh_hostname": entry["address"],
-                "ssh_user": OPERATOR,
-                "ssh_key": str(instance.key),
-                "ssh_known_hosts_file": str(instance.known_hosts),
-                "ssh_strict_host_key_checking": "yes",
-                "_sudo": True,
-            },
-        )
-        for entry in entries
-    ]
+    return [(entry["name"], instance.inventory_data(entry["address"])) for entry in entries]
 
 
 _hosts = _staging_hosts()

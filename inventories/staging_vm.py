@@ -8,7 +8,7 @@ file's own group after the file (`staging_vm`). docs/staging.md, "A VM".
 import json
 import sys
 
-from rave.staging import OPERATOR, Instance, instance_id
+from rave.staging import Instance, instance_id
 from rave.staging_vm import vm_host
 
 
@@ -21,20 +21,7 @@ def _vm_hosts() -> list[tuple[str, dict]]:
             f"(RAVE_STAGING_ID={instance.id}) first."
         )
     entries = json.loads(vm.json_file.read_text())
-    return [
-        (
-            entry["name"],
-            {
-                "ssh_hostname": entry["address"],
-                "ssh_user": OPERATOR,
-                "ssh_key": str(instance.key),
-                "ssh_known_hosts_file": str(instance.known_hosts),
-                "ssh_strict_host_key_checking": "yes",
-                "_sudo": True,
-            },
-        )
-        for entry in entries
-    ]
+    return [(entry["name"], instance.inventory_data(entry["address"])) for entry in entries]
 
 
 staging = _vm_hosts()

@@ -252,6 +252,17 @@ class Instance:
     def hosts_json(self) -> Path:
         return self.state / "hosts.json"
 
+    def inventory_data(self, address: str) -> dict[str, object]:
+        """pyinfra host data for a host of this instance (containers and the VM alike)."""
+        return {
+            "ssh_hostname": address,
+            "ssh_user": OPERATOR,
+            "ssh_key": str(self.key),
+            "ssh_known_hosts_file": str(self.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+            "_sudo": True,
+        }
+
     @property
     def proxy_pidfile(self) -> Path:
         return self.state / "tinyproxy.pid"

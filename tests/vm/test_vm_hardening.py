@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from rave.deployrun import DeployResult, run_deploy
 from rave.staging import OPERATOR, Instance, instance_id
 from rave.staging_vm import vm_host
 from tests.host.conftest import _strict_client
+from tests.host.conftest import rave_staging as host_rave_staging
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = "inventories/staging_vm.py"
@@ -34,22 +34,8 @@ REUSE = os.environ.get("RAVE_STAGING_REUSE") == "1"
 TIMES: dict[str, float] = {}
 
 
-def rave_staging(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    process = subprocess.run(
-        [sys.executable, "-m", "rave.staging", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-    )
-    if process.returncode != 0:
-        pytest.fail(
-            f"rave-staging {' '.join(args)} failed ({process.returncode}):\n"
-            f"{process.stdout}\n{process.stderr[-4000:]}",
-            pytrace=False,
-        )
-    return process
+def rave_staging(*args: str) -> subprocess.CompletedProcess[str]:
+    return host_rave_staging(*args, timeout=1800)  # a TCG boot or image build is slow
 
 
 def deploy() -> DeployResult:
