@@ -118,6 +118,10 @@ def ccr() -> None:
                 f"--no-audit --no-fund --no-update-notifier {PACKAGE}@{config.ccr_version}",
                 f"chmod -R go-w,a+rX {PREFIX}",
             ],
+            # the registry is reached through the egress proxy: one dropped fetch (seen with 10
+            # hosts installing at once) must not fail the host
+            _retries=2,
+            _retry_delay=15,
         )
 
     script = install_host_script(
