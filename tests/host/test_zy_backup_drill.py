@@ -126,16 +126,10 @@ def _events(host) -> int:
     return 5000
 
 
-def test_disaster_recovery_drill(staging, host):
-    name = staging.names[0]
-    events = _events(host)
-    deliveries = _send_webhook_events(staging, WEBHOOK_EVENTS)
-    _wait_stored(host, deliveries)
-    before_identity = _identity(host)
-    before_databases = _databases(host)
-    assert before_databases[DRILL_DB]["public.events"]["rows"] == events
-    snapshot = backup(host)
-
+def _destroy_keeping_repository(staging, host, name: str) -> float:
+    """Reset the host to a fresh Debian root; its restic repository is copied to the control
+    machine first and put back afterwards (standing in for a remote repository). Returns the
+    monotonic time the reset started."""
     with tempfile.TemporaryDirectory(prefix="rave-drill-") as tmp:
         archive = Path(tmp) / "repository.tar"
         with archive.open("wb") as out:
@@ -147,7 +141,7 @@ def test_disaster_recovery_drill(staging, host):
         disaster = time.monotonic()
         rave_staging("reset", "--host", str(staging.index(name)))
         staging.reconnect(name)
-        assert not host.file("/usr/local/sbin/rave-backup").exists, "the reset left host A"
+        assert not host.file("/usr/local/sbin/rave-backup").exists, "the reset left the host"
 
         with archive.open("rb") as src:
             put_back = _ssh(
@@ -158,6 +152,20 @@ def test_disaster_recovery_drill(staging, host):
                 stdin=src,
             )
         assert put_back.returncode == 0
+    return disaster
+
+
+def test_disaster_recovery_drill(staging, host):
+    name = staging.names[0]
+    events = _events(host)
+    deliveries = _send_webhook_events(staging, WEBHOOK_EVENTS)
+    _wait_stored(host, deliveries)
+    before_identity = _identity(host)
+    before_databases = _databases(host)
+    assert before_databases[DRILL_DB]["public.events"]["rows"] == events
+    snapshot = backup(host)
+
+    disaster = _destroy_keeping_repository(staging, host, name)
 
     deploy_started = time.monotonic()
     deployed = staging.deploy(limit=name)

@@ -10,19 +10,15 @@ identity, a working webhook, and WAL archiving on the restored cluster's new tim
 
 from __future__ import annotations
 
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-from tests.host.conftest import rave_staging
 from tests.host.test_backup import backup, checksums, operator_op, psql
 from tests.host.test_backup_pitr import _switch, _wait_in_spool
 from tests.host.test_zy_backup_drill import (
-    REPOSITORY_PARENT,
+    _destroy_keeping_repository,
     _identity,
     _send_webhook_events,
-    _ssh,
     _stored,
     _wait_stored,
 )
@@ -55,25 +51,7 @@ def test_point_in_time_recovery_onto_a_fresh_host(staging, host):
     assert checksums(host, DRILL_DB)["public.events"]["rows"] == 1000
     snapshot = backup(host)
 
-    with tempfile.TemporaryDirectory(prefix="rave-pitr-drill-") as tmp:
-        archive = Path(tmp) / "repository.tar"
-        with archive.open("wb") as out:
-            copied = _ssh(
-                staging, name, f"sudo tar -C {REPOSITORY_PARENT} -cf - restic", stdout=out
-            )
-        assert copied.returncode == 0 and archive.stat().st_size > 0
-        rave_staging("reset", "--host", str(staging.index(name)))
-        staging.reconnect(name)
-        assert not host.file("/usr/local/sbin/rave-backup").exists, "the reset left the host"
-        with archive.open("rb") as src:
-            put_back = _ssh(
-                staging,
-                name,
-                f"sudo install -d -m 700 {REPOSITORY_PARENT} && "
-                f"sudo tar -C {REPOSITORY_PARENT} -xf -",
-                stdin=src,
-            )
-        assert put_back.returncode == 0
+    _destroy_keeping_repository(staging, host, name)
 
     deployed = staging.deploy(limit=name)
     assert deployed.ok, f"deploy of the fresh host failed: {deployed.summary()}"
