@@ -81,6 +81,26 @@ def fast_operation_order() -> None:
     module.get_operation_order_from_stack = operation_order_from_frames  # type: ignore[attr-defined]
 
 
+def cached_global_arguments() -> None:
+    """pyinfra evaluates the type hints of its global-argument TypedDict for every operation
+    and fact (typing.get_type_hints: ~0.5 ms a call, ~0.25 s of CPU per host per run). The
+    TypedDict is fixed, so the list is computed once."""
+    module = importlib.import_module("pyinfra.api.arguments")
+    original = module.all_global_arguments
+    if getattr(original, _MARK, False):
+        return
+    hints = original()
+
+    def all_global_arguments() -> list[tuple[str, type]]:
+        return list(hints)  # a copy: callers may not share the list
+
+    setattr(all_global_arguments, _MARK, True)
+    module.all_global_arguments = all_global_arguments  # type: ignore[attr-defined]
+    facts = importlib.import_module("pyinfra.api.facts")
+    facts.all_global_arguments = all_global_arguments  # type: ignore[attr-defined]
+
+
 def apply() -> None:
     disable_nagle()
     fast_operation_order()
+    cached_global_arguments()

@@ -3,9 +3,19 @@
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Hostname
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files, server
 
-from rave.deploykit import ensure_packages, put_template, put_text, settings
+from rave.deploykit import (
+    ensure_directory,
+    ensure_file,
+    ensure_group,
+    ensure_packages,
+    ensure_service,
+    ensure_user,
+    put_template,
+    put_text,
+    settings,
+)
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/01rave-proxy"
 APT_SNAPSHOT_CONF = "/etc/apt/apt.conf.d/02rave-snapshot"
@@ -43,11 +53,11 @@ def base():
             proxy=config.egress_proxy,
         )
     else:
-        files.file(name="No apt proxy", path=APT_PROXY_CONF, present=False)
-        files.file(name="No npm proxy", path=NPM_GLOBAL_CONF, present=False)
+        ensure_file(name="No apt proxy", path=APT_PROXY_CONF, present=False)
+        ensure_file(name="No npm proxy", path=NPM_GLOBAL_CONF, present=False)
 
     if config.apt_check_valid_until:
-        files.file(name="apt checks Valid-Until", path=APT_SNAPSHOT_CONF, present=False)
+        ensure_file(name="apt checks Valid-Until", path=APT_SNAPSHOT_CONF, present=False)
     else:
         put_text(
             "apt accepts the frozen snapshot mirror (no Valid-Until check)",
@@ -72,21 +82,21 @@ def base():
         ntp_servers=config.ntp_servers,
     )
     # running=None: the unit declines to start in containers (ConditionVirtualization=!container)
-    systemd.service(
+    ensure_service(
         name="Enable systemd-timesyncd",
         service="systemd-timesyncd",
         running=None,
         enabled=True,
     )
-    systemd.service(
+    ensure_service(
         name="Restart systemd-timesyncd (its settings changed)",
         service="systemd-timesyncd",
         restarted=True,
         _if=timesync.did_change,
     )
 
-    server.group(name="Service group", group=config.service_user, system=True)
-    server.user(
+    ensure_group(name="Service group", group=config.service_user, system=True)
+    ensure_user(
         name=f"Unprivileged service account {config.service_user}",
         user=config.service_user,
         group=config.service_user,
@@ -98,7 +108,7 @@ def base():
     )
     for path in ("/etc/rave", "/var/lib/rave"):
         # root-owned: tasks keep root-only state below them (a service user must not rename it)
-        files.directory(
+        ensure_directory(
             name=f"Project directory {path}",
             path=path,
             user="root",

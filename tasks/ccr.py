@@ -14,7 +14,14 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import server, systemd
 
 from rave.components import Exposure, component
-from rave.deploykit import ensure_packages, install_host_script, put_file, put_text, settings
+from rave.deploykit import (
+    ensure_packages,
+    ensure_service,
+    install_host_script,
+    put_file,
+    put_text,
+    settings,
+)
 from rave.render import render
 from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
@@ -161,7 +168,7 @@ def ccr() -> None:
         name="Reload systemd (router unit changed)",
         _if=lambda: unit.did_change() or dropin.did_change(),
     )
-    systemd.service(
+    ensure_service(
         name="Restart the router (package, configuration or secrets changed)",
         service=UNIT,
         running=True,
@@ -176,4 +183,4 @@ def ccr() -> None:
             or secrets_changed("ccr")()
         ),
     )
-    systemd.service(name="Router running", service=UNIT, running=True, enabled=True)
+    ensure_service(name="Router running", service=UNIT, running=True, enabled=True)

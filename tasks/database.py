@@ -7,15 +7,17 @@ and are set by a host-side script that reads the secret file (never a command li
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import server, systemd
+from pyinfra.operations import server
 
 from rave.components import component
 from rave.deploykit import (
     ensure_packages,
+    ensure_service,
     install_host_script,
     put_template,
     put_text,
@@ -81,21 +83,26 @@ class PostgresDatabases(FactBase):
         return [line.strip() for line in output if line.strip()]
 
 
-class RolePassword(FactBase):
-    """ok | mismatch | missing-role | missing-secret | unknown (script not installed yet)."""
+class RolePasswords(FactBase):
+    """role -> ok | mismatch | missing-role | missing-secret | unknown (script not installed).
 
-    @staticmethod
-    def default() -> str:
-        return "unknown"
+    One run of the script (one psql) for every role.
+    """
 
-    def command(self, role: str, secret_file: str) -> str:
-        return (
-            f"test -x {PASSWORD_SCRIPT} && {PASSWORD_SCRIPT} check {role} {secret_file} "
-            "2>/dev/null || echo unknown"
-        )
+    def command(self, pairs: tuple[tuple[str, str], ...]) -> str:
+        arguments = " ".join(f"{role} {shlex.quote(path)}" for role, path in pairs)
+        script = PASSWORD_SCRIPT
+        return f"test -x {script} && {script} check {arguments} 2>/dev/null || true"
 
-    def process(self, output: list[str]) -> str:
-        return output[-1].strip() if output else "unknown"
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output]
+
+
+def role_password_states(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    states = host.get_fact(RolePasswords, pairs=pairs) or []
+    if len(states) != len(pairs):  # not installed yet, or it failed: set every password
+        states = ["unknown"] * len(pairs)
+    return {role: state for (role, _), state in zip(pairs, states, strict=True)}
 
 
 def conf_dir(config: HostSettings) -> str:
@@ -162,7 +169,7 @@ def database() -> None:
         f"/etc/systemd/system/{unit}.service.d/rave-limits.conf",
         limits_dropin_text(config.profile.limits_for("postgresql")),
     )
-    systemd.service(
+    ensure_service(
         name="Apply PostgreSQL's configuration",
         service=unit,
         running=True,
@@ -171,7 +178,7 @@ def database() -> None:
         daemon_reload=True,
         _if=lambda: conf.did_change() or hba.did_change() or limits.did_change(),
     )
-    systemd.service(name="PostgreSQL running", service=unit, running=True, enabled=True)
+    ensure_service(name="PostgreSQL running", service=unit, running=True, enabled=True)
 
     roles = host.get_fact(PostgresRoles)
     for role, (_, _db, membership) in ROLES.items():
@@ -207,9 +214,12 @@ def database() -> None:
         "files/postgresql/rave-pg-password",
         PASSWORD_SCRIPT,
     )
-    for role, (secret, _, _) in ROLES.items():
-        secret_file = secret_path("postgresql", secret)
-        state = host.get_fact(RolePassword, role=role, secret_file=secret_file)
+    secret_files = {
+        role: secret_path("postgresql", secret) for role, (secret, _, _) in ROLES.items()
+    }
+    states = role_password_states(tuple(secret_files.items()))
+    for role, secret_file in secret_files.items():
+        state = states[role]
         changed = secrets_changed("postgresql")
         server.shell(
             name=f"Set the password of role {role} from the secrets",

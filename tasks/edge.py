@@ -15,7 +15,13 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files, server, systemd
 
 from rave.components import COMPONENTS, Exposure, component, routes
-from rave.deploykit import ensure_packages, put_template, put_text, settings
+from rave.deploykit import (
+    ensure_packages,
+    ensure_service,
+    put_template,
+    put_text,
+    settings,
+)
 from rave.render import render
 from rave.sandbox import limits_dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
@@ -122,14 +128,14 @@ def edge() -> None:
         name="Reload systemd (nginx drop-ins changed)",
         _if=lambda: any(op.did_change() for op in dropins),
     )
-    systemd.service(
+    ensure_service(
         name="Restart nginx (unit drop-ins changed)",
         service="nginx",
         running=True,
         restarted=True,
         _if=lambda: any(op.did_change() for op in dropins),
     )
-    systemd.service(
+    ensure_service(
         name="Reload nginx (configuration or certificate changed)",
         service="nginx",
         running=True,
@@ -137,4 +143,4 @@ def edge() -> None:
         reloaded=True,
         _if=lambda: installed.did_change() or secrets_changed("nginx")(),
     )
-    systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
+    ensure_service(name="nginx running", service="nginx", running=True, enabled=True)

@@ -16,20 +16,28 @@ from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.files import Directory, File, Sha256File
-from pyinfra.operations import apt, files, python, server, systemd
+from pyinfra.facts.files import Sha256File
+from pyinfra.operations import files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from rave import hardening as h
+from rave import runstate
 from rave.deploykit import (
     authorise_operator_keys,
+    ensure_directory,
+    ensure_file,
+    ensure_group,
     ensure_packages,
+    ensure_service,
+    ensure_user,
     install_host_script,
     put_file,
     put_text,
+    remove_packages,
     settings,
 )
 from rave.render import FILES
+from rave.runstate import is_kind
 from rave.settings import HostSettings
 
 
@@ -64,8 +72,8 @@ def ssh_hardening() -> None:
     login_group = config.sshd_allow_groups[0]
 
     ensure_packages("Install the OpenSSH server", ["openssh-server"])
-    server.group(name=f"SSH login group {login_group}", group=login_group, system=True)
-    server.user(
+    ensure_group(name=f"SSH login group {login_group}", group=login_group, system=True)
+    ensure_user(
         name=f"Operator {config.operator_user} may log in over SSH",
         user=config.operator_user,
         groups=[login_group],
@@ -76,12 +84,12 @@ def ssh_hardening() -> None:
     # Ed25519 host key only
     for kind in ("rsa", "ecdsa", "dsa"):
         for suffix in ("", ".pub"):
-            files.file(
+            ensure_file(
                 name=f"No {kind} host key{suffix and ' (public)'}",
                 path=f"/etc/ssh/ssh_host_{kind}_key{suffix}",
                 present=False,
             )
-    if not host.get_fact(File, path="/etc/ssh/ssh_host_ed25519_key"):
+    if not is_kind("/etc/ssh/ssh_host_ed25519_key", "file"):
         server.shell(
             name="Generate the Ed25519 host key",
             commands=["ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key"],
@@ -122,9 +130,9 @@ def ssh_hardening() -> None:
             ],
         )
     else:
-        systemd.service(name="sshd runs", service="ssh.service", running=True, enabled=True)
+        ensure_service(name="sshd runs", service="ssh.service", running=True, enabled=True)
         if installed is not None:
-            systemd.service(
+            ensure_service(
                 name="Reload sshd (its config changed)",
                 service="ssh.service",
                 reloaded=True,
@@ -181,7 +189,7 @@ def firewall() -> None:
             name="Confirm the firewall: cancel the revert, install /etc/nftables.conf",
             commands=[f"{h.NFT_APPLY} confirm {h.NFT_CANDIDATE}"],
         )
-    systemd.service(
+    ensure_service(
         name="Load the firewall at boot", service="nftables.service", running=True, enabled=True
     )
 
@@ -197,16 +205,16 @@ def fail2ban() -> None:
     # the nginx jails read nginx's files: make sure they exist before nginx does, or fail2ban
     # would refuse to start
     log_dir = config.fail2ban_nginx_log_dir
-    if not host.get_fact(Directory, path=log_dir):
-        files.directory(
+    if not is_kind(log_dir, "directory"):
+        ensure_directory(
             name="nginx log directory (for fail2ban)",
             path=log_dir,
             user="root",
             group="adm",
             mode="755",
         )
-    if not host.get_fact(File, path=f"{log_dir}/error.log"):
-        files.file(
+    if not is_kind(f"{log_dir}/error.log", "file"):
+        ensure_file(
             name="Empty nginx error log (for fail2ban)",
             path=f"{log_dir}/error.log",
             user="www-data",
@@ -224,8 +232,8 @@ def fail2ban() -> None:
         "/etc/fail2ban/fail2ban.d/rave.local",
         h.render_file(config, "hardening/fail2ban.local.j2"),
     )
-    systemd.service(name="fail2ban runs", service="fail2ban.service", running=True, enabled=True)
-    systemd.service(
+    ensure_service(name="fail2ban runs", service="fail2ban.service", running=True, enabled=True)
+    ensure_service(
         name="Restart fail2ban (its settings changed)",
         service="fail2ban.service",
         restarted=True,
@@ -298,10 +306,9 @@ SHM_OPTIONS = ("nodev", "nosuid", "noexec")
 def system(report: dict[str, Any], container: bool) -> None:
     config = settings()
 
-    apt.packages(
-        name="Remove unneeded packages (plaintext clients, needless listeners)",
-        packages=config.hardening_remove_packages,
-        present=False,
+    remove_packages(
+        "Remove unneeded packages (plaintext clients, needless listeners)",
+        config.hardening_remove_packages,
     )
 
     # security updates
@@ -324,7 +331,7 @@ def system(report: dict[str, Any], container: bool) -> None:
         "/etc/systemd/journald.conf.d/rave.conf",
         h.render_file(config, "hardening/journald.conf.j2"),
     )
-    systemd.service(
+    ensure_service(
         name="Restart journald (its settings changed)",
         service="systemd-journald.service",
         restarted=True,
@@ -332,10 +339,12 @@ def system(report: dict[str, Any], container: bool) -> None:
     )
 
     # identity files and umask
+    for path in IDENTITY_FILES:
+        runstate.plan("path", path)
     for path, (user, group, mode) in IDENTITY_FILES.items():
-        if path.endswith("-") and not host.get_fact(File, path=path):
+        if path.endswith("-") and not is_kind(path, "file"):
             continue
-        files.file(name=f"Permissions of {path}", path=path, user=user, group=group, mode=mode)
+        ensure_file(name=f"Permissions of {path}", path=path, user=user, group=group, mode=mode)
     files.line(
         name=f"Default umask {config.login_umask}",
         path="/etc/login.defs",
@@ -364,9 +373,7 @@ def system(report: dict[str, Any], container: bool) -> None:
     # AppArmor where the kernel offers it
     if host.get_fact(h.AppArmorSupported):
         ensure_packages("Install AppArmor", ["apparmor"])
-        systemd.service(
-            name="AppArmor runs", service="apparmor.service", running=True, enabled=True
-        )
+        ensure_service(name="AppArmor runs", service="apparmor.service", running=True, enabled=True)
     else:
         _report(report, "apparmor", "not available (container, or kernel without AppArmor)")
 
@@ -391,7 +398,7 @@ def system(report: dict[str, Any], container: bool) -> None:
         h.AUDIT_TMPFILES,
         f"d {h.SECRETS_DIR} 0711 root root -\n",
     )
-    if not host.get_fact(Directory, path=h.SECRETS_DIR):
+    if not is_kind(h.SECRETS_DIR, "directory"):
         server.shell(
             name=f"Create {h.SECRETS_DIR} now (tmpfiles)",
             commands=[f"systemd-tmpfiles --create {h.AUDIT_TMPFILES}"],
@@ -404,7 +411,7 @@ def system(report: dict[str, Any], container: bool) -> None:
                 commands=["systemctl reset-failed auditd.service"],
             )
     else:
-        systemd.service(name="auditd runs", service="auditd.service", running=True, enabled=True)
+        ensure_service(name="auditd runs", service="auditd.service", running=True, enabled=True)
         server.shell(
             name="Load the audit rules",
             commands=["augenrules --load"],

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, server, systemd
 
 from rave import observability as obs
 from rave.deploykit import (
+    ensure_directory,
     ensure_packages,
+    ensure_service,
     install_host_script,
     put_file,
     put_template,
@@ -25,6 +25,7 @@ from rave.deploykit import (
     settings,
 )
 from rave.render import FILES
+from rave.runstate import is_kind
 from rave.sandbox import Sandbox, dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
@@ -273,7 +274,7 @@ def observability() -> None:
     # --- Grafana: the package when its repository is reachable, configuration always ------
     if config.grafana_install:
         ensure_packages("Tools to verify Grafana's signing key", ["gpg", "curl"])
-        if not host.get_fact(File, path=GRAFANA_KEYRING):
+        if not is_kind(GRAFANA_KEYRING, "file"):
             server.shell(
                 name="Grafana's signing key (pinned fingerprint)",
                 commands=[grafana_key_script(config)],
@@ -320,7 +321,7 @@ def observability() -> None:
         )
 
     # --- health check ---------------------------------------------------------------------
-    files.directory(
+    ensure_directory(
         name="Textfile collector directory (root writes, the exporter reads)",
         path=obs.TEXTFILE_DIR,
         user="root",
@@ -363,16 +364,16 @@ def observability() -> None:
     )
     for name in here:
         unit = obs.component(name).unit
-        systemd.service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
+        ensure_service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
         ops = changed[name]
         secret = secrets_changed(name) if obs.component(name).secrets else (lambda: False)
-        systemd.service(
+        ensure_service(
             name=f"Restart {unit} (its settings or secrets changed)",
             service=unit,
             restarted=True,
             _if=lambda ops=ops, secret=secret: secret() or any(o.did_change() for o in ops),
         )
-    systemd.service(
+    ensure_service(
         name="Reload Prometheus (configuration or rules changed)",
         service="prometheus",
         reloaded=True,
@@ -383,15 +384,15 @@ def observability() -> None:
     if config.grafana_install:
         grafana_secret = secrets_changed("grafana")
         unit = obs.component("grafana").unit
-        systemd.service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
-        systemd.service(
+        ensure_service(name=f"Enable {unit}", service=unit, running=True, enabled=True)
+        ensure_service(
             name=f"Restart {unit} (its settings or secrets changed)",
             service=unit,
             restarted=True,
             _if=lambda: grafana_secret() or any(o.did_change() for o in changed["grafana"]),
         )
 
-    systemd.service(
+    ensure_service(
         name="Health check timer",
         service=f"{HEALTHCHECK_UNIT}.timer",
         running=True,

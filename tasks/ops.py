@@ -11,7 +11,12 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from rave.components import COMPONENTS, public_ports
-from rave.deploykit import install_host_script, put_text, settings
+from rave.deploykit import (
+    ensure_service,
+    install_host_script,
+    put_text,
+    settings,
+)
 from rave.facts import TEXTFILE_DIR
 from rave.ops.validate import EXPECTED_SSHD
 from rave.render import FILES
@@ -84,7 +89,7 @@ def ops():
         name="Reload systemd (validation units changed)",
         _if=lambda: any(op.did_change() for op in units),
     )
-    systemd.service(
+    ensure_service(
         name="Host-side validation timer",
         service="rave-validate.timer",
         running=True,

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
-from pyinfra.facts.server import Groups, Users
-from pyinfra.operations import files, server, systemd
+from pyinfra.facts.server import Groups
+from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
+from rave import runstate
 from rave.deploykit import (
+    ensure_directory,
+    ensure_group,
     ensure_packages,
+    ensure_service,
+    ensure_user,
     install_host_script,
     put_file,
     put_template,
@@ -22,6 +27,7 @@ from rave.deploykit import (
     settings,
 )
 from rave.render import FILES
+from rave.runstate import ExistingUsers
 from rave.sandbox import Sandbox, dropin_text
 from rave.secrets import deploy as sd
 from rave.secrets.store import Environment
@@ -82,16 +88,16 @@ def secrets() -> None:
     if problems:
         raise DeployError("; ".join(problems))
     versions = env.versions()
-    existing_users = set(host.get_fact(Users))
-    existing_groups = set(host.get_fact(Groups))
+    existing_users = host.get_fact(ExistingUsers, names=tuple(sd.reader_users()))
+    existing_groups = set(runstate.cached("groups", lambda: host.get_fact(Groups)))
 
     ensure_packages("Install age and python3 (decryption on the host)", ["age", "python3"])
 
     # every reader's account, so its directory can be owned before its package is installed
     for account in sd.accounts_to_create(existing_users):
         if account.name not in existing_groups:
-            server.group(name=f"Create group {account.name}", group=account.name, system=True)
-        server.user(
+            ensure_group(name=f"Create group {account.name}", group=account.name, system=True)
+        ensure_user(
             name=f"Create service account {account.name}",
             user=account.name,
             group=account.name,
@@ -101,7 +107,7 @@ def secrets() -> None:
             create_home=False,
         )
 
-    files.directory(
+    ensure_directory(
         name="Create /etc/rave", path="/etc/rave", user="root", group="root", mode="755"
     )
     encrypted = put_file(
@@ -110,7 +116,7 @@ def secrets() -> None:
         sd.REMOTE_ENCRYPTED,
         mode="600",
     )
-    files.directory(
+    ensure_directory(
         name="Create the secrets manifest directory",
         path=sd.REMOTE_MANIFESTS,
         user="root",
@@ -146,13 +152,13 @@ def secrets() -> None:
     systemd.daemon_reload(
         name="Reload systemd (rave-secrets.service changed)", _if=any_changed(unit, dropin)
     )
-    systemd.service(
+    ensure_service(
         name="Enable and start rave-secrets.service",
         service=f"{sd.UNIT}.service",
         running=True,
         enabled=True,
     )
-    systemd.service(
+    ensure_service(
         name="Decrypt the changed secrets (reload rave-secrets.service)",
         service=f"{sd.UNIT}.service",
         reloaded=True,

@@ -16,7 +16,9 @@ from pyinfra.operations.util import any_changed
 
 from rave import observability as obs
 from rave.deploykit import (
+    ensure_directory,
     ensure_packages,
+    ensure_service,
     install_host_script,
     put_file,
     put_template,
@@ -91,7 +93,7 @@ def templates(config: HostSettings) -> dict[str, dict[str, Any]]:
 
 
 def _trivy(config: HostSettings) -> Any:
-    files.directory(
+    ensure_directory(
         name="APT keyring directory",
         path="/etc/apt/keyrings",
         user="root",
@@ -123,7 +125,7 @@ def vulnscan() -> None:
     config = settings()
 
     if not config.vulnscan_enabled:
-        systemd.service(
+        ensure_service(
             name="Vulnerability scan timer off",
             service=f"{UNIT}.timer",
             running=False,
@@ -134,10 +136,10 @@ def vulnscan() -> None:
     if config.vulnscan_source == "trivy":
         _trivy(config)
 
-    files.directory(
+    ensure_directory(
         name="Vulnerability scan state", path=STATE_DIR, user="root", group="root", mode="750"
     )
-    files.directory(
+    ensure_directory(
         name="node exporter textfile directory",
         path=TEXTFILE_DIR,
         user="root",
@@ -186,7 +188,7 @@ def vulnscan() -> None:
         name="Reload systemd (vulnscan units changed)",
         _if=any_changed(unit, timer, dropin),
     )
-    systemd.service(
+    ensure_service(
         name="Enable the daily vulnerability scan timer",
         service=f"{UNIT}.timer",
         running=True,

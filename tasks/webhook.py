@@ -7,10 +7,17 @@ import json
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server, systemd
 
 from rave.components import Exposure, component
-from rave.deploykit import ensure_packages, put_text, settings, sync_tree
+from rave.deploykit import (
+    ensure_directory,
+    ensure_packages,
+    ensure_service,
+    put_text,
+    settings,
+    sync_tree,
+)
 from rave.render import render
 from rave.sandbox import Sandbox, dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
@@ -104,7 +111,7 @@ def webhook() -> None:
         [*component("webhook").packages, *EXTRA_PACKAGES],
     )
 
-    files.directory(name="Library directory", path=LIB_DIR, user="root", group="root", mode="755")
+    ensure_directory(name="Library directory", path=LIB_DIR, user="root", group="root", mode="755")
     code = sync_tree(
         name="Ship the receiver's code",
         src="rave/webhook",
@@ -152,7 +159,7 @@ def webhook() -> None:
         name="Reload systemd (receiver unit changed)",
         _if=lambda: unit.did_change() or dropin.did_change(),
     )
-    systemd.service(
+    ensure_service(
         name="Restart the receiver (code, configuration or secrets changed)",
         service=UNIT,
         running=True,
@@ -165,4 +172,4 @@ def webhook() -> None:
             or secrets_changed("webhook")()
         ),
     )
-    systemd.service(name="Receiver running", service=UNIT, running=True, enabled=True)
+    ensure_service(name="Receiver running", service=UNIT, running=True, enabled=True)

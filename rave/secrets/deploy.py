@@ -90,9 +90,13 @@ def manifest(component: Component, versions: dict[str, int]) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
+def reader_users() -> list[str]:
+    """The accounts that read secrets (each needs to exist before its secrets are written)."""
+    return sorted({c.user for c in readers() if c.user is not None})
+
+
 def accounts_to_create(existing_users: set[str]) -> list[Account]:
-    needed = sorted({c.user for c in readers() if c.user is not None})
-    missing = [name for name in needed if name not in existing_users]
+    missing = [name for name in reader_users() if name not in existing_users]
     return [ACCOUNTS.get(name, Account(name, f"/var/lib/{name}")) for name in missing]
 
 

@@ -1,6 +1,7 @@
 """What tasks/backup.py puts on the host: configuration, units, sandbox (rendered, no host)."""
 
 import json
+import subprocess
 
 from rave.components import backup_paths, component, secret_readers
 from rave.render import render
@@ -90,12 +91,36 @@ def test_sandbox_writes_only_state_cache_metrics_and_a_local_repository():
     assert "SystemCallErrorNumber=EPERM" in remote
 
 
-def test_repository_fact_never_sees_the_password():
+def test_local_repository_fact_runs_and_never_reads_the_password(tmp_path):
+    """The fact's real command against a temporary repository (restic itself is not run)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "restic").write_text("#!/bin/sh\necho restic must not run >&2; exit 99\n")
+    (bin_dir / "restic").chmod(0o755)
+    repo, password = tmp_path / "repo", tmp_path / "pw"
     fact = task.BackupRepositoryStatus()
-    command = fact.command(repository="/srv/restic", password_file="/run/x/pw")
-    assert "RESTIC_PASSWORD_FILE=/run/x/pw" in command
-    assert "RESTIC_PASSWORD=" not in command
-    assert fact.process(["initialized"]) == "initialized"
+
+    def status(path: str = f"{bin_dir}:/usr/bin:/bin") -> str:
+        command = fact.command(repository=str(repo), password_file=str(password))
+        assert "RESTIC_PASSWORD" not in command
+        result = subprocess.run(
+            ["/bin/sh", "-c", command],
+            capture_output=True,
+            text=True,
+            env={"PATH": path},
+            check=True,
+        )
+        return fact.process(result.stdout.splitlines())
+
+    assert status() == "no-password"
+    password.write_text("secret\n")
+    assert status() == "missing"
+    repo.mkdir()
+    (repo / "config").write_text("x")
+    assert status() == "missing"  # no keys: not a repository restic made
+    (repo / "keys").mkdir()
+    assert status() == "initialized"
+    assert status(path="/nonexistent") == "no-restic"
     assert fact.process([]) == "missing"
 
 

@@ -1,4 +1,5 @@
-"""upload() and sync_tree(): one fact per file / per tree, and only the commands a change needs.
+"""upload() and sync_tree(): batched file states / one fact per tree, and only the commands a
+change needs.
 
 The facts' shell commands run for real on this machine against a temporary tree; the
 operations run against a stand-in host that answers with those facts.
@@ -10,48 +11,23 @@ import grp
 import hashlib
 import os
 import pwd
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pyinfra.api import FileUploadCommand, OperationError
-from pyinfra.context import ctx_host
 
-from rave.deploykit import ManagedFileState, TreeState, sync_tree, upload
+from rave.deploykit import TreeState, _upload, sync_tree
+from rave.runstate import PathStates
+from tests.unit.fakehost import FakeHost, run_fact
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
-
-
-def run_fact(fact: Any, **kwargs: Any) -> Any:
-    output = subprocess.run(
-        ["sh", "-c", str(fact.command(**kwargs))], capture_output=True, text=True, check=True
-    ).stdout
-    return fact.process(output.splitlines())
-
-
-class FakeHost:
-    """Answers get_fact by running the real fact command locally."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.noops: list[str] = []
-
-    def get_fact(self, fact_cls: type, **kwargs: Any) -> Any:
-        return run_fact(fact_cls(), **kwargs)
-
-    def noop(self, message: str) -> None:
-        self.noops.append(message)
-
-    def get_temp_filename(self, key: str) -> str:
-        return f"/tmp/pyinfra-{hashlib.sha1(key.encode()).hexdigest()}"
+ROOT_644 = {"user": "root", "group": "root", "mode": "644"}
 
 
 def commands(op: Any, **kwargs: Any) -> list[str]:
-    fake = FakeHost()
-    with ctx_host.use(fake):
+    with FakeHost().active():
         produced = list(op._inner(**kwargs))
     return [
         f"upload {command.dest}" if isinstance(command, FileUploadCommand) else str(command)
@@ -59,33 +35,59 @@ def commands(op: Any, **kwargs: Any) -> list[str]:
     ]
 
 
-def test_file_state_of_a_file(tmp_path: Path) -> None:
+def path_states(*paths: Path) -> Any:
+    answers = run_fact(PathStates(), paths=tuple(str(path) for path in paths))
+    return answers.resolve(str(path) for path in paths)
+
+
+def test_path_states_of_files_directories_links_and_missing_paths(tmp_path: Path) -> None:
     target = tmp_path / "a.conf"
     target.write_text("hello\n")
     target.chmod(0o640)
-    state = run_fact(ManagedFileState(), path=str(target))
-    assert state == {
+    empty = tmp_path / "empty"
+    empty.touch()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d").chmod(0o750)  # not mkdir's mode: the umask of an earlier test applies
+    states = path_states(
+        target, empty, link, tmp_path / "d", tmp_path / "nope", tmp_path / "no" / "pe"
+    )
+    assert states[str(target)] == {
         "kind": "file",
         "user": ME,
         "group": MY_GROUP,
         "mode": 0o640,
         "sha1": hashlib.sha1(b"hello\n").hexdigest(),
     }
-
-
-def test_file_state_absent_and_absent_parent_and_directory(tmp_path: Path) -> None:
-    assert run_fact(ManagedFileState(), path=str(tmp_path / "nope")) is None
-    assert run_fact(ManagedFileState(), path=str(tmp_path / "no" / "pe")) == {
-        "kind": "absent-parent"
+    assert states[str(empty)]["kind"] == "file"
+    assert states[str(empty)]["sha1"] == hashlib.sha1(b"").hexdigest()
+    assert states[str(link)]["kind"] == "link"  # not followed
+    assert "sha1" not in states[str(link)]
+    assert states[str(tmp_path / "d")] == {
+        "kind": "directory",
+        "user": ME,
+        "group": MY_GROUP,
+        "mode": 0o750,
     }
-    assert run_fact(ManagedFileState(), path=str(tmp_path)) == {"kind": "not-a-file"}
+    assert states[str(tmp_path / "nope")] is None
+    assert states[str(tmp_path / "no" / "pe")] == {"kind": "absent-parent"}
+
+
+def test_path_states_refuse_relative_and_odd_paths() -> None:
+    for bad in ("relative/path", "/a\nb", "/a\\b"):
+        with pytest.raises(ValueError, match="plain absolute path"):
+            PathStates().command(paths=(bad,))
 
 
 def test_upload_same_content_owner_and_mode_is_a_noop(tmp_path: Path) -> None:
     target = tmp_path / "a.conf"
     target.write_bytes(b"x=1\n")
     target.chmod(0o644)
-    assert commands(upload, content=b"x=1\n", dest=str(target), user=ME, group=MY_GROUP) == []
+    produced = commands(
+        _upload, content=b"x=1\n", dest=str(target), user=ME, group=MY_GROUP, mode="644"
+    )
+    assert produced == []
 
 
 def test_upload_fixes_only_the_mode(tmp_path: Path) -> None:
@@ -93,27 +95,29 @@ def test_upload_fixes_only_the_mode(tmp_path: Path) -> None:
     target.write_bytes(b"x=1\n")
     target.chmod(0o644)
     assert commands(
-        upload, content=b"x=1\n", dest=str(target), user=ME, group=MY_GROUP, mode="600"
+        _upload, content=b"x=1\n", dest=str(target), user=ME, group=MY_GROUP, mode="600"
     ) == [f"chmod 600 {target}"]
 
 
 def test_upload_changed_content_uploads_and_sets_owner_and_mode(tmp_path: Path) -> None:
     target = tmp_path / "a.conf"
     target.write_bytes(b"x=1\n")
-    produced = commands(upload, content=b"x=2\n", dest=str(target), user="root", group="adm")
+    produced = commands(
+        _upload, content=b"x=2\n", dest=str(target), user="root", group="adm", mode="644"
+    )
     assert produced == [f"upload {target}", f"chown root:adm {target}", f"chmod 644 {target}"]
 
 
 def test_upload_creates_a_missing_parent(tmp_path: Path) -> None:
     target = tmp_path / "new" / "a.conf"
-    produced = commands(upload, content=b"x\n", dest=str(target))
+    produced = commands(_upload, content=b"x\n", dest=str(target), **ROOT_644)
     assert produced[:2] == [f"mkdir -p {target.parent}", f"chown root:root {target.parent}"]
     assert f"upload {target}" in produced
 
 
 def test_upload_refuses_to_replace_a_directory(tmp_path: Path) -> None:
     with pytest.raises(OperationError, match="not a regular file"):
-        commands(upload, content=b"x\n", dest=str(tmp_path))
+        commands(_upload, content=b"x\n", dest=str(tmp_path), **ROOT_644)
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> None:

@@ -4,7 +4,12 @@ import socket
 import paramiko
 from pyinfra.api import util as pyinfra_util
 
-from rave.speedups import apply, disable_nagle, operation_order_from_frames
+from rave.speedups import (
+    apply,
+    cached_global_arguments,
+    disable_nagle,
+    operation_order_from_frames,
+)
 
 
 def _transport_socket_nodelay() -> int:
@@ -75,3 +80,17 @@ def test_operation_order_is_used_by_pyinfras_operations() -> None:
     apply()
     module = importlib.import_module("pyinfra.api.operation")
     assert module.get_operation_order_from_stack is operation_order_from_frames
+
+
+def test_global_arguments_are_computed_once_and_unchanged() -> None:
+    from typing import get_type_hints
+
+    from pyinfra.api import arguments, facts
+
+    cached_global_arguments()
+    expected = list(get_type_hints(arguments.AllArguments).items())
+    assert arguments.all_global_arguments() == expected
+    assert facts.all_global_arguments is arguments.all_global_arguments  # type: ignore[attr-defined]
+    first = arguments.all_global_arguments()
+    first.clear()  # a caller's copy: the next caller still gets every argument
+    assert arguments.all_global_arguments() == expected
