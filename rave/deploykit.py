@@ -91,10 +91,10 @@ def _mode(mode: str | int) -> int:
     return int(str(mode), 8)
 
 
-def ensure_directory(*, path: str, user: str, group: str, mode: str, **arguments: Any) -> Any:
+def ensure_directory(*, path: str, **arguments: Any) -> Any:
     """files.directory for a directory owned user:group with mode (its state batched)."""
     runstate.plan("path", path)
-    return _directory(path=path, user=user, group=group, mode=mode, **arguments)
+    return _directory(path=path, **arguments)
 
 
 @operation()
@@ -106,23 +106,19 @@ def _directory(path: str, user: str, group: str, mode: str) -> Generator[Any, No
     yield from files.directory._inner(path=path, user=user, group=group, mode=mode)
 
 
-def ensure_file(
-    *,
+def ensure_file(*, path: str, **arguments: Any) -> Any:
+    """files.file (absent, or present with owner and mode), its state batched."""
+    runstate.plan("path", path)
+    return _file(path=path, **arguments)
+
+
+@operation()
+def _file(
     path: str,
     present: bool = True,
     user: str | None = None,
     group: str | None = None,
     mode: str | None = None,
-    **arguments: Any,
-) -> Any:
-    """files.file (absent, or present with owner and mode), its state batched."""
-    runstate.plan("path", path)
-    return _file(path=path, present=present, user=user, group=group, mode=mode, **arguments)
-
-
-@operation()
-def _file(
-    path: str, present: bool, user: str | None, group: str | None, mode: str | None
 ) -> Generator[Any, None, None]:
     state = runstate.path_state(path)
     if not present and state is None:
@@ -142,37 +138,20 @@ def _owned(state: dict[str, Any], user: str | None, group: str | None, mode: str
     )
 
 
-def ensure_service(
-    *,
+def ensure_service(*, service: str, **arguments: Any) -> Any:
+    """systemd.service (same defaults); running/enabled that hold cost no fact of their own."""
+    runstate.plan("unit", runstate.unit_name(service))
+    return _service(service=service, **arguments)
+
+
+@operation()
+def _service(
     service: str,
     running: bool | None = True,
     enabled: bool | None = None,
     restarted: bool = False,
     reloaded: bool = False,
     daemon_reload: bool = False,
-    **arguments: Any,
-) -> Any:
-    """systemd.service (same defaults); running/enabled that hold cost no fact of their own."""
-    runstate.plan("unit", runstate.unit_name(service))
-    return _service(
-        service=service,
-        running=running,
-        enabled=enabled,
-        restarted=restarted,
-        reloaded=reloaded,
-        daemon_reload=daemon_reload,
-        **arguments,
-    )
-
-
-@operation()
-def _service(
-    service: str,
-    running: bool | None,
-    enabled: bool | None,
-    restarted: bool,
-    reloaded: bool,
-    daemon_reload: bool,
 ) -> Generator[Any, None, None]:
     unit = runstate.unit_name(service)
     if not (restarted or reloaded or daemon_reload):
@@ -194,12 +173,8 @@ def _service(
     )
 
 
-def ensure_group(*, group: str, system: bool = False, **arguments: Any) -> Any:
-    return _group(group=group, system=system, **arguments)
-
-
 @operation()
-def _group(group: str, system: bool) -> Generator[Any, None, None]:
+def ensure_group(group: str, system: bool = False) -> Generator[Any, None, None]:
     """server.group, present; the group list is read once per run (rave.runstate)."""
     if group in runstate.cached("groups", lambda: host.get_fact(Groups)):
         host.noop(f"group {group} exists")
@@ -207,8 +182,16 @@ def _group(group: str, system: bool) -> Generator[Any, None, None]:
     yield from server.group._inner(group=group, system=system)
 
 
-def ensure_user(
-    *,
+def ensure_user(*, user: str, home: str | None = None, **arguments: Any) -> Any:
+    """server.user, checked with getent/id instead of pyinfra's Users (a shell loop over
+    every account: ~0.35 s of CPU on the host per call)."""
+    if arguments.get("ensure_home", True) and home:
+        runstate.plan("path", home)
+    return _user(user=user, home=home, **arguments)
+
+
+@operation()
+def _user(
     user: str,
     group: str | None = None,
     groups: list[str] | None = None,
@@ -218,37 +201,6 @@ def ensure_user(
     system: bool = False,
     create_home: bool = False,
     ensure_home: bool = True,
-    **arguments: Any,
-) -> Any:
-    """server.user, checked with getent/id instead of pyinfra's Users (a shell loop over
-    every account: ~0.35 s of CPU on the host per call)."""
-    if ensure_home and home:
-        runstate.plan("path", home)
-    return _user(
-        user=user,
-        group=group,
-        groups=groups,
-        append=append,
-        home=home,
-        shell=shell,
-        system=system,
-        create_home=create_home,
-        ensure_home=ensure_home,
-        **arguments,
-    )
-
-
-@operation()
-def _user(
-    user: str,
-    group: str | None,
-    groups: list[str] | None,
-    append: bool,
-    home: str | None,
-    shell: str | None,
-    system: bool,
-    create_home: bool,
-    ensure_home: bool,
 ) -> Generator[Any, None, None]:
     account = host.get_fact(Account, user=user)
     if account and _account_holds(account, group, groups, append, home, shell):
@@ -298,31 +250,23 @@ def _account_holds(
     return True
 
 
-def upload(
-    *,
-    content: bytes,
-    dest: str,
-    user: str = "root",
-    group: str = "root",
-    mode: str = "644",
-    **arguments: Any,
-) -> Any:
+def upload(*, dest: str, **arguments: Any) -> Any:
     """A regular file with exactly this content, owner and mode (parent created if missing).
 
     Compared on the host by sha1, owner, group and mode; the states of the files a deploy
     uploads are asked in batches (rave.runstate), not one command per file.
     """
     runstate.plan("path", dest)
-    return _upload(content=content, dest=dest, user=user, group=group, mode=mode, **arguments)
+    return _upload(dest=dest, **arguments)
 
 
 @operation()
 def _upload(
     content: bytes,
     dest: str,
-    user: str,
-    group: str,
-    mode: str,
+    user: str = "root",
+    group: str = "root",
+    mode: str = "644",
 ) -> Generator[Any, None, None]:
     wanted_mode = _mode(mode)
     state = runstate.path_state(dest)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rave.modes import Mode
 
 HOSTNAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+@functools.cache
+def _available_timezones() -> frozenset[str]:
+    """zoneinfo walks the tz database for every call (~20 ms; twice per host and run)."""
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones())
 
 
 class Concern(BaseModel):
@@ -78,8 +88,6 @@ class BaseSettings(Concern):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        import zoneinfo
-
-        if value not in zoneinfo.available_timezones():
+        if value not in _available_timezones():
             raise ValueError(f"unknown time zone {value!r}")
         return value

@@ -15,7 +15,7 @@ from pyinfra.facts.server import Groups
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from rave import runstate
-from rave.deploykit import _account_holds, _group, _packages, _service, _user
+from rave.deploykit import _account_holds, _packages, _service, _user, ensure_group
 from rave.runstate import Account, ChangeTracker, ExistingUsers, PathStates, UnitStates
 from tests.unit.fakehost import FakeHost, run_fact
 
@@ -200,8 +200,8 @@ def test_packages_installed_need_one_dpkg_list_per_run() -> None:
 def test_groups_are_read_once_and_a_missing_one_goes_to_pyinfra() -> None:
     fake = FakeHost({Groups: lambda: ["root", "adm"]})
     with fake.active():
-        assert list(_group._inner(group="adm", system=True)) == []
-        assert list(_group._inner(group="root", system=True)) == []
+        assert list(ensure_group._inner(group="adm", system=True)) == []
+        assert list(ensure_group._inner(group="root", system=True)) == []
     assert fact_names(fake) == ["Groups"]
 
 

@@ -1,5 +1,6 @@
 import importlib
 import socket
+from typing import Any
 
 import paramiko
 from pyinfra.api import util as pyinfra_util
@@ -7,6 +8,7 @@ from pyinfra.api import util as pyinfra_util
 from rave.speedups import (
     apply,
     cached_global_arguments,
+    cached_inventory_arguments,
     disable_nagle,
     operation_order_from_frames,
 )
@@ -94,3 +96,47 @@ def test_global_arguments_are_computed_once_and_unchanged() -> None:
     first = arguments.all_global_arguments()
     first.clear()  # a caller's copy: the next caller still gets every argument
     assert arguments.all_global_arguments() == expected
+
+
+def _inventory_state() -> tuple[Any, Any]:
+    from pyinfra.api import Config, Inventory, State
+
+    inventory = Inventory(
+        (
+            [
+                ("plain", {}),
+                ("sudo-env", {"_sudo": True, "_env": {"LANG": "C"}, "other": 1}),
+            ],
+            {"_use_sudo_login": True},
+        ),
+    )
+    return inventory, State(inventory, Config())
+
+
+def test_inventory_arguments_are_read_once_with_the_same_result() -> None:
+    from pyinfra.api import arguments
+
+    inventory, state = _inventory_state()
+    cached_inventory_arguments()
+    patched = arguments.pop_global_arguments
+    unpatched = patched.__wrapped__  # pyinfra's own
+    for name in ("plain", "sudo-env"):
+        host = inventory.get_host(name)
+        for kwargs in ({}, {"_sudo": False}, {"_env": {"A": "1"}, "_timeout": 5}):
+            assert patched(state, host, dict(kwargs)) == unpatched(state, host, dict(kwargs))
+    values, _ = patched(state, inventory.get_host("sudo-env"), {})
+    assert values["_sudo"] is True and values["_use_sudo_login"] is True
+    values["_env"]["LANG"] = "changed"  # a copy per call, as host.data gives
+    again, _ = patched(state, inventory.get_host("sudo-env"), {})
+    assert again["_env"] == {"LANG": "C"}
+
+
+def test_data_set_during_the_run_is_seen() -> None:
+    from pyinfra.api import arguments
+
+    inventory, state = _inventory_state()
+    cached_inventory_arguments()
+    host = inventory.get_host("plain")
+    assert arguments.pop_global_arguments(state, host, {})[0]["_sudo"] is False
+    host.data._sudo = True  # override data: looked up as pyinfra does
+    assert arguments.pop_global_arguments(state, host, {})[0]["_sudo"] is True
