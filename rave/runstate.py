@@ -85,7 +85,12 @@ def _runs(state: State) -> dict[str, HostRun]:
 
 
 def host_run() -> HostRun:
-    return _runs(ctx_state.get()).setdefault(host.name, HostRun())
+    run = _runs(ctx_state.get()).setdefault(host.name, HostRun())
+    if run.last_op is None and host.executing_op_hash:
+        # first asked while an operation runs (nothing planned earlier): that operation is
+        # the one whose commands the tracker must look at when the next one starts
+        run.last_op = host.executing_op_hash
+    return run
 
 
 def plan(kind: str, key: str) -> None:
@@ -140,7 +145,7 @@ class PathStates(FactBase):
 
     def command(self, paths: tuple[str, ...]) -> str:
         for path in paths:
-            if not posixpath.isabs(path) or any(c in path for c in "\n\\"):
+            if not posixpath.isabs(path) or path.endswith("/") or any(c in path for c in "\n\\"):
                 raise ValueError(f"not a plain absolute path: {path!r}")
         quoted = " ".join(shlex.quote(path) for path in paths)
         parents = " ".join(shlex.quote(posixpath.dirname(path) or "/") for path in paths)
@@ -249,9 +254,24 @@ class UnitStates(FactBase):
         return [block for block in blocks if block]
 
 
+UNIT_SUFFIXES = (
+    ".service",
+    ".socket",
+    ".device",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".target",
+    ".path",
+    ".timer",
+    ".slice",
+    ".scope",
+)
+
+
 def unit_name(service: str) -> str:
-    """pyinfra's systemd.service appends .service to a name without a unit suffix."""
-    return service if "." in service.rsplit("@", 1)[-1] else f"{service}.service"
+    """As pyinfra's systemd.service: .service appended unless the name ends in a unit type."""
+    return service if service.endswith(UNIT_SUFFIXES) else f"{service}.service"
 
 
 def unit_state(unit: str) -> dict[str, bool] | None:

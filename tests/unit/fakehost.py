@@ -33,6 +33,7 @@ class FakeHost:
     """get_fact runs the fact's command locally unless `answers` has the fact's class."""
 
     name = "fake"
+    executing_op_hash: str | None = None
 
     def __init__(self, answers: dict[type, Callable[..., Any]] | None = None) -> None:
         self.answers = answers or {}

@@ -75,7 +75,7 @@ def test_path_states_of_files_directories_links_and_missing_paths(tmp_path: Path
 
 
 def test_path_states_refuse_relative_and_odd_paths() -> None:
-    for bad in ("relative/path", "/a\nb", "/a\\b"):
+    for bad in ("relative/path", "/a\nb", "/a\\b", "/etc/"):
         with pytest.raises(ValueError, match="plain absolute path"):
             PathStates().command(paths=(bad,))
 

@@ -101,6 +101,20 @@ def test_an_unfinished_operation_counts_as_a_change(tmp_path: Path) -> None:
     assert fact_names(fake) == ["Groups", "Groups"]
 
 
+def test_first_asked_during_an_operation_tracks_that_operation() -> None:
+    """The operation was already running when the tracker was registered (no start seen)."""
+    with FakeHost({Groups: lambda: ["adm"]}).active() as fake:
+        fake.executing_op_hash = "installs-things"
+        runstate.cached("groups", lambda: fake.get_fact(Groups))  # registers the tracker
+        fake.executing_op_hash = None
+        ops = {"installs-things": OpData(["apt-get install x"]), "next": OpData([])}
+        fake.state.get_op_data_for_host = lambda host, op: ops[op]  # type: ignore[attr-defined]
+        for handler in fake.state.callback_handlers:
+            handler.operation_host_start(fake.state, fake, "next")
+        runstate.cached("groups", lambda: fake.get_fact(Groups))
+    assert fact_names(fake) == ["Groups", "Groups"]
+
+
 def test_the_tracker_is_registered_once_per_state() -> None:
     with FakeHost().active() as fake:
         runstate.plan("unit", "a.service")
@@ -186,6 +200,7 @@ def test_unit_names_get_pyinfras_suffix() -> None:
     assert runstate.unit_name("postgresql@15-main") == "postgresql@15-main.service"
     assert runstate.unit_name("rave-backup.timer") == "rave-backup.timer"
     assert runstate.unit_name("ssh.socket") == "ssh.socket"
+    assert runstate.unit_name("odd.name") == "odd.name.service"
 
 
 def test_packages_installed_need_one_dpkg_list_per_run() -> None:
