@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import posixpath
 import shlex
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from pyinfra.api import (
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Groups
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 from pyinfra.operations.util.files import chmod, chown
 
 from rave import runstate
@@ -429,6 +431,49 @@ def put_template(
     **context: Any,
 ) -> Any:
     return put_text(name, dest, render(template, **context), user=user, group=group, mode=mode)
+
+
+def owned_service(
+    label: str,
+    unit: str,
+    *,
+    group: str,
+    settings_path: str,
+    settings: dict[str, Any],
+    unit_text: str,
+    sandbox_text: str,
+    secrets_changed: Callable[[], bool],
+    restart_on: Sequence[Any] = (),
+) -> None:
+    """A long-running service of ours: its settings as JSON (no secrets in them; root-owned,
+    readable by the service's group), its unit and sandbox drop-in. systemd is reloaded when
+    the units changed; the service is restarted when any of these, an operation of
+    `restart_on` (its code) or its secrets changed; it runs and is enabled."""
+    settings_file = put_text(
+        f"{label} settings (no secrets in them)",
+        settings_path,
+        json.dumps(settings, indent=1, sort_keys=True) + "\n",
+        group=group,
+        mode="640",
+    )
+    unit_file = put_text(f"{label} unit", f"/etc/systemd/system/{unit}.service", unit_text)
+    dropin = put_text(
+        f"{label} sandbox and resource limits",
+        f"/etc/systemd/system/{unit}.service.d/sandbox.conf",
+        sandbox_text,
+    )
+    systemd.daemon_reload(
+        name=f"Reload systemd ({label.lower()} unit changed)", _if=any_changed(unit_file, dropin)
+    )
+    changed = any_changed(settings_file, unit_file, dropin, *restart_on)
+    ensure_service(
+        name=f"Restart the {label.lower()} (code, settings or secrets changed)",
+        service=unit,
+        running=True,
+        restarted=True,
+        _if=lambda: changed() or secrets_changed(),
+    )
+    ensure_service(name=f"{label} running", service=unit, running=True, enabled=True)
 
 
 def install_host_script(name: str, src: str, dest: str) -> Any:

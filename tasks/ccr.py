@@ -11,15 +11,14 @@ import json
 
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import server, systemd
+from pyinfra.operations import server
 
 from rave.components import Exposure, component
 from rave.deploykit import (
     ensure_packages,
-    ensure_service,
     install_host_script,
+    owned_service,
     put_file,
-    put_text,
     settings,
 )
 from rave.render import render
@@ -140,47 +139,20 @@ def ccr() -> None:
         COMPAT_FILE,
         mode="644",
     )
-    settings_file = put_text(
-        "Router settings (no secrets in them)",
-        SETTINGS_FILE,
-        json.dumps(app_settings(config), indent=1, sort_keys=True) + "\n",
-        user="root",
+    owned_service(
+        "Router",
+        UNIT,
         group=user,
-        mode="640",
-    )
-    unit = put_text(
-        "Router unit",
-        f"/etc/systemd/system/{UNIT}.service",
-        render("ccr/rave-ccr.service.j2", **unit_context(config)),
-    )
-    dropin = put_text(
-        "Router sandbox and resource limits",
-        f"/etc/systemd/system/{UNIT}.service.d/sandbox.conf",
-        dropin_text(
+        settings_path=SETTINGS_FILE,
+        settings=app_settings(config),
+        unit_text=render("ccr/rave-ccr.service.j2", **unit_context(config)),
+        sandbox_text=dropin_text(
             sandbox(config),
             config.profile.limits_for("ccr"),
             "Claude Code Router: loopback only, writes only its RuntimeDirectory; "
             "MemoryDenyWriteExecute=no because Node's V8 JIT needs writable+executable pages, "
             "@pkey syscalls for V8's code-space protection keys",
         ),
+        secrets_changed=secrets_changed("ccr"),
+        restart_on=[op for op in (install, script, compat) if op is not None],
     )
-    systemd.daemon_reload(
-        name="Reload systemd (router unit changed)",
-        _if=lambda: unit.did_change() or dropin.did_change(),
-    )
-    ensure_service(
-        name="Restart the router (package, configuration or secrets changed)",
-        service=UNIT,
-        running=True,
-        restarted=True,
-        _if=lambda: (
-            (install is not None and install.did_change())
-            or script.did_change()
-            or compat.did_change()
-            or settings_file.did_change()
-            or unit.did_change()
-            or dropin.did_change()
-            or secrets_changed("ccr")()
-        ),
-    )
-    ensure_service(name="Router running", service=UNIT, running=True, enabled=True)

@@ -13,6 +13,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import server
+from pyinfra.operations.util import any_changed
 
 from rave.components import component
 from rave.deploykit import (
@@ -176,7 +177,7 @@ def database() -> None:
         enabled=True,
         restarted=True,
         daemon_reload=True,
-        _if=lambda: conf.did_change() or hba.did_change() or limits.did_change(),
+        _if=any_changed(conf, hba, limits),
     )
     ensure_service(name="PostgreSQL running", service=unit, running=True, enabled=True)
 

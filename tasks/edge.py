@@ -13,6 +13,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from rave.components import COMPONENTS, Exposure, component, routes
 from rave.deploykit import (
@@ -126,14 +127,14 @@ def edge() -> None:
 
     systemd.daemon_reload(
         name="Reload systemd (nginx drop-ins changed)",
-        _if=lambda: any(op.did_change() for op in dropins),
+        _if=any_changed(*dropins),
     )
     ensure_service(
         name="Restart nginx (unit drop-ins changed)",
         service="nginx",
         running=True,
         restarted=True,
-        _if=lambda: any(op.did_change() for op in dropins),
+        _if=any_changed(*dropins),
     )
     ensure_service(
         name="Reload nginx (configuration or certificate changed)",

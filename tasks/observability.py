@@ -12,6 +12,7 @@ import shlex
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
+from pyinfra.operations.util import any_changed
 
 from rave import observability as obs
 from rave.deploykit import (
@@ -234,9 +235,7 @@ def observability() -> None:
     )
     changed["alertmanager"].append(op)
 
-    systemd.daemon_reload(
-        name="Reload systemd (drop-ins changed)", _if=lambda: any(o.did_change() for o in dropins)
-    )
+    systemd.daemon_reload(name="Reload systemd (drop-ins changed)", _if=any_changed(*dropins))
 
     # --- packages -----------------------------------------------------------------------
     ensure_packages(
@@ -268,7 +267,7 @@ def observability() -> None:
     installed = server.shell(
         name="promtool check config and rules, then install them",
         commands=[prometheus_install_script()],
-        _if=lambda: any(o.did_change() for o in candidate),
+        _if=any_changed(*candidate),
     )
 
     # --- Grafana: the package when its repository is reachable, configuration always ------
@@ -360,7 +359,7 @@ def observability() -> None:
     # --- activate: restart what changed, reload Prometheus on new config -------------------
     systemd.daemon_reload(
         name="Reload systemd (health check units changed)",
-        _if=lambda: any(o.did_change() for o in [*healthcheck, timer]),
+        _if=any_changed(*healthcheck, timer),
     )
     for name in here:
         unit = obs.component(name).unit
@@ -402,5 +401,5 @@ def observability() -> None:
     server.shell(
         name="Run the health check once (it changed)",
         commands=[f"systemctl start {HEALTHCHECK_UNIT}.service"],
-        _if=lambda: any(o.did_change() for o in healthcheck),
+        _if=any_changed(*healthcheck),
     )

@@ -9,6 +9,7 @@ import json
 
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
+from pyinfra.operations.util import any_changed
 
 from rave.components import COMPONENTS, public_ports
 from rave.deploykit import (
@@ -87,7 +88,7 @@ def ops():
     ]
     systemd.daemon_reload(
         name="Reload systemd (validation units changed)",
-        _if=lambda: any(op.did_change() for op in units),
+        _if=any_changed(*units),
     )
     ensure_service(
         name="Host-side validation timer",

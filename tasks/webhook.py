@@ -3,18 +3,15 @@ python3), the schema migrations of its database, and a sandboxed systemd unit on
 
 from __future__ import annotations
 
-import json
-
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
-from pyinfra.operations import server, systemd
+from pyinfra.operations import server
 
 from rave.components import Exposure, component
 from rave.deploykit import (
     ensure_directory,
     ensure_packages,
-    ensure_service,
-    put_text,
+    owned_service,
     settings,
     sync_tree,
 )
@@ -133,43 +130,18 @@ def webhook() -> None:
             ],
         )
 
-    settings_file = put_text(
-        "Receiver configuration (no secrets in it)",
-        CONFIG_FILE,
-        json.dumps(app_config(config), indent=1, sort_keys=True) + "\n",
-        user="root",
+    owned_service(
+        "Receiver",
+        UNIT,
         group=user,
-        mode="640",
-    )
-    unit = put_text(
-        "Receiver unit",
-        f"/etc/systemd/system/{UNIT}.service",
-        render("webhook/rave-webhook.service.j2", **unit_context(config)),
-    )
-    dropin = put_text(
-        "Receiver sandbox and resource limits",
-        f"/etc/systemd/system/{UNIT}.service.d/sandbox.conf",
-        dropin_text(
+        settings_path=CONFIG_FILE,
+        settings=app_config(config),
+        unit_text=render("webhook/rave-webhook.service.j2", **unit_context(config)),
+        sandbox_text=dropin_text(
             sandbox(config),
             config.profile.limits_for("webhook"),
             "the webhook receiver: loopback only, writes only its spool",
         ),
+        secrets_changed=secrets_changed("webhook"),
+        restart_on=[code],
     )
-    systemd.daemon_reload(
-        name="Reload systemd (receiver unit changed)",
-        _if=lambda: unit.did_change() or dropin.did_change(),
-    )
-    ensure_service(
-        name="Restart the receiver (code, configuration or secrets changed)",
-        service=UNIT,
-        running=True,
-        restarted=True,
-        _if=lambda: (
-            code.did_change()
-            or settings_file.did_change()
-            or unit.did_change()
-            or dropin.did_change()
-            or secrets_changed("webhook")()
-        ),
-    )
-    ensure_service(name="Receiver running", service=UNIT, running=True, enabled=True)
