@@ -61,7 +61,7 @@ def _packages(packages: tuple[str, ...]) -> Generator[Any, None, None]:
     they are a day old, later ones rely on that (each refresh check costs three facts). A
     task that adds a source runs its own apt.update when the source changed.
     """
-    installed = runstate.cached("deb-packages", lambda: host.get_fact(DebPackages))
+    installed = runstate.cached_fact(DebPackages)
     if all("=" not in package and package in installed for package in packages):
         host.noop(f"packages {', '.join(packages)} are installed")
         return
@@ -82,7 +82,7 @@ def remove_packages(name: str, packages: list[str] | tuple[str, ...]) -> Any:
 
 @operation()
 def _absent_packages(packages: tuple[str, ...]) -> Generator[Any, None, None]:
-    installed = runstate.cached("deb-packages", lambda: host.get_fact(DebPackages))
+    installed = runstate.cached_fact(DebPackages)
     if not any(package in installed for package in packages):
         host.noop(f"packages {', '.join(packages)} are not installed")
         return
@@ -178,7 +178,7 @@ def _service(
 @operation()
 def ensure_group(group: str, system: bool = False) -> Generator[Any, None, None]:
     """server.group, present; the group list is read once per run (rave.runstate)."""
-    if group in runstate.cached("groups", lambda: host.get_fact(Groups)):
+    if group in runstate.cached_fact(Groups):
         host.noop(f"group {group} exists")
         return
     yield from server.group._inner(group=group, system=system)

@@ -31,6 +31,7 @@ from pyinfra import host
 from pyinfra.api import FactBase
 from pyinfra.api.state import BaseStateCallback, State
 from pyinfra.context import ctx_state
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 # paths fetched per command: a first deploy (a change after almost every operation) asks
 # again after each change, so one question must not walk the whole plan each time
@@ -106,6 +107,11 @@ def cached(key: Any, ask: Callable[[], Any]) -> Any:
     return answers[key]
 
 
+def cached_fact(fact: type[FactBase]) -> Any:
+    """A fact without arguments (dpkg -l, /etc/group), asked once per host and generation."""
+    return cached(fact, lambda: host.get_fact(fact))
+
+
 def lookup(
     kind: str,
     key: str,
@@ -121,10 +127,13 @@ def lookup(
     answers = run.current_answers().setdefault(("batch", kind), {})
     if key not in answers:
         consumed = run.consumed.setdefault(kind, set())
+        planned = run.planned.get(kind, [])
+        # operations planned before this one have run or were skipped: not theirs to fetch
+        after = planned[planned.index(key) + 1 :] if key in planned else planned
         pending = [
-            planned
-            for planned in dict.fromkeys(run.planned.get(kind, []))
-            if planned != key and planned not in answers and planned not in consumed
+            later
+            for later in dict.fromkeys(after)
+            if later != key and later not in answers and later not in consumed
         ]
         answers.update(fetch((key, *pending[: BATCH - 1])))
     if consume:
@@ -231,8 +240,8 @@ def is_kind(path: str, kind: str) -> bool:
 class UnitStates(FactBase):
     """Whether units are active and enabled, as pyinfra's SystemdStatus/SystemdEnabled decide."""
 
-    ACTIVE = ("running", "waiting", "exited", "listening", "mounted")
-    ENABLED = ("enabled", "static")
+    ACTIVE = SystemdStatus.state_values
+    ENABLED = SystemdEnabled.state_values
 
     def command(self, units: tuple[str, ...]) -> str:
         quoted = " ".join(shlex.quote(unit) for unit in units)

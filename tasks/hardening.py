@@ -338,7 +338,7 @@ def system(report: dict[str, Any], container: bool) -> None:
         _if=journald.did_change,
     )
 
-    # identity files and umask
+    # identity files and umask; planned first so that the checks below are one command
     for path in IDENTITY_FILES:
         runstate.plan("path", path)
     for path, (user, group, mode) in IDENTITY_FILES.items():

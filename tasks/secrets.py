@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
-from pyinfra.facts.server import Groups
 from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
-from rave import runstate
 from rave.deploykit import (
     ensure_directory,
     ensure_group,
@@ -89,14 +87,12 @@ def secrets() -> None:
         raise DeployError("; ".join(problems))
     versions = env.versions()
     existing_users = host.get_fact(ExistingUsers, names=tuple(sd.reader_users()))
-    existing_groups = set(runstate.cached("groups", lambda: host.get_fact(Groups)))
 
     ensure_packages("Install age and python3 (decryption on the host)", ["age", "python3"])
 
     # every reader's account, so its directory can be owned before its package is installed
     for account in sd.accounts_to_create(existing_users):
-        if account.name not in existing_groups:
-            ensure_group(name=f"Create group {account.name}", group=account.name, system=True)
+        ensure_group(name=f"Create group {account.name}", group=account.name, system=True)
         ensure_user(
             name=f"Create service account {account.name}",
             user=account.name,

@@ -62,6 +62,16 @@ def test_planned_paths_are_asked_in_one_command(tmp_path: Path) -> None:
     assert [s["kind"] if s else None for s in states] == ["file"] * 3 + [None, None]
 
 
+def test_paths_planned_before_the_asked_one_are_not_fetched(tmp_path: Path) -> None:
+    """Their operations ran already, or were skipped (an _if): nobody will ask for them."""
+    paths = [str(tmp_path / f"f{k}") for k in range(4)]
+    with FakeHost().active() as fake:
+        for path in paths:
+            runstate.plan("path", path)
+        runstate.path_state(paths[2])
+    assert [kwargs["paths"] for _, kwargs in fake.asked] == [(paths[2], paths[3])]
+
+
 def test_a_batch_holds_at_most_batch_paths(tmp_path: Path) -> None:
     paths = [str(tmp_path / f"f{k}") for k in range(runstate.BATCH + 5)]
     with FakeHost().active() as fake:
