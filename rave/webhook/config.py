@@ -21,9 +21,16 @@ class Config:
     spool_max_bytes: int = 1024 * 1_048_576
     max_body_bytes: int = 1_048_576
     standard_webhooks: bool = True
+    gitlab: bool = False  # the token path is off unless configured (and tokens are installed)
     timestamp_tolerance_seconds: int = 300
     drain_batch: int = 500
+    dead_letter_dir: str = "/var/lib/rave-webhook/deadletter"
+    dead_letter_max_count: int = 10_000
+    dead_letter_max_bytes: int = 64 * 1_048_576
+    # each provider its own secrets; a provider whose list is empty (or unset) is not enabled
     hmac_secrets_file: str = "/run/rave/secrets/webhook/webhook_hmac_secrets"
+    standard_secrets_file: str | None = None
+    gitlab_tokens_file: str | None = None
     db_password_file: str = "/run/rave/secrets/webhook/postgres_webhook_password"
     db_host: str = "127.0.0.1"
     db_port: int = 5432
@@ -59,11 +66,13 @@ class Config:
         )
 
 
-def load_secrets(path: str) -> list[bytes]:
-    """The active HMAC secrets: a JSON list of strings (several during a rotation)."""
+def load_secrets(path: str, allow_empty: bool = False) -> list[bytes]:
+    """The active secrets: a JSON list of strings (several during a rotation)."""
     raw = json.loads(Path(path).read_text())
     if isinstance(raw, str):
         raw = [raw]
-    if not isinstance(raw, list) or not raw or not all(isinstance(s, str) and s for s in raw):
-        raise ValueError(f"{path}: expected a non-empty JSON list of non-empty strings")
+    if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
+        raise ValueError(f"{path}: expected a JSON list of non-empty strings")
+    if not raw and not allow_empty:
+        raise ValueError(f"{path}: expected at least one secret")
     return [s.encode() for s in raw]

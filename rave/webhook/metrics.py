@@ -68,6 +68,35 @@ class Metrics:
             registry=registry,
             multiprocess_mode="min",
         )
+        self.spool_stalled = Gauge(
+            "rave_webhook_spool_stalled_seconds",
+            "Seconds undrained events have waited without the drainer moving on (0: empty)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.dead_letters = Gauge(
+            "rave_webhook_dead_letters",
+            "Deliveries PostgreSQL refused on their own, waiting for an operator",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.dead_letter_bytes = Gauge(
+            "rave_webhook_dead_letter_bytes",
+            "Bytes in the dead-letter store",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.dead_letter_store_full = Gauge(
+            "rave_webhook_dead_letter_store_full",
+            "1 while the dead-letter store is at its bound (the drain stops at the refused record)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.dead_lettered = Counter(
+            "rave_webhook_dead_lettered",
+            "Spooled deliveries moved to the dead-letter store",
+            registry=registry,
+        )
         for outcome in (
             "accepted",
             "duplicate",

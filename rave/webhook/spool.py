@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -29,6 +30,7 @@ log = logging.getLogger("rave_webhook.spool")
 
 FRAME = struct.Struct(">II")
 SEGMENT_SUFFIX = ".seg"
+CHECKPOINT_WIDTH = 40  # "<segment> <offset>" padded, so an in-place rewrite never grows it
 
 
 class SpoolFull(Exception):
@@ -114,18 +116,44 @@ class Slot:
         os.close(self.lock_fd)
 
     def _read_checkpoint(self) -> Position:
+        """An empty, torn or garbled checkpoint means "from the oldest segment": it only
+        re-inserts committed rows, which ON CONFLICT ignores. It never stops a start."""
+        path = self.directory / "checkpoint"
         try:
-            segment, offset = (self.directory / "checkpoint").read_text().split()
-            return Position(int(segment), int(offset))
+            text = path.read_text(errors="replace")
         except FileNotFoundError:
             return Position(0, 0)
+        parts = text.split()
+        if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts):
+            return Position(int(parts[0]), int(parts[1]))
+        log.warning("spool checkpoint %s unreadable: draining from the oldest segment", path)
+        return Position(0, 0)
 
     def store_checkpoint(self, position: Position) -> None:
         # not fsync'd: losing it only re-inserts committed rows, which ON CONFLICT ignores
+        text = f"{position.segment} {position.offset}\n"
         tmp = self.directory / "checkpoint.tmp"
-        tmp.write_text(f"{position.segment} {position.offset}\n")
-        os.replace(tmp, self.directory / "checkpoint")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, self.directory / "checkpoint")
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a full disk: overwrite in place (a fixed-width line fits the block the file has),
+            # so draining can go on freeing space; a torn result is read as "from the start"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            self._overwrite_checkpoint(text)
         self.checkpoint = position
+
+    def _overwrite_checkpoint(self, text: str) -> None:
+        fd = os.open(self.directory / "checkpoint", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            data = text.ljust(CHECKPOINT_WIDTH).encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def read_batch(
         self, max_records: int, current: int | None = None, current_end: int = 0
@@ -166,10 +194,12 @@ class Slot:
         return Batch(payloads, position, drained)
 
     def commit(self, batch: Batch, current: int | None = None) -> None:
-        self.store_checkpoint(batch.end)
+        # segments wholly consumed go first: a checkpoint naming a removed segment reads on
+        # from the next one, and on a full disk the removal is what makes room for the write
         for number in batch.drained_segments:
             if number != current:
                 (self.directory / segment_name(number)).unlink(missing_ok=True)
+        self.store_checkpoint(batch.end)
 
     def backlog(self) -> tuple[int, int]:
         """(records, bytes) after the checkpoint: counted once at start-up."""

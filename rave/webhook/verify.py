@@ -6,13 +6,15 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .document import Unstorable, parse
+
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 EVENT_NAME = re.compile(r"^[A-Za-z0-9._: -]{1,100}$")
+TIMESTAMP = re.compile(r"^[0-9]{1,12}$")  # int() also takes " 1_0 ", "١٢" and 4,000 digits
 
 
 class Rejected(Exception):
@@ -34,10 +36,23 @@ def malformed(reason: str) -> Rejected:
 
 
 @dataclass(frozen=True)
+class ProviderSecrets:
+    """The active secrets of each provider; a provider without secrets is not enabled.
+    No provider's secret is ever tried for another (a GitHub secret is not a GitLab token)."""
+
+    github: Sequence[bytes] = ()
+    standard: Sequence[bytes] = ()
+    gitlab: Sequence[bytes] = ()
+
+
+@dataclass(frozen=True)
 class Verified:
     provider: str  # github | gitlab | standard
     delivery_id: str
     event: str
+    # sha256 of what the signature covers: the same signed content is stored once, whatever
+    # delivery id a replay carries (GitHub's delivery id is not signed)
+    content_sha256: bytes
 
 
 def github_signature(secret: bytes, body: bytes) -> str:
@@ -97,10 +112,9 @@ def verify_standard(
         raise unauthorized("missing webhook-signature")
     if not msg_id or not timestamp:
         raise malformed("missing webhook-id or webhook-timestamp")
-    try:
-        sent = int(timestamp)
-    except ValueError:
-        raise malformed("webhook-timestamp is not an integer") from None
+    if not TIMESTAMP.match(timestamp):
+        raise malformed("webhook-timestamp is not an integer")
+    sent = int(timestamp)
     if abs(now - sent) > tolerance:
         raise unauthorized("webhook-timestamp outside the tolerance")
     given = [s.encode("ascii", "replace") for s in signature.split() if s.startswith("v1,")]
@@ -134,50 +148,63 @@ def _event(value: str | None, header: str) -> str:
 def verify(
     headers: Mapping[str, str],
     body: bytes,
-    secrets: Sequence[bytes],
+    secrets: ProviderSecrets,
     *,
     now: float,
     tolerance: int = 300,
-    standard_webhooks: bool = True,
 ) -> Verified:
     """Authenticate first (401), then check the delivery headers (400). `headers` lower-case."""
     if "x-hub-signature-256" in headers or "x-github-event" in headers:
-        verify_github(body, headers.get("x-hub-signature-256"), secrets)
+        if not secrets.github:
+            raise unauthorized("GitHub deliveries are not enabled")
+        verify_github(body, headers.get("x-hub-signature-256"), secrets.github)
         return Verified(
             "github",
             _delivery(headers.get("x-github-delivery"), "X-GitHub-Delivery"),
             _event(headers.get("x-github-event"), "X-GitHub-Event"),
+            hashlib.sha256(body).digest(),
         )
     if "x-gitlab-token" in headers or "x-gitlab-event" in headers:
-        verify_gitlab(headers.get("x-gitlab-token"), secrets)
+        if not secrets.gitlab:
+            raise unauthorized("GitLab deliveries are not enabled")
+        verify_gitlab(headers.get("x-gitlab-token"), secrets.gitlab)
         delivery = headers.get("x-gitlab-event-uuid") or headers.get("idempotency-key")
         return Verified(
             "gitlab",
             _delivery(delivery, "X-Gitlab-Event-UUID"),
             _event(headers.get("x-gitlab-event"), "X-Gitlab-Event"),
+            hashlib.sha256(body).digest(),
         )
-    if standard_webhooks and ("webhook-signature" in headers or "webhook-id" in headers):
+    if "webhook-signature" in headers or "webhook-id" in headers:
+        if not secrets.standard:
+            raise unauthorized("Standard Webhooks deliveries are not enabled")
         msg_id = headers.get("webhook-id")
+        timestamp = headers.get("webhook-timestamp")
         verify_standard(
             body,
             msg_id,
-            headers.get("webhook-timestamp"),
+            timestamp,
             headers.get("webhook-signature"),
-            secrets,
+            secrets.standard,
             now,
             tolerance,
         )
-        return Verified("standard", _delivery(msg_id, "webhook-id"), "")
+        delivery = _delivery(msg_id, "webhook-id")
+        signed = f"{delivery}.{timestamp}.".encode() + body
+        return Verified("standard", delivery, "", hashlib.sha256(signed).digest())
     raise unauthorized("no signature header")
 
 
 def parse_json(body: bytes, content_type: str | None) -> object:
-    """The body must be JSON that PostgreSQL's jsonb can store (400 otherwise)."""
-    if content_type and content_type.split(";")[0].strip().lower() != "application/json":
-        raise malformed(f"content type {content_type!r} is not application/json")
-    if b"\\u0000" in body:
-        raise malformed("JSON with a NUL character cannot be stored")
+    """The body must be JSON that PostgreSQL's jsonb stores as it is (400 otherwise)."""
+    if content_type is not None:
+        media, _, parameters = content_type.partition(";")
+        if media.strip().lower() != "application/json":
+            raise malformed("content type is not application/json")
+        charset = re.search(r"charset\s*=\s*\"?([^\";\s]+)", parameters, re.IGNORECASE)
+        if charset and charset.group(1).lower() not in ("utf-8", "utf8"):
+            raise malformed("charset is not utf-8")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise malformed("body is not valid JSON") from None
+        return parse(body)
+    except Unstorable as refused:
+        raise malformed(str(refused)) from None

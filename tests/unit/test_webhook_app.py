@@ -24,6 +24,8 @@ from tests.unit.webhook_support import (
 
 SECRET = b"unit-test-secret"
 OLD_SECRET = b"unit-test-old-secret"
+STANDARD_SECRET = b"unit-test-standard-webhooks-secret"
+TOKEN = b"unit-test-gitlab-token"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def delivered(pg: Cluster, delivery: str) -> int:
 
 def sentinel(server: Server, pg: Cluster) -> None:
     """Events drain in order: once a later good delivery is in, earlier ones would be too."""
-    body = b'{"sentinel": true}'
+    body = json.dumps({"sentinel": str(uuid.uuid4())}).encode()  # the same body is a replay
     headers = github_headers(SECRET, body)
     assert post(server, body, headers).status_code == 202
     wait_until(lambda: delivered(pg, headers["X-GitHub-Delivery"]) == 1)
@@ -62,12 +64,17 @@ def test_accepted_once_and_redelivery_is_not_a_second_row(server: Server, pg: Cl
     again = post(server, body, headers)
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     wait_until(lambda: delivered(pg, headers["X-GitHub-Delivery"]) == 1)
+    # the same signed content under a new delivery id is a replay, not a second event
+    replay = github_headers(SECRET, body)
+    assert post(server, body, replay).status_code == 200
     # the old secret of a rotation still verifies
-    old = github_headers(OLD_SECRET, body)
-    assert post(server, body, old).status_code == 202
+    old_body = json.dumps({"ref": "refs/heads/main", "n": 2}).encode()
+    old = github_headers(OLD_SECRET, old_body)
+    assert post(server, old_body, old).status_code == 202
     sentinel(server, pg)
     assert delivered(pg, headers["X-GitHub-Delivery"]) == 1
     assert delivered(pg, old["X-GitHub-Delivery"]) == 1
+    assert delivered(pg, replay["X-GitHub-Delivery"]) == 0
     with pg.admin() as conn:
         payload, event = conn.execute(
             "SELECT payload, event FROM webhook_events WHERE delivery_id = %s",
@@ -153,16 +160,27 @@ def test_chunked_oversize_body_is_refused(server: Server) -> None:
     assert response.status_code == 413
 
 
-def test_gitlab_and_standard_webhooks(server: Server, pg: Cluster) -> None:
+def test_gitlab_and_standard_webhooks(pg: Cluster, tmp_path: Path) -> None:
+    from rave.webhook.verify import ProviderSecrets
+
+    secrets = ProviderSecrets(github=[SECRET], standard=[STANDARD_SECRET], gitlab=[TOKEN])
+    config = app_config(pg, tmp_path / "spool", gitlab=True)
+    with Server(config, secrets) as server:
+        _gitlab_and_standard(server, pg)
+
+
+def _gitlab_and_standard(server: Server, pg: Cluster) -> None:
     from rave.webhook.verify import standard_signature
 
     gitlab_id = str(uuid.uuid4())
     gitlab = {
         "Content-Type": "application/json",
         "X-Gitlab-Event": "Merge Request Hook",
-        "X-Gitlab-Token": SECRET.decode(),
+        "X-Gitlab-Token": SECRET.decode(),  # the GitHub secret is not a token
         "X-Gitlab-Event-UUID": gitlab_id,
     }
+    assert post(server, b'{"object_kind": "merge_request"}', gitlab).status_code == 401
+    gitlab["X-Gitlab-Token"] = TOKEN.decode()
     assert post(server, b'{"object_kind": "merge_request"}', gitlab).status_code == 202
     body = b'{"type": "build.finished"}'
     import time
@@ -176,6 +194,10 @@ def test_gitlab_and_standard_webhooks(server: Server, pg: Cluster) -> None:
     }
     standard["webhook-signature"] = standard_signature(
         SECRET, standard["webhook-id"], timestamp, body
+    )
+    assert post(server, body, standard).status_code == 401  # GitHub's secret, not this one's
+    standard["webhook-signature"] = standard_signature(
+        STANDARD_SECRET, standard["webhook-id"], timestamp, body
     )
     assert post(server, body, standard).status_code == 202
     wait_until(lambda: delivered(pg, standard["webhook-id"]) == 1)
@@ -233,7 +255,7 @@ def test_spool_survives_a_receiver_restart_while_postgresql_is_down(
     try:
         with Server(config, [SECRET]) as server:
             for n in range(20):
-                body = json.dumps({"restart": n}).encode()
+                body = json.dumps({"restart": n, "run": str(tmp_path)}).encode()
                 headers = github_headers(SECRET, body)
                 assert post(server, body, headers).status_code == 202
                 ids.append(headers["X-GitHub-Delivery"])

@@ -9,6 +9,7 @@ import hmac
 import pytest
 
 from rave.webhook.verify import (
+    ProviderSecrets,
     Rejected,
     github_signature,
     parse_json,
@@ -41,9 +42,17 @@ def _github(body: bytes, secret: bytes = SECRET, **extra: str) -> dict[str, str]
     return {k: v for k, v in headers.items() if v}
 
 
-def status_of(headers: dict[str, str], body: bytes, secrets: list[bytes] | None = None) -> int:
+def everyone(secrets: list[bytes]) -> ProviderSecrets:
+    return ProviderSecrets(github=secrets, standard=secrets, gitlab=secrets)
+
+
+def status_of(
+    headers: dict[str, str], body: bytes, secrets: list[bytes] | ProviderSecrets | None = None
+) -> int:
+    if not isinstance(secrets, ProviderSecrets):
+        secrets = everyone(secrets or [SECRET])
     try:
-        verify(headers, body, secrets or [SECRET], now=NOW)
+        verify(headers, body, secrets, now=NOW)
     except Rejected as rejected:
         return rejected.status
     return 202
@@ -54,7 +63,7 @@ def test_github_accepted_with_any_active_secret() -> None:
     old, new = b"old-secret", b"new-secret"
     assert status_of(_github(body, new), body, [old, new]) == 202
     assert status_of(_github(body, old), body, [old, new]) == 202
-    verified = verify(_github(body, new), body, [old, new], now=NOW)
+    verified = verify(_github(body, new), body, everyone([old, new]), now=NOW)
     assert (verified.provider, verified.event) == ("github", "push")
     assert verified.delivery_id == "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 
@@ -119,8 +128,40 @@ def test_standard_webhooks() -> None:
         == 401
     )
     assert status_of({**headers, "webhook-timestamp": "soon"}, body, [secret]) == 400
-    with pytest.raises(Rejected):
-        verify(headers, body, [secret], now=NOW, standard_webhooks=False)
+    assert (
+        status_of({**headers, "webhook-timestamp": "\u0661\u0667" + "\u0660" * 8}, body, [secret])
+        == 400
+    )
+    assert status_of({**headers, "webhook-timestamp": "1" + "0" * 400}, body, [secret]) == 400
+    assert status_of(headers, body, ProviderSecrets(github=[secret])) == 401  # not enabled
+
+
+def test_each_provider_only_with_its_own_secrets() -> None:
+    github_secret, token = b"g" * 40, b"t" * 40
+    secrets = ProviderSecrets(github=[github_secret], gitlab=[token])
+    body = b"{}"
+    gitlab = {
+        "x-gitlab-event": "Push Hook",
+        "x-gitlab-event-uuid": "13792a34-cac6-4fda-95a8-c58e00a3954e",
+    }
+    assert status_of({**gitlab, "x-gitlab-token": token.decode()}, body, secrets) == 202
+    # the GitHub secret is never a GitLab token, and GitLab is off without tokens
+    assert status_of({**gitlab, "x-gitlab-token": github_secret.decode()}, body, secrets) == 401
+    off = ProviderSecrets(github=[github_secret])
+    assert status_of({**gitlab, "x-gitlab-token": token.decode()}, body, off) == 401
+    # a token is never a GitHub secret
+    assert status_of(_github(body, token), body, secrets) == 401
+    assert status_of(_github(body, github_secret), body, secrets) == 202
+
+
+def test_the_content_hash_covers_what_is_signed() -> None:
+    body = b'{"zen": "x"}'
+    first = verify(_github(body), body, everyone([SECRET]), now=NOW)
+    replay = verify(
+        _github(body, **{"x-github-delivery": "another-id"}), body, everyone([SECRET]), now=NOW
+    )
+    assert first.delivery_id != replay.delivery_id
+    assert first.content_sha256 == replay.content_sha256 == hashlib.sha256(body).digest()
 
 
 @pytest.mark.parametrize(
@@ -130,6 +171,17 @@ def test_standard_webhooks() -> None:
         (b"\xff\xfe", None),
         (b'{"a": "\\u0000"}', "application/json"),
         (b"payload=%7B%7D", "application/x-www-form-urlencoded"),
+        (b"{}", "application/json; charset=utf-16"),
+        (b'{"a": NaN}', "application/json"),
+        (b'{"a": Infinity}', None),
+        (b"\xef\xbb\xbf{}", None),
+        ('{"a": 1}'.encode("utf-16"), None),
+        (b'["\\ud800"]', None),
+        (b'{"\\u0000": 1}', None),
+        (b"[1e131072]", None),
+        (b"[1.5e-16383]", None),
+        (b"[" * 100_000 + b"]" * 100_000, None),
+        (b"", None),
     ],
 )
 def test_malformed_bodies(body: bytes, content_type: str | None) -> None:
