@@ -111,7 +111,12 @@ COMPONENTS: tuple[Component, ...] = (
         ports=(Port(number=8001, exposure=Exposure.LOOPBACK, purpose="webhook receiver"),),
         route=Route(path="/webhook", upstream_port=8001, methods=("POST",)),
         metrics=Metrics(port=8001, job="webhook"),
-        secrets=("webhook_hmac_secrets", "postgres_webhook_password"),
+        secrets=(
+            "webhook_hmac_secrets",
+            "webhook_standard_secrets",
+            "webhook_gitlab_tokens",
+            "postgres_webhook_password",
+        ),
         backup_paths=("/var/lib/rave-webhook",),
         owned_unit=True,
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import secrets as random
 import shutil
@@ -21,6 +22,11 @@ def password() -> str:
 
 def hmac_secret() -> str:
     return random.token_hex(32)  # 64 characters, 256 bits
+
+
+def standard_webhooks_secret() -> str:
+    """The Standard Webhooks form: whsec_ and the base64 of a 256-bit key."""
+    return "whsec_" + base64.b64encode(random.token_bytes(32)).decode()
 
 
 def _openssl(args: list[str], stdin: bytes = b"") -> bytes:

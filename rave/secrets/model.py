@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PASSWORD_MIN = 16
 # htpasswd lines nginx accepts: apr1 (openssl passwd -apr1) or bcrypt ($2y$)
@@ -111,6 +111,17 @@ class SecretsModel(BaseModel):
         max_length=4,
         description="active webhook HMAC secrets, newest first (two during a rotation)",
     )
+    # optional: a provider whose list is empty is not enabled on the receiver
+    webhook_standard_secrets: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Standard Webhooks signing secrets (whsec_...), newest first; empty: off",
+    )
+    webhook_gitlab_tokens: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="GitLab X-Gitlab-Token values; empty: GitLab deliveries are refused",
+    )
     postgres_webhook_password: str = Field(description="PostgreSQL role of the webhook")
     postgres_exporter_password: str = Field(description="PostgreSQL role of postgres_exporter")
     grafana_admin_password: str = Field(description="Grafana's admin user")
@@ -152,7 +163,7 @@ class SecretsModel(BaseModel):
             raise ValueError("not a PEM private key (-----BEGIN PRIVATE KEY-----)")
         return value if value.endswith("\n") else value + "\n"
 
-    @field_validator("webhook_hmac_secrets")
+    @field_validator("webhook_hmac_secrets", "webhook_standard_secrets", "webhook_gitlab_tokens")
     @classmethod
     def _hmac(cls, values: list[str]) -> list[str]:
         for value in values:
@@ -162,6 +173,16 @@ class SecretsModel(BaseModel):
         if len(set(values)) != len(values):
             raise ValueError("duplicate webhook HMAC secret")
         return values
+
+    @model_validator(mode="after")
+    def _providers_disjoint(self) -> SecretsModel:
+        # a GitHub or Standard Webhooks secret must never also work as a GitLab token
+        seen: dict[str, str] = {}
+        for name in ("webhook_hmac_secrets", "webhook_standard_secrets", "webhook_gitlab_tokens"):
+            for value in getattr(self, name):
+                if seen.setdefault(value, name) != name:
+                    raise ValueError(f"a value of {name} is also in {seen[value]}")
+        return self
 
     @field_validator(
         "postgres_webhook_password",

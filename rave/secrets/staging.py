@@ -65,6 +65,7 @@ def generated_values(names: list[str], previous: SecretsModel | None = None) -> 
         covered = list(dict.fromkeys(names + (generate.certificate_names(cert) if cert else [])))
         data["tls_certificate"], data["tls_private_key"] = generate.self_signed(covered)
     data.setdefault("webhook_hmac_secrets", [generate.hmac_secret()])
+    data.setdefault("webhook_standard_secrets", [generate.standard_webhooks_secret()])
     for name in (
         "postgres_webhook_password",
         "postgres_exporter_password",

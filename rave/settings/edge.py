@@ -39,7 +39,14 @@ class EdgeSettings(Concern):
         description="largest webhook body accepted (nginx client_max_body_size and the app): 413",
     )
     webhook_standard_webhooks: bool = Field(
-        True, description="also accept Standard Webhooks signatures (webhook-signature)"
+        True,
+        description="accept Standard Webhooks signatures (webhook-signature) with the secrets "
+        "in webhook_standard_secrets (none installed: refused)",
+    )
+    webhook_gitlab: bool = Field(
+        False,
+        description="accept GitLab deliveries (X-Gitlab-Token) with the tokens in "
+        "webhook_gitlab_tokens; off unless set",
     )
     webhook_timestamp_tolerance_seconds: int = Field(
         300, ge=10, description="Standard Webhooks: accepted clock skew of webhook-timestamp"

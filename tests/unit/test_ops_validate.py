@@ -298,7 +298,8 @@ def test_test_delivery_passes_the_webhooks_own_verifier():
         v.EVENT_HEADER.lower(): v.TEST_EVENT,
         v.DELIVERY_HEADER.lower(): "rave-ops-1",
     }
-    verified = verify.verify(headers, body, [b"s3cret"], now=0)
+    github = verify.ProviderSecrets
+    verified = verify.verify(headers, body, github(github=[b"s3cret"]), now=0)
     assert verified.event == v.TEST_EVENT
     with pytest.raises(verify.Rejected):
-        verify.verify(headers, body, [b"other"], now=0)
+        verify.verify(headers, body, github(github=[b"other"]), now=0)

@@ -209,5 +209,9 @@ def test_only_manifests_with_optional_secrets_carry_defaults():
         "backup_sftp_private_key": "",
         "backup_sftp_known_hosts": "",
     }
+    # the webhook's optional providers: an empty list leaves the provider off
+    assert json.loads(manifest(by_name["webhook"], {}))["defaults"] == {
+        "webhook_gitlab_tokens": "[]",
+        "webhook_standard_secrets": "[]",
+    }
     # the others stay byte for byte as before (no restart of their readers on upgrade)
-    assert "defaults" not in json.loads(manifest(by_name["webhook"], {}))

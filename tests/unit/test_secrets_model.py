@@ -25,6 +25,9 @@ COMMON_NAMES = {
     "backup_repository_env",
     "backup_sftp_private_key",
     "backup_sftp_known_hosts",
+    # optional: each webhook provider its own secrets (issue 16)
+    "webhook_standard_secrets",
+    "webhook_gitlab_tokens",
 }
 
 
@@ -158,3 +161,10 @@ def test_a_file_without_the_optional_secrets_still_parses(values):
     model = from_json(json.dumps(data))
     assert model.backup_repository_env == {}
     assert model.backup_sftp_private_key == ""
+
+
+def test_no_webhook_secret_serves_two_providers() -> None:
+    data = generated_values(["h1"]).model_dump(mode="json")
+    data["webhook_gitlab_tokens"] = [data["webhook_hmac_secrets"][0]]
+    with pytest.raises(SecretsFormatError, match=r"webhook_gitlab_tokens.*webhook_hmac_secrets"):
+        from_json(json.dumps(data))

@@ -268,8 +268,9 @@ def test_present_lists_optional_secrets_with_a_value_never_the_value(staging):
 
     env = staging[0]
     assert env.present_path.exists()  # written with every encryption
-    # staging: a local repository, no credentials (ccr_ui_password, also optional, is set)
-    assert env.present() == {"ccr_ui_password": True}
+    # staging: a local repository, no credentials (ccr_ui_password, also optional, is set),
+    # Standard Webhooks on, GitLab off
+    assert env.present() == {"ccr_ui_password": True, "webhook_standard_secrets": True}
     model = generated_values(["h1"])
     data = model.model_dump(mode="json")
     data["backup_repository_env"] = {"AWS_ACCESS_KEY_ID": "AKIA-secret-id"}
@@ -279,5 +280,6 @@ def test_present_lists_optional_secrets_with_a_value_never_the_value(staging):
         "backup_repository_env": ["AWS_ACCESS_KEY_ID"],
         "backup_sftp_known_hosts": True,
         "ccr_ui_password": True,
+        "webhook_standard_secrets": True,
     }
     assert "AKIA-secret-id" not in json.dumps(facts)
