@@ -29,7 +29,7 @@ from rave.components import COMPONENTS, loopback_ports, monitoring_ports, public
 from rave.deployrun import run_deploy
 from rave.observability import enabled_components
 from rave.staging import OPERATOR, Instance, instance_id
-from tests.host.conftest import host_settings
+from tests.host.conftest import MONITORING, host_settings
 
 HERE = Path(__file__).resolve().parent
 POLICY = HERE / "ssh-audit-rave.policy"
@@ -550,8 +550,10 @@ def tcp_state(address: str, port: int, timeout: float = 3.0) -> str:
 def test_monitoring_ports_open_only_to_the_named_sources(staging, host, host_name, address):
     """Deployed through the real path (nft -c, timed revert, reconnect, confirm), then undone."""
     port = monitoring_ports()[0]
-    if host.socket(f"tcp://0.0.0.0:{port}").is_listening:
-        pytest.skip(f"something listens on {port}: the filtered/closed probe needs a free port")
+    if MONITORING:  # the exporters listen beyond loopback for the monitoring host
+        pytest.skip(f"{port} listens for the monitoring host (test_multihost.py: who reaches it)")
+    listening = host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not listening, f"{port} listens beyond loopback, but no monitoring source is set"
     deployed = live_marker(host)
     assert tcp_state(address, port) == "filtered"
     control = staging.instance.gateway

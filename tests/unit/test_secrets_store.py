@@ -12,6 +12,7 @@ from rave.secrets import cli, crypto
 from rave.secrets.deploy import recipient_problem
 from rave.secrets.staging import ensure_staging_environment
 from rave.secrets.store import Environment, parse_recipients
+from tests.tools import cannot_run_here
 
 
 def _host_key(directory, name="ssh_host_ed25519_key"):
@@ -202,8 +203,8 @@ def test_list_shows_who_reads_what(staging, capsys):
 def test_edit_uses_a_private_tmpfs_copy_and_validates(staging, tmp_path, monkeypatch, capsys):
     try:
         probe = cli.private_tmpfs_dir()
-    except cli.CliError:
-        pytest.skip("no tmpfs on this machine")
+    except cli.CliError as error:
+        cannot_run_here(f"no tmpfs on this machine ({error})")
     probe.rmdir()
     env, state, *_ = staging
     team = crypto.load_identities(state / "age-identity.txt")
@@ -237,8 +238,8 @@ def test_edit_uses_a_private_tmpfs_copy_and_validates(staging, tmp_path, monkeyp
 def test_edit_refuses_an_invalid_result(staging, tmp_path, monkeypatch, capsys):
     try:
         cli.private_tmpfs_dir().rmdir()
-    except cli.CliError:
-        pytest.skip("no tmpfs on this machine")
+    except cli.CliError as error:
+        cannot_run_here(f"no tmpfs on this machine ({error})")
     env, state, *_ = staging
     before = env.encrypted_path.read_text()
     editor = tmp_path / "editor.sh"
