@@ -55,8 +55,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# every Python file the project ships: pyproject.toml's [tool.mypy] files, then the pyinfra data
+# directories apart (their modules share names: staging.py, prod.py)
 typecheck: venv
-	$(BIN)/mypy rave
+	$(BIN)/mypy
+	$(BIN)/mypy group_data
+	$(BIN)/mypy inventories
 
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

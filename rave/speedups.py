@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import importlib.metadata
 import socket
 import sys
 import weakref
@@ -20,6 +21,23 @@ from typing import Any
 import paramiko
 import pyinfra
 from pyinfra.api import util as pyinfra_util
+
+# the pyinfra these patches are written against (its internals: State, util, the operation
+# order); pyproject.toml pins the same version, tests/unit/test_speedups.py checks both
+PYINFRA_VERSION = "3.10.0"
+
+
+def check_pyinfra_version(found: str) -> None:
+    if found != PYINFRA_VERSION:
+        raise ImportError(
+            f"rave patches pyinfra {PYINFRA_VERSION}'s internals (rave/speedups.py, config.py), "
+            f"but pyinfra {found} is installed: install the pinned version "
+            "(`make venv`: pip install -c requirements.lock), or check the patches against "
+            f"{found} and move PYINFRA_VERSION and pyproject.toml's pin together"
+        )
+
+
+check_pyinfra_version(importlib.metadata.version("pyinfra"))
 
 _MARK = "_rave_tcp_nodelay"
 

@@ -8,6 +8,7 @@ and are set by a host-side script that reads the secret file (never a command li
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from pyinfra import host
@@ -222,8 +223,12 @@ def database() -> None:
     for role, secret_file in secret_files.items():
         state = states[role]
         changed = secrets_changed("postgresql")
+
+        def needs_setting(state: str = state, changed: Callable[[], bool] = changed) -> bool:
+            return state != "ok" or changed()
+
         server.shell(
             name=f"Set the password of role {role} from the secrets",
             commands=[f"{PASSWORD_SCRIPT} set {role} {secret_file}"],
-            _if=lambda state=state, changed=changed: state != "ok" or changed(),
+            _if=needs_setting,
         )

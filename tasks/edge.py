@@ -8,6 +8,7 @@ so a broken configuration fails the deploy while the old one keeps serving.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -65,7 +66,7 @@ def nginx_context(config: HostSettings) -> dict[str, object]:
     }
 
 
-def status_context(config: HostSettings) -> dict[str, object]:
+def status_context(config: HostSettings) -> dict[str, Any]:
     listed = [
         {"path": c.route.path, "purpose": c.ports[0].purpose if c.ports else c.name}
         for c in COMPONENTS

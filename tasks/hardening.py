@@ -428,8 +428,9 @@ def hardening() -> None:
     ssh_hardening()
     firewall()
     fail2ban()
-    kernel(report)
-    system(report, container)
+    # by keyword: pyinfra's PyinfraOperation type puts its own arguments first
+    kernel(report=report)
+    system(report=report, container=container)
 
     exceptions = report.get("exceptions", {})
     if exceptions:

@@ -9,6 +9,7 @@ promtool/amtool before it is installed, then restarts and reloads only of what c
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
@@ -89,7 +90,7 @@ def deps_dropin(name: str) -> str:
     )
 
 
-def alertmanager_dropin_context() -> dict[str, str]:
+def alertmanager_dropin_context() -> dict[str, Any]:
     return {
         "merge_command": ALERTMANAGER_MERGE,
         "base_config": obs.ALERTMANAGER_BASE_CONFIG,
@@ -98,7 +99,7 @@ def alertmanager_dropin_context() -> dict[str, str]:
     }
 
 
-def grafana_ini_context(config: HostSettings) -> dict[str, object]:
+def grafana_ini_context(config: HostSettings) -> dict[str, Any]:
     return {
         "http_port": obs.port_of("grafana"),
         "root_url": obs.grafana_root_url(config),

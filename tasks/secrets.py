@@ -7,6 +7,8 @@ prints the command that adds it. See docs/secrets.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.operations import systemd
@@ -61,7 +63,7 @@ def templates(config: HostSettings) -> dict[str, dict[str, object]]:
     return {"secrets/rave-secrets.service.j2": unit_context()}
 
 
-def unit_context() -> dict[str, object]:
+def unit_context() -> dict[str, Any]:
     return {
         "encrypted": sd.REMOTE_ENCRYPTED,
         "root": sd.SECRETS_ROOT,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,8 +27,10 @@ import pytest
 import testinfra
 
 from rave.deployrun import DeployResult, run_deploy
+from rave.settings import HostSettings
 from rave.speedups import disable_nagle
 from rave.staging import OPERATOR, Instance, instance_id
+from rave.validation import DataLayer, validate_host
 
 disable_nagle()  # testinfra's paramiko backend too: ~40 ms less per command
 
@@ -49,6 +52,18 @@ ALL_NAMES = _host_names()
 MONITORING_NAMES = ALL_NAMES[-1:] if MONITORING else []
 # the service hosts: every suite's `host` fixture runs on each of them
 HOST_NAMES = [name for name in ALL_NAMES if name not in MONITORING_NAMES]
+
+
+def _group_layer(name: str) -> DataLayer:
+    path = REPO / "group_data" / f"{name}.py"
+    values = runpy.run_path(str(path))
+    return DataLayer(f"group_data/{name}.py", {k: values[k] for k in values.get("__all__", [])})
+
+
+def host_settings(host) -> HostSettings:
+    """A service host's settings as the staging deploy validates them (group_data layers)."""
+    name = host.check_output("hostname")
+    return validate_host(name, [_group_layer("staging"), _group_layer("all")])
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 import shlex
 import socket
 import time
@@ -24,24 +23,12 @@ from rave import observability as obs
 from rave.components import Exposure, component, loopback_ports, monitoring_ports, scrape_targets
 from rave.secrets.deploy import secret_path
 from rave.settings import HostSettings
-from rave.validation import DataLayer, validate_host
-from tests.host.conftest import MONITORING
+from tests.host.conftest import MONITORING, host_settings
 from tests.host.secrets_rotation import rotate_and_deploy
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((REPO / "files" / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS = "http://127.0.0.1:9090"
-
-
-def _group_layer(name: str) -> DataLayer:
-    path = REPO / "group_data" / f"{name}.py"
-    values = runpy.run_path(str(path))
-    return DataLayer(f"group_data/{name}.py", {k: values[k] for k in values.get("__all__", [])})
-
-
-def host_settings(host) -> HostSettings:
-    name = host.check_output("hostname")
-    return validate_host(name, [_group_layer("staging"), _group_layer("all")])
 
 
 def api(host, path: str, **params: str) -> Any:

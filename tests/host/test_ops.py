@@ -23,25 +23,6 @@ TEST_PORT = 9999
 TEST_UNIT = "rave-ops-test-port"
 
 
-def deployed_tasks() -> set[str]:
-    """Task modules deploy.py runs (from its `from tasks.X import` lines)."""
-    text = (REPO / "deploy.py").read_text()
-    return {
-        line.split()[1].split(".")[1]
-        for line in text.splitlines()
-        if line.startswith("from tasks.")
-    }
-
-
-def requires(*tasks: str) -> pytest.MarkDecorator:
-    """Skip a test whose subject is not in the deploy yet (decided by the repo, not the host)."""
-    missing = sorted(set(tasks) - deployed_tasks())
-    return pytest.mark.skipif(bool(missing), reason=f"deploy.py does not run {missing} yet")
-
-
-FULL_STACK = ("hardening", "secrets", "database", "edge", "webhook", "observability")
-
-
 def rave_ops(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rave.ops.cli", *args],
@@ -82,7 +63,6 @@ def name(staging) -> str:
     return staging.names[0]
 
 
-@requires("database", "edge", "webhook")
 def test_status_table_lists_every_installed_service(staging, name):
     installed = facts(name, "ProjectServices")["ProjectServices"]
     result = rave_ops("--limit", name, "status", timeout=120)
@@ -102,7 +82,6 @@ def test_status_table_lists_every_installed_service(staging, name):
     assert " / 192M (" in rows["webhook"]
 
 
-@requires("webhook")
 def test_restart_and_logs_of_one_service(staging, name):
     before = facts(name, "ProjectServices")["ProjectServices"]["webhook"]["active_since"]
     time.sleep(1.1)  # active_since has a resolution of one second
@@ -122,7 +101,6 @@ def test_unknown_or_missing_service_is_refused(name):
     assert "unknown component" in result.stderr
 
 
-@requires(*FULL_STACK)
 def test_validation_passes_on_the_deployed_host(name):
     result = rave_ops("--limit", name, "validate", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
@@ -139,7 +117,6 @@ def test_validation_passes_on_the_deployed_host(name):
     assert "signed webhook accepted" in result.stdout
 
 
-@requires("edge")
 def test_validation_fails_loudly_when_nginx_is_stopped(staging, name):
     try:
         stop = rave_ops("--limit", name, "stop", "nginx", timeout=180)
@@ -184,7 +161,6 @@ def test_validation_fails_loudly_on_an_extra_open_port(staging, name):
         wait_until(lambda: not listening(), f"port {TEST_PORT} to close", deadline=30)
 
 
-@requires(*FULL_STACK)
 def test_host_side_validation_timer_passes(staging, name):
     assert staging.ssh(name, "systemctl is-enabled rave-validate.timer").stdout.strip() == (
         "enabled"
@@ -197,7 +173,6 @@ def test_host_side_validation_timer_passes(staging, name):
     assert "rave_validation_failed_checks 0" in metric.stdout
 
 
-@requires("edge")
 def test_drift_reports_a_changed_file_and_nothing_else(staging, name):
     clean = rave_ops("--limit", name, "drift", timeout=300)
     assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
@@ -216,7 +191,6 @@ def test_drift_reports_a_changed_file_and_nothing_else(staging, name):
     assert sudo(staging, name, f"cat {NGINX_CONF}").stdout == original
 
 
-@requires("secrets", "edge", "webhook")
 def test_facts_describe_the_deployed_host(name):
     found = facts(name)
     head = subprocess.run(
@@ -235,7 +209,6 @@ def test_facts_describe_the_deployed_host(name):
     assert set(found["LastBackup"]) == {"timestamp", "age_seconds"}
 
 
-@requires(*FULL_STACK)
 def test_update_with_failed_validation_rolls_back_to_the_previous_state(staging, name):
     """A config-only update whose validation fails puts the host back exactly as it was."""
     marker = "# state before the update"
@@ -288,7 +261,6 @@ def ccr_settled(staging, name: str) -> bool:
     return state["active"] == "active" and state["listening"] == ["127.0.0.1:3456"]
 
 
-@requires(*FULL_STACK, "ccr")
 def test_major_update_that_fails_validation_is_rolled_back(staging, name):
     """CCR 2.0.0 without a provider listens on 0.0.0.0 (its own choice): the validation fails
     and the host is put back to the version and configuration it had."""
@@ -307,7 +279,6 @@ def test_major_update_that_fails_validation_is_rolled_back(staging, name):
     assert ccr_state(staging, name) == before
 
 
-@requires(*FULL_STACK, "ccr")
 def test_major_update_to_a_working_version_and_back(staging, name):
     """2.0.0 with a provider configured passes the validation; the major update back to the
     pinned version leaves the host as the checkout describes it."""

@@ -29,8 +29,6 @@ TEST_DIR = "/run/rave-vulnscan-test"
 DROPIN_DIR = "/run/systemd/system/rave-vulnscan.service.d"
 DROPIN = f"{DROPIN_DIR}/zz-test-data.conf"
 CVE = "CVE-2099-4711"
-# node exporter and Prometheus are there once the observability task is part of the deploy
-OBSERVABILITY = (ROOT / "tasks" / "observability.py").exists()
 PROMETHEUS = "http://127.0.0.1:9090"
 NODE_EXPORTER = "http://127.0.0.1:9100/metrics"
 CRITICAL = {"severity": "critical", "fixable": "true"}
@@ -218,16 +216,15 @@ def test_a_vulnerable_package_shows_everywhere_and_clears(scan_host):
     assert textfile_metric(host, findings, **CRITICAL) == 1
     assert textfile_metric(host, new, severity="critical") == 1
     assert textfile_metric(host, "rave_vulnscan_scan_ok", source="debian-tracker") == 1
-    if OBSERVABILITY:
-        wait_for(
-            "node exporter to serve the finding",
-            lambda: exporter_metric(host, findings, **CRITICAL) == 1,
-        )
-        wait_for("Prometheus to scrape the finding", lambda: prom_value(host, critical_expr) == 1)
-        wait_for(
-            "RaveVulnscanNewCriticalFinding to fire",
-            lambda: firing(host, "RaveVulnscanNewCriticalFinding"),
-        )
+    wait_for(
+        "node exporter to serve the finding",
+        lambda: exporter_metric(host, findings, **CRITICAL) == 1,
+    )
+    wait_for("Prometheus to scrape the finding", lambda: prom_value(host, critical_expr) == 1)
+    wait_for(
+        "RaveVulnscanNewCriticalFinding to fire",
+        lambda: firing(host, "RaveVulnscanNewCriticalFinding"),
+    )
 
     # the data no longer lists openssh as vulnerable: everything clears
     assert scan_with(host, f"RAVE_VULNSCAN_DATA_FILE={TEST_DIR}/clean.json") == 0
@@ -239,18 +236,15 @@ def test_a_vulnerable_package_shows_everywhere_and_clears(scan_host):
     assert CVE not in {r["ruleId"] for r in sarif["runs"][0]["results"]}
     assert textfile_metric(host, findings, **CRITICAL) == 0
     assert textfile_metric(host, new, severity="critical") == 0
-    if OBSERVABILITY:
-        wait_for(
-            "node exporter to serve the cleared finding",
-            lambda: exporter_metric(host, findings, **CRITICAL) == 0,
-        )
-        wait_for(
-            "Prometheus to see the finding cleared", lambda: prom_value(host, critical_expr) == 0
-        )
-        wait_for(
-            "RaveVulnscanNewCriticalFinding to resolve",
-            lambda: not firing(host, "RaveVulnscanNewCriticalFinding"),
-        )
+    wait_for(
+        "node exporter to serve the cleared finding",
+        lambda: exporter_metric(host, findings, **CRITICAL) == 0,
+    )
+    wait_for("Prometheus to see the finding cleared", lambda: prom_value(host, critical_expr) == 0)
+    wait_for(
+        "RaveVulnscanNewCriticalFinding to resolve",
+        lambda: not firing(host, "RaveVulnscanNewCriticalFinding"),
+    )
 
 
 def test_an_unreachable_source_is_a_failed_scan(scan_host):
@@ -275,10 +269,9 @@ def test_an_unreachable_source_is_a_failed_scan(scan_host):
     assert textfile_metric(host, ok, source="debian-tracker") == 0
     journal = sh(host, f"journalctl -u {UNIT} --since {shlex.quote(since)} --no-pager -o cat")
     assert "rave-vulnscan: scan FAILED: cannot fetch" in journal.stdout
-    if OBSERVABILITY:
-        wait_for(
-            "node exporter to serve scan_ok 0",
-            lambda: exporter_metric(host, ok, source="debian-tracker") == 0,
-        )
-        wait_for("Prometheus to see the failed scan", lambda: prom_value(host, ok) == 0)
-        wait_for("RaveVulnscanScanFailing to fire", lambda: firing(host, "RaveVulnscanScanFailing"))
+    wait_for(
+        "node exporter to serve scan_ok 0",
+        lambda: exporter_metric(host, ok, source="debian-tracker") == 0,
+    )
+    wait_for("Prometheus to see the failed scan", lambda: prom_value(host, ok) == 0)
+    wait_for("RaveVulnscanScanFailing to fire", lambda: firing(host, "RaveVulnscanScanFailing"))

@@ -1,10 +1,7 @@
 """Facts and decisions of the hardening task (parsing, what to apply, what to report)."""
 
 import json
-import shutil
 import subprocess
-
-import pytest
 
 from rave import hardening as h
 
@@ -91,16 +88,18 @@ def test_sysctl_fact_command_runs_in_a_posix_shell():
     assert "net.ipv4.ip_forward" in state
 
 
-@pytest.mark.skipif(shutil.which("nft") is None or shutil.which("unshare") is None, reason="nft")
 def test_marker_fact_reads_the_live_table(tmp_path):
+    from tests.tools import cannot_run_here, require_tool
     from tests.unit.conftest import make_settings
+
+    nft, unshare = require_tool("nft"), require_tool("unshare")
 
     text = h.nftables_text(make_settings())
     ruleset = tmp_path / "rules.nft"
     ruleset.write_text(text)
-    script = f"nft -f {ruleset} && {h.NftRaveMarker().command()}"
-    result = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True)
+    script = f"{nft} -f {ruleset} && {h.NftRaveMarker().command()}"
+    result = subprocess.run([unshare, "-n", "sh", "-c", script], capture_output=True, text=True)
     if result.returncode != 0 and "Operation not permitted" in result.stderr:
-        pytest.skip("no permission for a network namespace")
+        cannot_run_here(f"no permission for a network namespace: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     assert h.NftRaveMarker().process(result.stdout.splitlines()) == h.nftables_marker(text)

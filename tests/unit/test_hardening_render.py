@@ -1,13 +1,11 @@
 """What hardening writes to a host, rendered from settings (no host needed)."""
 
 import re
-import shutil
 import subprocess
-
-import pytest
 
 from rave import hardening as h
 from rave.components import monitoring_ports, public_ports
+from tests.tools import cannot_run_here, require_tool
 from tests.unit.conftest import make_settings
 
 
@@ -109,21 +107,19 @@ def test_the_marker_tracks_the_ruleset():
     assert h.nftables_marker(first).startswith("rave-sha256:")
 
 
-@pytest.mark.skipif(
-    shutil.which("nft") is None or shutil.which("unshare") is None, reason="needs nft and unshare"
-)
 def test_the_ruleset_passes_nft_check(tmp_path):
+    nft, unshare = require_tool("nft"), require_tool("unshare")
     config = make_settings(
         firewall_monitoring_sources=["192.0.2.7", "2001:db8::/64"], firewall_log_drops=True
     )
     ruleset = tmp_path / "rules.nft"
     ruleset.write_text(h.nftables_text(config))
     # in a throw-away network namespace: never touches this machine's firewall
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    probe = subprocess.run([unshare, "-n", "true"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
-        pytest.skip("cannot create a network namespace here")
+        cannot_run_here(f"cannot create a network namespace here: {probe.stderr.strip()}")
     result = subprocess.run(
-        ["unshare", "-n", "nft", "-c", "-f", str(ruleset)], capture_output=True, text=True
+        [unshare, "-n", nft, "-c", "-f", str(ruleset)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
 

@@ -14,6 +14,7 @@ from rave import observability as obs
 from rave.components import COMPONENTS, scrape_targets
 from rave.render import render
 from tasks import observability as task
+from tests.tools import require_tool
 from tests.unit.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,8 +101,7 @@ def test_monitoring_ports_open_up_only_for_named_monitoring_sources():
 
 
 def test_promtool_accepts_the_generated_config_with_the_rules(tmp_path):
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: `make system-deps`"
+    promtool = require_tool("promtool")
     for mode in ("SAFE", "FULL_PIPE"):
         (tmp_path / "prometheus.yml").write_text(
             obs.prometheus_config(make_settings(rave_mode=mode))
@@ -252,7 +252,8 @@ def _gpg_key(tmp_path, name: str) -> tuple[str, Path]:
 
 def test_grafana_key_script_installs_only_the_pinned_key(tmp_path):
     """The script itself, with a local key (file:// instead of Grafana's URL)."""
-    assert shutil.which("gpg") and shutil.which("curl")
+    require_tool("gpg")
+    require_tool("curl")
     good, good_key = _gpg_key(tmp_path, "pinned")
     _, other_key = _gpg_key(tmp_path, "other")
     keyring = tmp_path / "grafana.gpg"

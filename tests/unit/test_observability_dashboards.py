@@ -1,7 +1,6 @@
 """The three Grafana dashboards: valid JSON, provisioned datasource, valid PromQL."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import yaml
 
 from rave import observability as obs
+from tests.tools import require_tool
 
 DASHBOARDS = sorted(
     (Path(__file__).resolve().parents[2] / "files/grafana/dashboards").glob("*.json")
@@ -43,8 +43,7 @@ def test_every_panel_queries_the_provisioned_prometheus(path):
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_every_query_is_valid_promql(path, tmp_path):
     """promtool parses each query (as a recording rule), after Grafana's substitutions."""
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: `make system-deps`"
+    promtool = require_tool("promtool")
     rules = [
         {"record": f"panel:{i}", "expr": obs.grafana_expr(expr, "30s")}
         for i, (_, expr) in enumerate(obs.dashboard_queries(_load(path)))

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.tools import require_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "files" / "prometheus" / "rules").glob("*.yml"))
 RULE_TESTS = sorted((ROOT / "tests" / "unit" / "promtool").glob("*.test.yml"))
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool is missing: `make system-deps` installs Debian's prometheus package"
-    return path
+    return require_tool("promtool")
 
 
 def _alerts() -> set[str]:

@@ -4,13 +4,14 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTHCHECK = ROOT / "files" / "healthcheck" / "rave-healthcheck"
@@ -90,8 +91,7 @@ def test_all_passing_exits_0_and_writes_metrics(tmp_path, certificate):
     assert "rave_healthcheck_failed_checks 0" in text
     assert "rave_certificate_expiry_timestamp_seconds{" in text
     assert [p.name for p in (tmp_path / "textfile").iterdir()] == ["rave_healthcheck.prom"]
-    promtool = shutil.which("promtool")
-    assert promtool
+    promtool = require_tool("promtool")
     lint = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True
     )

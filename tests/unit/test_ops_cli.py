@@ -61,9 +61,7 @@ def test_successful_config_update_order():
     runner = FakeRunner(["h1", "h2"])
     opts = cli.parser().parse_args(["update", "config"])
     assert cli.cmd_update(runner, opts) == 0
-    expected = ["ops/snapshot.py", "deploy.py", "ops/validate.py"]
-    if (cli.REPO / cli.BACKUP_FILE).exists():
-        expected.insert(0, cli.BACKUP_FILE)
+    expected = ["ops/backup_now.py", "ops/snapshot.py", "deploy.py", "ops/validate.py"]
     assert files(runner, "h1") == expected
     assert files(runner, "h2") == expected
 
@@ -86,6 +84,14 @@ def test_failure_threshold_lets_the_rollout_continue():
     opts = cli.parser().parse_args(["update", "config", "--max-failures", "1"])
     assert cli.cmd_update(runner, opts) == 1
     assert "deploy.py" in files(runner, "h2")
+
+
+def test_failed_backup_changes_nothing(capsys):
+    runner = FakeRunner(["h1", "h2"], fail={("h1", "ops/backup_now.py", None)})
+    assert cli.cmd_update(runner, cli.parser().parse_args(["update", "config"])) == 1
+    assert files(runner, "h1") == ["ops/backup_now.py"]
+    assert files(runner, "h2") == []
+    assert "h1: FAIL backup failed: nothing was changed" in capsys.readouterr().out
 
 
 def test_failed_snapshot_changes_nothing():

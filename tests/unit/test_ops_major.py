@@ -9,6 +9,7 @@ import pytest
 
 from rave.ops import major
 from rave.settings import HostSettings
+from tests.tools import require_tool
 
 SOFTWARE = major.Software(
     component="ccr",
@@ -29,7 +30,7 @@ SOFTWARE = major.Software(
     ],
 )
 def test_scripts_are_valid_posix_sh(script):
-    shell = shutil.which("dash") or "sh"
+    shell = require_tool("dash")  # Debian's /bin/sh
     result = subprocess.run([shell, "-n"], input=script, text=True, capture_output=True)
     assert result.returncode == 0, result.stderr
 

@@ -1,10 +1,12 @@
 """Ops settings (rave/settings/ops.py) and the release record (tasks/release.py)."""
 
 import json
+import subprocess
 
 import pytest
 from pydantic import ValidationError
 
+from tasks import release
 from tasks.release import git_state, release_text
 from tests.unit.conftest import make_settings
 
@@ -35,10 +37,36 @@ def test_release_record_is_stable_and_has_no_timestamp():
     }
 
 
-def test_git_state_of_this_checkout():
-    commit, modified = git_state()
-    assert commit == "unknown" or len(commit) == 40
-    assert isinstance(modified, bool)
+def _git(repo, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def fresh_git_state():
+    """git_state() is cached for the run: each call here asks git again."""
+    git_state.cache_clear()
+    yield lambda: (git_state.cache_clear(), git_state())[1]
+    git_state.cache_clear()
+
+
+def test_git_state_is_the_commit_and_whether_tracked_files_changed(
+    tmp_path, monkeypatch, fresh_git_state
+):
+    monkeypatch.setattr(release, "REPO", tmp_path)
+    assert fresh_git_state() == ("unknown", False)  # not a checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "deploy.py").write_text("one\n")
+    _git(tmp_path, "add", "deploy.py")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "1")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    assert len(head) == 40
+    assert fresh_git_state() == (head, False)
+    (tmp_path / "untracked.py").write_text("not part of the checkout\n")
+    assert fresh_git_state() == (head, False)
+    (tmp_path / "deploy.py").write_text("two\n")
+    assert fresh_git_state() == (head, True)
 
 
 def test_host_validation_expectations_follow_components_and_mode():
@@ -52,11 +80,3 @@ def test_host_validation_expectations_follow_components_and_mode():
     assert safe["memory_max"]["webhook"] == 192 * 1024 * 1024
     assert full["memory_max"]["webhook"] == 384 * 1024 * 1024
     assert "grafana" in safe["optional"]
-
-
-def test_host_validation_script_is_valid_python():
-    import ast
-    from pathlib import Path
-
-    source = Path(__file__).resolve().parents[2] / "files/ops/rave-validate-host"
-    ast.parse(source.read_text())

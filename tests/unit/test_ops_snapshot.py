@@ -1,16 +1,16 @@
 """The snapshot/restore shell scripts (rave/ops/snapshot.py): valid sh, complete coverage."""
 
-import shutil
 import subprocess
 
 import pytest
 
 from rave.ops import snapshot
+from tests.tools import require_tool
 
 
 @pytest.mark.parametrize("script", [snapshot.take_script(), snapshot.restore_script()])
 def test_scripts_are_valid_posix_sh(script):
-    shell = shutil.which("dash") or "sh"
+    shell = require_tool("dash")  # Debian's /bin/sh
     result = subprocess.run([shell, "-n"], input=script, text=True, capture_output=True)
     assert result.returncode == 0, result.stderr
 

@@ -291,7 +291,8 @@ def test_nft_policy_of_the_project_table_wins_over_other_tables():
 
 def test_test_delivery_passes_the_webhooks_own_verifier():
     """The signed delivery validation sends is one the webhook app accepts (same contract)."""
-    verify = pytest.importorskip("rave.webhook.verify")
+    from rave.webhook import verify
+
     body = b'{"event": "rave-ops.validation"}'
     headers = {
         v.SIGNATURE_HEADER.lower(): v.sign("s3cret", body),

@@ -1,11 +1,11 @@
 """age encryption with real keys: recipients decrypt, anyone else cannot."""
 
-import shutil
 import subprocess
 
 import pytest
 
 from rave.secrets import crypto
+from tests.tools import require_tool
 
 PLAINTEXT = b'{"value": "not-a-real-secret-0123456789"}\n'
 
@@ -38,12 +38,12 @@ def test_round_trip_for_a_team_key_and_a_host_key(team, host_key):
     assert crypto.decrypt(armored, crypto.load_identities(key_path)) == PLAINTEXT
 
 
-@pytest.mark.skipif(shutil.which("age") is None, reason="Debian's age binary not installed")
 def test_debian_age_decrypts_with_the_host_key_as_the_host_does(team, host_key):
+    age = require_tool("age")
     key_path, key_public = host_key
     armored = crypto.encrypt(PLAINTEXT, [team[1], key_public])
     result = subprocess.run(
-        ["age", "--decrypt", "--identity", str(key_path)],
+        [age, "--decrypt", "--identity", str(key_path)],
         input=armored.encode(),
         capture_output=True,
         check=True,

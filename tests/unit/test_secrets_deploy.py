@@ -8,6 +8,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from rave.secrets.deploy import accounts_to_create, consumer_units, manifest
 from rave.secrets.model import file_content, to_json
 from rave.secrets.staging import generated_values
 from tasks.secrets import SANDBOX, unit_context
+from tests.tools import cannot_run_here, require_tool
 
 SCRIPT = FILES / "secrets" / "rave-secrets-install"
 
@@ -40,11 +42,11 @@ def values():
 @pytest.fixture
 def host(tmp_path, values):
     """A fake host: host key, encrypted file and manifests (as the current user)."""
-    if shutil.which("age") is None:
-        pytest.skip("Debian's age binary not installed")
+    require_tool("age")
+    require_tool("ssh-keygen")
     shm = Path("/dev/shm")
     if not shm.is_dir() or load_script().filesystem_of(shm) != "tmpfs":
-        pytest.skip("no tmpfs at /dev/shm")
+        cannot_run_here("no tmpfs at /dev/shm")
     key = tmp_path / "ssh_host_ed25519_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     public = " ".join((tmp_path / "ssh_host_ed25519_key.pub").read_text().split()[:2])
@@ -102,11 +104,22 @@ def test_script_is_idempotent_and_removes_stale_secrets(host):
     ]
 
 
-def test_script_refuses_a_disk_backed_directory(host, tmp_path):
+@pytest.fixture
+def disk_dir(tmp_path):
+    """A fresh directory on a disk-backed filesystem (tmp_path, else /var/tmp, else the repo)."""
+    script = load_script()
+    for candidate in (tmp_path, Path("/var/tmp"), Path(__file__).resolve().parents[2]):
+        if script.filesystem_of(candidate.resolve()) not in script.MEMORY_FILESYSTEMS:
+            directory = Path(tempfile.mkdtemp(prefix="rave-test-disk-", dir=candidate))
+            yield directory
+            shutil.rmtree(directory, ignore_errors=True)
+            return
+    cannot_run_here("no disk-backed directory: tmp_path, /var/tmp and the repo are all tmpfs")
+
+
+def test_script_refuses_a_disk_backed_directory(host, disk_dir):
     script, _, _ = host
-    if script.filesystem_of(tmp_path) in script.MEMORY_FILESYSTEMS:
-        pytest.skip("tmp_path is on tmpfs here")
-    script.ROOT = tmp_path / "run" / "secrets"
+    script.ROOT = disk_dir / "run" / "secrets"
     assert script.main() == 1
     assert list(script.ROOT.iterdir()) == []
 

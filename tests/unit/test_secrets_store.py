@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from rave.secrets import cli, crypto
+from rave.secrets import cli, crypto, generate
 from rave.secrets.deploy import recipient_problem
 from rave.secrets.staging import ensure_staging_environment
 from rave.secrets.store import Environment, parse_recipients
+from tests.tools import cannot_run_here
 
 
 def _host_key(directory, name="ssh_host_ed25519_key"):
@@ -71,7 +72,13 @@ def test_staging_environment_is_idempotent_and_keeps_values(staging, tmp_path):
     assert env.encrypted_to_host(third)
     after = env.decrypt(team)
     assert after.postgres_webhook_password == before[1].postgres_webhook_password
-    assert "rave-staging-3" in after.tls_certificate or after != before[1]  # new cert names
+    # a new certificate that names the new host too; every generated value is kept
+    names = generate.certificate_names(after.tls_certificate)
+    assert {"rave-staging-1", "rave-staging-2", "rave-staging-3"} <= set(names)
+    assert "rave-staging-3" not in generate.certificate_names(before[1].tls_certificate)
+    assert after.tls_private_key != before[1].tls_private_key
+    renewed = {"tls_certificate", "tls_private_key"}
+    assert after.model_dump(exclude=renewed) == before[1].model_dump(exclude=renewed)
 
 
 def test_recipients_file_is_age_compatible(staging):
@@ -202,8 +209,8 @@ def test_list_shows_who_reads_what(staging, capsys):
 def test_edit_uses_a_private_tmpfs_copy_and_validates(staging, tmp_path, monkeypatch, capsys):
     try:
         probe = cli.private_tmpfs_dir()
-    except cli.CliError:
-        pytest.skip("no tmpfs on this machine")
+    except cli.CliError as error:
+        cannot_run_here(f"no tmpfs on this machine ({error})")
     probe.rmdir()
     env, state, *_ = staging
     team = crypto.load_identities(state / "age-identity.txt")
@@ -237,8 +244,8 @@ def test_edit_uses_a_private_tmpfs_copy_and_validates(staging, tmp_path, monkeyp
 def test_edit_refuses_an_invalid_result(staging, tmp_path, monkeypatch, capsys):
     try:
         cli.private_tmpfs_dir().rmdir()
-    except cli.CliError:
-        pytest.skip("no tmpfs on this machine")
+    except cli.CliError as error:
+        cannot_run_here(f"no tmpfs on this machine ({error})")
     env, state, *_ = staging
     before = env.encrypted_path.read_text()
     editor = tmp_path / "editor.sh"

@@ -1,10 +1,17 @@
 import importlib
+import importlib.metadata
 import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import paramiko
+import pytest
 from pyinfra.api import util as pyinfra_util
 
+from rave import speedups
 from rave.speedups import (
     apply,
     cached_global_arguments,
@@ -140,3 +147,27 @@ def test_data_set_during_the_run_is_seen() -> None:
     assert arguments.pop_global_arguments(state, host, {})[0]["_sudo"] is False
     host.data._sudo = True  # override data: looked up as pyinfra does
     assert arguments.pop_global_arguments(state, host, {})[0]["_sudo"] is True
+
+
+def test_pyinfra_is_pinned_to_the_version_the_patches_are_for() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    (pin,) = [r for r in project["dependencies"] if r.startswith("pyinfra")]
+    assert pin.split("#")[0].strip() == f"pyinfra=={speedups.PYINFRA_VERSION}"
+    assert f"pyinfra=={speedups.PYINFRA_VERSION}\n" in (repo / "requirements.lock").read_text()
+    assert importlib.metadata.version("pyinfra") == speedups.PYINFRA_VERSION
+
+
+def test_another_pyinfra_version_is_refused_at_import() -> None:
+    speedups.check_pyinfra_version(speedups.PYINFRA_VERSION)
+    with pytest.raises(ImportError, match=r"patches pyinfra 3\.10\.0's internals.* 3\.11\.0"):
+        speedups.check_pyinfra_version("3.11.0")
+    fake = (
+        "import importlib.metadata as m; real = m.version; "
+        "m.version = lambda name: '3.11.0' if name == 'pyinfra' else real(name); "
+        "import rave.speedups"
+    )
+    done = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "ImportError: rave patches pyinfra 3.10.0's internals" in done.stderr
+    assert "but pyinfra 3.11.0 is installed" in done.stderr

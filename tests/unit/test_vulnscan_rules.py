@@ -1,11 +1,11 @@
 """Alert rules of the vulnerability scan: promtool checks them and runs their unit tests."""
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "files" / "prometheus" / "rules" / "vulnscan.yml"
@@ -14,12 +14,7 @@ TESTS = ROOT / "tests" / "unit" / "promtool" / "vulnscan.test.yml"
 
 @pytest.fixture(scope="module")
 def promtool():
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing (Debian package prometheus; make system-deps)")
-        pytest.skip("promtool is missing (apt-get install prometheus)")
-    return path
+    return require_tool("promtool")
 
 
 def test_rules_are_valid(promtool):

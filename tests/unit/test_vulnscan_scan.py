@@ -1,13 +1,12 @@
 """The host scan script (files/vulnscan/vulnscan_scan.py), run here against local data.
 
 dpkg-query is replaced by a stub that prints a fixed package list; version comparisons use the
-real `dpkg --compare-versions` (every Debian control machine has dpkg).
+real `dpkg --compare-versions` (every Debian control machine has dpkg: tests/tools.py).
 """
 
 import importlib.util
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import jsonschema
 import pytest
 
 from rave.render import FILES
+from tests.tools import require_tool
 
 SCRIPT = FILES / "vulnscan" / "vulnscan_scan.py"
 # The official OASIS SARIF 2.1.0 schema (errata01, as published in oasis-tcs/sarif-spec
@@ -26,7 +26,12 @@ assert _spec is not None and _spec.loader is not None
 scan = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(scan)
 
-pytestmark = pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+
+@pytest.fixture(autouse=True)
+def dpkg():
+    """The scan compares versions with the real dpkg: a failure without it, not a skip."""
+    return require_tool("dpkg")
+
 
 DPKG_LIST = (
     "ii \topenssh-server\topenssh\t1:9.2p1-2+deb12u3\n"
