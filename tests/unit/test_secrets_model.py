@@ -25,6 +25,8 @@ COMMON_NAMES = {
     "backup_repository_env",
     "backup_sftp_private_key",
     "backup_sftp_known_hosts",
+    # optional: the backup password before a rotation, until retired (issue 17)
+    "backup_repository_previous_password",
 }
 
 
