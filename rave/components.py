@@ -194,6 +194,7 @@ COMPONENTS: tuple[Component, ...] = (
         user="root",
         secrets=(
             "backup_repository_password",
+            "backup_repository_previous_password",
             "backup_repository_env",
             "backup_sftp_private_key",
             "backup_sftp_known_hosts",

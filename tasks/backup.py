@@ -31,6 +31,7 @@ from rave.deploykit import (
 )
 from rave.render import FILES
 from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
+from rave.secrets.deploy import secrets_changed
 from rave.settings import HostSettings
 
 SCRIPT = "/usr/local/sbin/rave-backup"
@@ -43,11 +44,14 @@ WAL_DIR = f"{STATE_DIR}/wal"
 BASE_DIR = f"{STATE_DIR}/base"
 ARCHIVE_SCRIPT = "/usr/local/sbin/rave-wal-archive"
 CACHE_DIR = "/var/cache/rave-backup"
+# sha256 of the password that last opened the repository (written by `rave-backup init/rekey`)
+PASSWORD_MARKER = f"{STATE_DIR}/repository-password.sha256"
 UNIT = component("backup").unit
 MAINTENANCE_UNIT = f"{UNIT}-maintenance"
 WAL_STATUS_UNIT = f"{UNIT}-wal-status"
 SECRETS_UNIT = "rave-secrets"
 SECRET = "backup_repository_password"
+PREVIOUS_SECRET = "backup_repository_previous_password"
 # always backed up besides the components' paths: the project's /etc/rave (the encrypted
 # secrets file) and the SSH host keys (the host's identity and secrets recipient)
 ALWAYS = ("/etc/rave", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub")
@@ -105,6 +109,9 @@ def host_config(s: HostSettings) -> dict[str, Any]:
     return {
         "repository": s.backup_repository,
         "password_file": password_file(),
+        # kept by `rave-secrets rotate` until the repository was moved to the new password
+        "previous_password_file": secret_file(PREVIOUS_SECRET),
+        "password_marker": PASSWORD_MARKER,
         # a remote repository's credentials: files the script reads, never values in here
         "repository_env_file": secret_file("backup_repository_env"),
         "sftp_key_file": secret_file("backup_sftp_private_key"),
@@ -240,25 +247,34 @@ def templates(s: HostSettings) -> dict[str, dict[str, Any]]:
 
 
 class BackupRepositoryStatus(FactBase):
-    """initialized | missing | no-password | no-restic (never prints the password)."""
+    """initialized | missing | no-password | no-restic | rekey (never prints the password).
 
-    def command(self, repository: str, password_file: str) -> str:
-        repo, pw = shlex.quote(repository), shlex.quote(password_file)
+    initialized: the repository is there and its password file hashes to the marker that
+    `rave-backup init`/`rekey` wrote when that password opened it; rekey: the password changed
+    since (a rotation) or was never checked. No restic key derivation on a no-change run.
+    """
+
+    def command(self, repository: str, password_file: str, marker: str = PASSWORD_MARKER) -> str:
+        repo, pw, mark = (shlex.quote(v) for v in (repository, password_file, marker))
+        checked = f'[ "$(sha256sum < {pw} | cut -d\' \' -f1)" = "$(cat {mark} 2>/dev/null)" ]'
         if not is_local(repository):
-            # a remote repository needs its credentials: the installed script sets them up
-            script = f"{SCRIPT} --config {CONFIG}"
+            # a remote repository: the marker says the password opened it; else the installed
+            # script looks (it sets up the credentials) and `init` creates or rekeys
             return (
-                f"if [ -x {SCRIPT} ] && [ -r {CONFIG} ]; then {script} status 2>/dev/null "
-                "| tail -n 1; else echo missing; fi"
+                f"if [ -r {pw} ] && {checked}; then echo initialized; "
+                f"elif [ -x {SCRIPT} ] && [ -r {CONFIG} ]; then "
+                f"{SCRIPT} --config {CONFIG} status 2>/dev/null | tail -n 1 "
+                "| sed 's/^initialized$/rekey/'; else echo missing; fi"
             )
-        # a local repository exists when restic's config and keys do: opening it with the
-        # password (`restic cat config`, a scrypt key derivation) cost ~0.5 s of CPU on every
-        # run; a wrong password fails the next backup and its alert, not the deploy
+        # a local repository exists when restic's config and keys do; opening it with the
+        # password (a scrypt key derivation, ~0.5 s of CPU) happens only when the password file
+        # no longer matches the marker
         return (
             "if ! command -v restic >/dev/null 2>&1; then echo no-restic; "
             f"elif ! [ -r {pw} ]; then echo no-password; "
-            f"elif [ -f {repo}/config ] && [ -d {repo}/keys ]; then echo initialized; "
-            "else echo missing; fi"
+            f"elif ! [ -f {repo}/config ] || ! [ -d {repo}/keys ]; then echo missing; "
+            f"elif {checked}; then echo initialized; "
+            "else echo rekey; fi"
         )
 
     def process(self, output: list[str]) -> str:
@@ -401,8 +417,12 @@ def backup() -> None:
         password_file=password_file(),
         _sudo=True,
     )
-    if status != "initialized":
-        server.shell(
-            name="Initialise the restic repository (once)",
-            commands=[f"{SCRIPT} --config {CONFIG} init"],
-        )
+    # the facts were read before the secrets task put a rotated password in place: a changed
+    # backup secret (its manifest uploaded in this run) brings the repository along too
+    server.shell(
+        name="Initialise the restic repository, or move its key to a rotated password",
+        commands=[f"{SCRIPT} --config {CONFIG} init"],
+        _if=(lambda: True)
+        if status != "initialized"
+        else secrets_changed(component("backup").name),
+    )

@@ -2,7 +2,12 @@
 """rave-backup: the host side of RAVE backups (restic + pg_dump), installed by tasks/backup.py.
 
 Subcommands (run as root; `dump` and `checksums` run as the postgres user, started by the others):
-  init       create the restic repository if it does not exist (idempotent)
+  init       create the restic repository if it does not exist, else `rekey` (idempotent)
+  rekey      make the current password open the repository: after `rave-secrets rotate
+             backup_repository_password` the previous password (kept in its own secret) adds a
+             restic key for the new one, the new one is proven to open the repository, then the
+             previous key is removed; records a hash of the password that works, so the deploy
+             knows cheaply when to call it (idempotent: nothing to do, nothing changed)
   run        one backup: consistent dumps of every project database, a base backup when due, the
              current WAL segment archived, then a restic snapshot of the dumps, the WAL spool, the
              base backup and the project's files; prunes the spool; writes node-exporter textfile
@@ -26,6 +31,7 @@ backup_repository_env joins restic's environment (root's own process; the postgr
 subcommands never get it), and an sftp: repository is reached with
 `-o sftp.command=ssh -i <key file> -o UserKnownHostsFile=<known_hosts file> ...`
 (file names only on the command line, StrictHostKeyChecking=yes).
+A new password reaches restic from its file only (`key add --new-password-file`).
 Exit codes: 0 ok, 1 failure, 2 repository password refused, 3 bad usage or verification mismatch.
 """
 
@@ -184,10 +190,14 @@ class Restic:
             return "missing"
         return "error: " + text.strip().splitlines()[-1] if text.strip() else "error"
 
-    def open(self) -> None:
-        """Fail unless the repository exists and takes our password; touches nothing."""
+    def open(self, rekey: bool = False) -> None:
+        """Fail unless the repository exists and takes our password; touches nothing (but with
+        rekey: a refused password is first moved in from the previous one, see rekey())."""
         status = self.status()
         if status == "initialized":
+            return
+        if status == "wrong-password" and rekey and self.previous() is not None:
+            converge_keys(self.config, self, status)
             return
         repo = self.config["repository"]
         if status == "wrong-password":
@@ -204,6 +214,28 @@ class Restic:
         if status == "missing":
             raise Failure(f"no restic repository at {repo} (deploy runs `rave-backup init`)")
         raise Failure(f"cannot open the repository {repo}: {status}")
+
+    def previous(self) -> Restic | None:
+        """The repository opened with the password before the last rotation (the secret
+        backup_repository_previous_password), when one is kept and we use the configured one."""
+        path = self.config.get("previous_password_file")
+        if self.password_file != self.config["password_file"] or not path:
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                if not handle.read().strip():
+                    return None
+        except FileNotFoundError:
+            return None
+        return Restic(self.config, path)
+
+    def current_key(self) -> str:
+        """The id of the restic key our password opens."""
+        result = self.run("key", "list", "--json", "--no-lock")
+        keys = [k for k in json.loads(result.stdout or "[]") if k.get("current")]
+        if len(keys) != 1:
+            raise Failure("restic key list names no current key")
+        return str(keys[0]["id"])
 
     def locks(self) -> list[str]:
         result = self.run("list", "locks", "--no-lock", check=False)
@@ -236,6 +268,73 @@ class Restic:
         if len(matches) != 1:
             raise Failure(f"snapshot {snapshot!r} not found (or ambiguous) for this host")
         return matches[0]
+
+
+def password_hash(path: str) -> str:
+    """sha256 of the password file, as `sha256sum < FILE | cut -d' ' -f1` prints it."""
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def write_marker(config: dict[str, Any], restic: Restic) -> None:
+    """Record that the configured password opens the repository (the deploy's fact compares
+    the password file's hash with it to skip `rekey` without a restic key derivation)."""
+    marker = config.get("password_marker")
+    if not marker or restic.password_file != config["password_file"]:
+        return
+    Path(marker).parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    tmp = f"{marker}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password_hash(restic.password_file) + "\n")
+    os.replace(tmp, marker)
+
+
+def converge_keys(config: dict[str, Any], restic: Restic, status: str | None = None) -> None:
+    """The current password opens the repository and the previous one no longer does.
+
+    Refused current password, previous one opens: `key add` (authenticated with the previous
+    password, the new one read from its file), the new one must open the repository and be a
+    different key, then `key remove` of the previous key (authenticated with the new one).
+    Both open (a run interrupted before the removal): the previous key is removed. Anything
+    else changes nothing. The caller holds the host lock.
+    """
+    status = status or restic.status()
+    previous = restic.previous()
+    repo = config["repository"]
+    if status == "initialized":
+        if previous is None or previous.status() != "initialized":
+            return
+        old_id, new_id = previous.current_key(), restic.current_key()
+        if old_id == new_id:
+            return  # the same password in both secrets: nothing to move
+        restic.run("key", "remove", old_id)
+        say(f"removed the previous password's key {old_id} (the current one opens {repo})")
+        return
+    if status != "wrong-password" or previous is None:
+        restic.open()  # raises the precise reason
+        return
+    if previous.status() != "initialized":
+        raise Failure(
+            f"the repository {repo} refuses both the current password ({restic.password_file}) "
+            f"and the previous one ({previous.password_file}); nothing was changed",
+            EXIT_PASSWORD,
+        )
+    old_id = previous.current_key()
+    say(f"the repository {repo} still has the previous password's key {old_id}: moving it")
+    previous.run("key", "add", "--new-password-file", restic.password_file)
+    if restic.status() != "initialized":
+        raise Failure(
+            f"the new key does not open {repo}; the previous key {old_id} stays", EXIT_PASSWORD
+        )
+    new_id = restic.current_key()
+    if new_id == old_id:
+        raise Failure(f"the new password opens the previous key {old_id}; nothing removed")
+    say(f"added key {new_id} for the current password; it opens the repository")
+    restic.run("key", "remove", old_id)
+    if previous.status() != "wrong-password":
+        raise Failure(f"the previous password still opens {repo} after removing key {old_id}")
+    say(f"removed key {old_id}: the previous password no longer opens the repository")
 
 
 def read_secret(path: str, what: str) -> str:
@@ -864,7 +963,7 @@ def write_owners(dump_dir: Path) -> None:
 
 
 def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dict[str, Any]:
-    restic.open()
+    restic.open(rekey=True)  # a rotated password the deploy has not moved in yet: moved here
     restic.unlock_stale()
     dump_dir = prepare_dump_dir(config)
     if config["databases"]:
@@ -955,17 +1054,26 @@ def cmd_init(config: dict[str, Any], args: argparse.Namespace) -> int:
     restic = Restic(config, args.password_file)
     with host_lock(config, wait_seconds=600):
         status = restic.status()
-        if status == "initialized":
+        if status == "missing":
+            repo = config["repository"]
+            if is_local_repository(repo):
+                Path(repo).mkdir(mode=0o700, parents=True, exist_ok=True)
+            restic.run("init")
+            say(f"repository {repo} initialized")
+        else:
+            converge_keys(config, restic, status)  # raises when no password opens it
             say(f"repository {config['repository']} already initialized")
-            return 0
-        if status != "missing":
-            restic.open()  # raises the precise reason
-        repo = config["repository"]
-        if is_local_repository(repo):
-            Path(repo).mkdir(mode=0o700, parents=True, exist_ok=True)
-        restic.run("init")
-        say(f"repository {repo} initialized")
+        write_marker(config, restic)
     Path(config["cache_dir"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return 0
+
+
+def cmd_rekey(config: dict[str, Any], args: argparse.Namespace) -> int:
+    restic = Restic(config, args.password_file)
+    with host_lock(config, wait_seconds=600):
+        converge_keys(config, restic)
+        write_marker(config, restic)
+    say(f"the current password opens {config['repository']}")
     return 0
 
 
@@ -1692,6 +1800,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = main.add_subparsers(dest="command", required=True)
     sub.add_parser("init")
+    sub.add_parser("rekey")
     sub.add_parser("run")
     sub.add_parser("now")
     sub.add_parser("list")
@@ -1755,6 +1864,7 @@ def main(argv: list[str] | None = None) -> int:
             return handler(args.config, config, args)
         handlers = {
             "init": cmd_init,
+            "rekey": cmd_rekey,
             "now": cmd_now,
             "list": cmd_list,
             "check": cmd_check,

@@ -42,18 +42,35 @@ from rave.secrets.store import (
 
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 
-# how `rotate` makes a new value; the others are external (edit them)
+# how `rotate` makes a new value; the others are external (edit them). Each one really changes
+# on the host with the deploy: the readers restart or reload with it, the database task sets the
+# roles' passwords, the backup task moves the restic repository's key (previous -> new).
 ROTATABLE = (
     "webhook_hmac_secrets",
     "postgres_webhook_password",
     "postgres_exporter_password",
-    "grafana_admin_password",
     "backup_repository_password",
     "ccr_ui_password_hash",
     "tls_certificate",
     "tls_private_key",
 )
 
+# generated values the host would ignore: `rotate` refuses them and says how to change them
+NOT_ROTATABLE = {
+    "grafana_admin_password": (
+        "Grafana reads grafana_admin_password only when it first creates its database, so a new "
+        "value would not change the admin password (the old one would keep working). Change it "
+        "on each host, then record the same value in the secrets:\n"
+        "    sudo grafana-cli admin reset-admin-password --password-from-stdin   "
+        "(type the new password, then Ctrl-D)\n"
+        "    rave-secrets set grafana_admin_password --env {env}   (the same password on stdin)\n"
+        "then deploy"
+    ),
+}
+# `rotate NAME --retire-old`: the secrets that keep their previous value during a rotation
+RETIRABLE = ("webhook_hmac_secrets", "backup_repository_password")
+BACKUP_PASSWORD = "backup_repository_password"
+BACKUP_PREVIOUS = "backup_repository_previous_password"
 
 # the run `operator-keys rotate` deploys: only the operator's authorized_keys
 OPERATOR_KEYS_DEPLOY = "ops/operator_keys.py"
@@ -283,6 +300,11 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    if args.name in NOT_ROTATABLE:
+        raise CliError(
+            f"{args.name} cannot be rotated by rave-secrets: "
+            + NOT_ROTATABLE[args.name].format(env=args.env)
+        )
     if args.name not in ROTATABLE:
         raise CliError(
             f"{args.name} cannot be generated (an external credential): "
@@ -299,6 +321,16 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     elif args.name == "ccr_ui_password_hash":
         data["ccr_ui_password"] = generate.password()
         data["ccr_ui_password_hash"] = generate.htpasswd_line(data["ccr_ui_password"])
+    elif args.name == BACKUP_PASSWORD:
+        if data[BACKUP_PREVIOUS]:
+            raise CliError(
+                f"a rotation of {BACKUP_PASSWORD} is pending ({BACKUP_PREVIOUS} is set): deploy "
+                f"it first (the deploy moves the repository's key to the new password), then run "
+                f"`rave-secrets rotate {BACKUP_PASSWORD} --env {args.env} --retire-old` and "
+                "rotate again; nothing changed"
+            )
+        data[BACKUP_PREVIOUS] = data[BACKUP_PASSWORD]
+        data[BACKUP_PASSWORD] = generate.password()
     elif args.name in ("tls_certificate", "tls_private_key"):
         names = tls_names or generate.certificate_names(current.tls_certificate)
         data["tls_certificate"], data["tls_private_key"] = generate.self_signed(names)
@@ -311,6 +343,13 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         print(f"    rave-secrets rotate webhook_hmac_secrets --env {args.env} --retire-old")
     if args.name == "ccr_ui_password_hash":
         print(f"the new password: rave-secrets get ccr_ui_password --env {args.env}")
+    if args.name == BACKUP_PASSWORD:
+        print(
+            f"the previous password stays in {BACKUP_PREVIOUS}: the deploy adds a restic key for "
+            "the new password with it, proves the new one opens the repository and removes the "
+            "old key. Once that deploy succeeded, run:"
+        )
+        print(f"    rave-secrets rotate {BACKUP_PASSWORD} --env {args.env} --retire-old")
     if inventory is None:
         _print_rotation(env.name, changed)
         return 0
@@ -321,8 +360,21 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_retire(args: argparse.Namespace) -> int:
+    if args.name not in RETIRABLE:
+        raise CliError(f"--retire-old is for {' and '.join(RETIRABLE)}, not {args.name}")
     env = _env(args)
     current = env.decrypt(_identities(args))
+    if args.name == BACKUP_PASSWORD:
+        if not current.backup_repository_previous_password:
+            print(f"no previous {BACKUP_PASSWORD} is kept: nothing to retire")
+            return 0
+        data = current.model_dump(mode="json") | {BACKUP_PREVIOUS: ""}
+        print(
+            "dropping the previous backup password: do this only after the deploy that followed "
+            "`rotate` succeeded (it moved the repository to the new password)"
+        )
+        _print_rotation(env.name, env.write(parse(data, "the values"), current))
+        return 0
     if len(current.webhook_hmac_secrets) < 2:
         print("only one webhook HMAC secret is active: nothing to retire")
         return 0
@@ -515,9 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_set)
 
     p = sub.add_parser("rotate", parents=[common], help="generate a new value for a secret")
-    p.add_argument("name", choices=ROTATABLE)
+    p.add_argument("name", choices=(*ROTATABLE, *NOT_ROTATABLE))
     p.add_argument("--no-overlap", action="store_true", help="webhook: drop the old secret now")
-    p.add_argument("--retire-old", action="store_true", help="webhook: only drop the old secret")
+    p.add_argument(
+        "--retire-old",
+        action="store_true",
+        help="webhook, backup password: only drop the previous value (after the deploy)",
+    )
     p.add_argument("--tls-name", action="append", help="names for a new certificate")
     p.add_argument("--deploy", action="store_true", help="deploy it now (full deploy.py)")
     p.add_argument("--inventory", help="with --deploy (default inventories/ENV.py)")

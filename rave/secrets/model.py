@@ -129,6 +129,13 @@ class SecretsModel(BaseModel):
         min_length=1, description="Alertmanager receivers with their credentials"
     )
     backup_repository_password: str = Field(description="encryption password of the backups")
+    # optional: set by `rotate backup_repository_password` (the deploy then moves the
+    # repository's restic key from it to the new password), cleared by `rotate --retire-old`
+    backup_repository_previous_password: str = Field(
+        "",
+        description="the password before the last rotation, until the repository was moved to "
+        "the new one (restic key add, then key remove of the old key; empty: no rotation pending)",
+    )
     # optional (a local repository needs none): files that lack them still decrypt and install
     backup_repository_env: dict[str, str] = Field(
         default_factory=dict,
@@ -193,6 +200,11 @@ class SecretsModel(BaseModel):
     @classmethod
     def _passwords(cls, value: str) -> str:
         return _password(value, "password")
+
+    @field_validator("backup_repository_previous_password")
+    @classmethod
+    def _previous_password(cls, value: str) -> str:
+        return _password(value, "password") if value else value
 
     @field_validator("backup_repository_env")
     @classmethod

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -273,3 +274,99 @@ def test_sftp_without_its_key_fails_naming_the_secret(rb, tmp_path):
     config = _remote_config(tmp_path, "sftp:b@h:/r", known_hosts="h k v\n")
     with pytest.raises(rb.Failure, match="set the secret backup_sftp_private_key"):
         rb.Restic(config, None).command("check")
+
+
+# -- a rotated repository password: restic's keys follow (real restic on a local repository) ----
+needs_restic = pytest.mark.skipif(shutil.which("restic") is None, reason="restic not installed")
+
+
+def _rotation_config(tmp_path: Path) -> dict:
+    config = _config(tmp_path)
+    config.update(
+        previous_password_file=str(tmp_path / "previous"),
+        password_marker=str(tmp_path / "state" / "repository-password.sha256"),
+        state_dir=str(tmp_path / "state"),
+        hostname="rave-test",
+    )
+    (tmp_path / "pw").write_text("old-password-0123456789")
+    (tmp_path / "previous").write_text("")
+    return config
+
+
+def _opens(rb, config: dict, password: str, tmp_path: Path) -> str:
+    probe = tmp_path / "probe"
+    probe.write_text(password)
+    return rb.Restic(config, str(probe)).status()
+
+
+def _init(rb, config: dict) -> int:
+    import argparse
+
+    return rb.cmd_init(config, argparse.Namespace(password_file=None))
+
+
+@needs_restic
+def test_rekey_moves_the_repository_to_the_rotated_password(rb, tmp_path, capsys):
+    import argparse
+
+    config = _rotation_config(tmp_path)
+    assert _init(rb, config) == 0
+    marker = Path(config["password_marker"])
+    assert marker.read_text().strip() == rb.password_hash(config["password_file"])
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o600
+    # rave-secrets rotate: the old value becomes the previous one, a new one is current
+    (tmp_path / "previous").write_text("old-password-0123456789")
+    (tmp_path / "pw").write_text("new-password-0123456789")
+    assert rb.Restic(config, None).status() == "wrong-password"
+
+    assert rb.cmd_rekey(config, argparse.Namespace(password_file=None)) == 0
+    out = capsys.readouterr().out
+    assert _opens(rb, config, "new-password-0123456789", tmp_path) == "initialized"
+    assert _opens(rb, config, "old-password-0123456789", tmp_path) == "wrong-password"
+    assert len(list((tmp_path / "repo" / "keys").iterdir())) == 1
+    assert marker.read_text().strip() == rb.password_hash(config["password_file"])
+    assert "password-0123456789" not in out
+    # again: nothing to do, nothing changed
+    keys = sorted(p.name for p in (tmp_path / "repo" / "keys").iterdir())
+    assert rb.cmd_rekey(config, argparse.Namespace(password_file=None)) == 0
+    assert _init(rb, config) == 0
+    assert sorted(p.name for p in (tmp_path / "repo" / "keys").iterdir()) == keys
+
+
+@needs_restic
+def test_rekey_finishes_an_interrupted_move_and_refuses_unknown_passwords(rb, tmp_path):
+    config = _rotation_config(tmp_path)
+    assert _init(rb, config) == 0
+    # interrupted after `key add`: both passwords open the repository
+    new = tmp_path / "new"
+    new.write_text("new-password-0123456789")
+    restic = rb.Restic(config, None)
+    restic.run("key", "add", "--new-password-file", str(new))
+    (tmp_path / "previous").write_text("old-password-0123456789")
+    (tmp_path / "pw").write_text("new-password-0123456789")
+    rb.converge_keys(config, rb.Restic(config, None))
+    assert _opens(rb, config, "old-password-0123456789", tmp_path) == "wrong-password"
+    assert _opens(rb, config, "new-password-0123456789", tmp_path) == "initialized"
+    # neither password opens it: refused, the repository's keys untouched
+    (tmp_path / "previous").write_text("another-password-0123456789")
+    (tmp_path / "pw").write_text("yet-another-password-0123456789")
+    keys = sorted(p.name for p in (tmp_path / "repo" / "keys").iterdir())
+    with pytest.raises(rb.Failure) as failure:
+        rb.converge_keys(config, rb.Restic(config, None))
+    assert failure.value.code == rb.EXIT_PASSWORD
+    assert "refuses both" in str(failure.value)
+    assert sorted(p.name for p in (tmp_path / "repo" / "keys").iterdir()) == keys
+
+
+@needs_restic
+def test_a_backup_run_moves_a_rotated_password_in_itself(rb, tmp_path):
+    """A timer run between the secrets reload and the deploy's rekey does not fail."""
+    config = _rotation_config(tmp_path)
+    assert _init(rb, config) == 0
+    (tmp_path / "previous").write_text("old-password-0123456789")
+    (tmp_path / "pw").write_text("new-password-0123456789")
+    rb.Restic(config, None).open(rekey=True)
+    assert _opens(rb, config, "new-password-0123456789", tmp_path) == "initialized"
+    assert _opens(rb, config, "old-password-0123456789", tmp_path) == "wrong-password"
+    # an operator's --password-file never rekeys
+    assert rb.Restic(config, str(tmp_path / "previous")).previous() is None

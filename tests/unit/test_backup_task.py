@@ -1,5 +1,6 @@
 """What tasks/backup.py puts on the host: configuration, units, sandbox (rendered, no host)."""
 
+import hashlib
 import json
 import subprocess
 
@@ -33,7 +34,10 @@ def test_config_derives_paths_from_components_and_keeps_identity_and_secrets():
     assert "/var/lib/prometheus" in config["exclude"]
     assert config["keep"] == {"hourly": 24, "daily": 7, "weekly": 4, "monthly": 6}
     assert config["hostname"] == s.hostname
-    assert "password" not in json.dumps({k: v for k, v in config.items() if k != "password_file"})
+    # file names only: the secrets' files and the marker of the password's hash
+    named = ("password_file", "previous_password_file", "password_marker")
+    assert "password" not in json.dumps({k: v for k, v in config.items() if k not in named})
+    assert config["previous_password_file"].startswith("/run/rave/secrets/backup/")
 
 
 def test_database_clients_are_derived_from_the_database_secrets():
@@ -98,10 +102,13 @@ def test_local_repository_fact_runs_and_never_reads_the_password(tmp_path):
     (bin_dir / "restic").write_text("#!/bin/sh\necho restic must not run >&2; exit 99\n")
     (bin_dir / "restic").chmod(0o755)
     repo, password = tmp_path / "repo", tmp_path / "pw"
+    marker = tmp_path / "marker"
     fact = task.BackupRepositoryStatus()
 
     def status(path: str = f"{bin_dir}:/usr/bin:/bin") -> str:
-        command = fact.command(repository=str(repo), password_file=str(password))
+        command = fact.command(
+            repository=str(repo), password_file=str(password), marker=str(marker)
+        )
         assert "RESTIC_PASSWORD" not in command
         result = subprocess.run(
             ["/bin/sh", "-c", command],
@@ -119,7 +126,12 @@ def test_local_repository_fact_runs_and_never_reads_the_password(tmp_path):
     (repo / "config").write_text("x")
     assert status() == "missing"  # no keys: not a repository restic made
     (repo / "keys").mkdir()
+    assert status() == "rekey"  # never proven to open it (no marker): `init` checks once
+    # the marker rave-backup init/rekey writes once the password opened the repository
+    marker.write_text(hashlib.sha256(b"secret\n").hexdigest() + "\n")
     assert status() == "initialized"
+    password.write_text("rotated\n")  # a rotation: rekey, still without running restic
+    assert status() == "rekey"
     assert status(path="/nonexistent") == "no-restic"
     assert fact.process([]) == "missing"
 
@@ -162,6 +174,7 @@ def test_remote_repository_fact_asks_the_installed_script_and_config_names_crede
     fact = task.BackupRepositoryStatus()
     command = fact.command(repository="s3:https://s3.example.org/b/r", password_file="/run/x/pw")
     assert f"{task.SCRIPT} --config {task.CONFIG} status" in command
+    assert task.PASSWORD_MARKER in command  # proven once: no restic (network, scrypt) after
     assert "RESTIC_REPOSITORY" not in command  # the script sets up the credentials itself
     config = task.host_config(make_settings(backup_repository="sftp:b@h:/r"))
     assert config["repository_env_file"] == "/run/rave/secrets/backup/backup_repository_env"

@@ -190,7 +190,12 @@ def test_script_installs_an_older_file_that_lacks_the_optional_secrets(host, val
     component gets their defaults from its manifest; a missing required secret still fails."""
     script, root, _ = host
     data = json.loads(to_json(values))
-    optional = ("backup_repository_env", "backup_sftp_private_key", "backup_sftp_known_hosts")
+    optional = (
+        "backup_repository_env",
+        "backup_sftp_private_key",
+        "backup_sftp_known_hosts",
+        "backup_repository_previous_password",
+    )
     for name in optional:
         del data[name]
     public = " ".join(Path(script.IDENTITY + ".pub").read_text().split()[:2])
@@ -200,6 +205,7 @@ def test_script_installs_an_older_file_that_lacks_the_optional_secrets(host, val
     assert (backup / "backup_repository_env").read_text() == "{}"
     assert (backup / "backup_sftp_private_key").read_text() == ""
     assert (backup / "backup_sftp_known_hosts").read_text() == ""
+    assert (backup / "backup_repository_previous_password").read_text() == ""
     assert stat.S_IMODE((backup / "backup_sftp_private_key").stat().st_mode) == 0o400
     assert (backup / "backup_repository_password").read_text() == values.backup_repository_password
 
@@ -219,6 +225,7 @@ def test_only_manifests_with_optional_secrets_carry_defaults():
     backup = json.loads(manifest(by_name["backup"], {}))
     assert backup["defaults"] == {
         "backup_repository_env": "{}",
+        "backup_repository_previous_password": "",
         "backup_sftp_private_key": "",
         "backup_sftp_known_hosts": "",
     }

@@ -28,6 +28,8 @@ COMMON_NAMES = {
     # optional: each webhook provider its own secrets (issue 16)
     "webhook_standard_secrets",
     "webhook_gitlab_tokens",
+    # optional: the backup password before a rotation, until retired (issue 17)
+    "backup_repository_previous_password",
 }
 
 

@@ -128,6 +128,54 @@ def test_webhook_rotation_keeps_the_old_secret_until_retired(staging, capsys):
     assert env.decrypt(team).webhook_hmac_secrets == during[:1]
 
 
+def test_grafana_admin_password_is_not_rotated_and_the_message_says_how(staging, capsys):
+    """Grafana reads it only when it creates its database: a generated value would change
+    nothing on the host, so `rotate` refuses and names the host command and `set`."""
+    env, state, *_ = staging
+    team = crypto.load_identities(state / "age-identity.txt")
+    before, versions = env.decrypt(team), env.versions()
+    assert "grafana_admin_password" not in cli.ROTATABLE
+    assert run_cli(env, state, "rotate", "grafana_admin_password") == 1
+    err = capsys.readouterr().err
+    assert "cannot be rotated" in err
+    assert "grafana-cli admin reset-admin-password" in err
+    assert "rave-secrets set grafana_admin_password --env staging" in err
+    assert env.decrypt(team) == before and env.versions() == versions
+
+
+def test_backup_password_rotation_keeps_the_previous_until_retired(staging, capsys):
+    env, state, *_ = staging
+    team = crypto.load_identities(state / "age-identity.txt")
+    old = env.decrypt(team).backup_repository_password
+    assert env.decrypt(team).backup_repository_previous_password == ""
+    assert run_cli(env, state, "rotate", "backup_repository_password") == 0
+    out = capsys.readouterr().out
+    during = env.decrypt(team)
+    assert during.backup_repository_previous_password == old
+    assert during.backup_repository_password != old
+    assert "--retire-old" in out and old not in out
+    assert during.backup_repository_password not in out
+    # a second rotation before the first was retired would lose the key that opens it
+    assert run_cli(env, state, "rotate", "backup_repository_password") == 1
+    assert "pending" in capsys.readouterr().err
+    assert env.decrypt(team) == during
+    assert run_cli(env, state, "rotate", "backup_repository_password", "--retire-old") == 0
+    after = env.decrypt(team)
+    assert after.backup_repository_previous_password == ""
+    assert after.backup_repository_password == during.backup_repository_password
+    assert run_cli(env, state, "rotate", "backup_repository_password") == 0
+
+
+def test_retire_old_is_refused_for_secrets_without_a_previous_value(staging, capsys):
+    env, state, *_ = staging
+    team = crypto.load_identities(state / "age-identity.txt")
+    assert run_cli(env, state, "rotate", "webhook_hmac_secrets") == 0
+    before = env.decrypt(team)
+    assert run_cli(env, state, "rotate", "postgres_webhook_password", "--retire-old") == 1
+    assert "--retire-old is for" in capsys.readouterr().err
+    assert env.decrypt(team) == before  # the webhook's previous secret stays
+
+
 def test_tls_rotation_keeps_the_names(staging):
     env, state, *_ = staging
     team = crypto.load_identities(state / "age-identity.txt")
