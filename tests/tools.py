@@ -24,6 +24,7 @@ TOOLS = {
     "gpg": "gpg",
     "nft": "nftables",
     "promtool": "prometheus",
+    "restic": "restic",
     "ssh-keygen": "openssh-client",
     "unshare": "util-linux",
 }

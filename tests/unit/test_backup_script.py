@@ -3,14 +3,13 @@
 import importlib.util
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
 from rave.render import FILES
-from tests.tools import cannot_run_here
+from tests.tools import cannot_run_here, require_tool
 
 SCRIPT = FILES / "backup" / "rave_backup.py"
 
@@ -277,7 +276,12 @@ def test_sftp_without_its_key_fails_naming_the_secret(rb, tmp_path):
 
 
 # -- a rotated repository password: restic's keys follow (real restic on a local repository) ----
-needs_restic = pytest.mark.skipif(shutil.which("restic") is None, reason="restic not installed")
+@pytest.fixture
+def restic() -> str:
+    return require_tool("restic")  # a system package CI installs: missing fails, never skips
+
+
+needs_restic = pytest.mark.usefixtures("restic")
 
 
 def _rotation_config(tmp_path: Path) -> dict:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from rave.webhook.deadletter import DeadLetters, DeadLetterStoreFull
 from rave.webhook.spool import Spool, SpoolFull, list_segments
 from rave.webhook.store import Drainer, Event
+from tests.tools import cannot_run_here
 from tests.unit.webhook_strategies import bodies
 from tests.unit.webhook_support import (
     Cluster,
@@ -218,7 +219,7 @@ def test_a_torn_or_empty_checkpoint_never_stops_a_start(tmp_path: Path, checkpoi
 @contextlib.contextmanager
 def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        cannot_run_here("mounting a tmpfs needs root")
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
     try:
