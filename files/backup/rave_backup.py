@@ -48,6 +48,7 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -362,10 +363,12 @@ def repository_env(config: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-SFTP_SHORT = re.compile(r"^sftp:(?:(?P<user>[^@/:]+)@)?(?P<host>[^:/]+):(?P<path>.+)$")
-SFTP_URL = re.compile(
-    r"^sftp://(?:(?P<user>[^@/:]+)@)?(?P<host>[^:/]+)(?::(?P<port>[0-9]+))?/(?P<path>.*)$"
-)
+# user and host reach ssh's command line: a plain user name and a host name or IPv4 address
+# only (the settings refuse anything else too), never "-oProxyCommand=..."
+SFTP_USER = r"(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{0,31})@)?"
+SFTP_HOST = r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)"
+SFTP_SHORT = re.compile(rf"^sftp:{SFTP_USER}{SFTP_HOST}:(?P<path>.+)$")
+SFTP_URL = re.compile(rf"^sftp://{SFTP_USER}{SFTP_HOST}(?::(?P<port>[0-9]{{1,5}}))?/(?P<path>.*)$")
 
 
 def sftp_options(config: dict[str, Any]) -> list[str]:
@@ -374,9 +377,12 @@ def sftp_options(config: dict[str, Any]) -> list[str]:
     repository = config["repository"]
     if not repository.startswith("sftp:"):
         return []
-    match = SFTP_URL.match(repository) or SFTP_SHORT.match(repository)
+    match = (SFTP_URL if repository.startswith("sftp://") else SFTP_SHORT).match(repository)
     if not match:
-        raise Failure(f"cannot read user and host from the sftp repository {repository!r}")
+        raise Failure(
+            f"the sftp repository {repository!r} names no plain user and host name or address "
+            "(sftp:[user@]host:/path or sftp://[user@]host[:port]/path)"
+        )
     key, known_hosts = config.get("sftp_key_file"), config.get("sftp_known_hosts_file")
     if not key or not known_hosts:
         raise Failure(f"{repository}: the configuration names no sftp key or known_hosts file")
@@ -437,6 +443,148 @@ def host_lock(config: dict[str, Any], wait_seconds: int):
         yield
 
 
+# ------------------------------------------------------- files in other accounts' directories
+# Root works in directories that PostgreSQL (or another service account) can write: the dump
+# directory, the WAL spool, the base backups, and their restored copies. Nothing there is
+# followed: reads open with O_NOFOLLOW below a trusted directory, writes create a new file and
+# rename it into place, ownership changes never follow a link, and a restore hands PostgreSQL
+# only regular files and directories (a planted link would hand it the link's target).
+
+NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "of an unknown file type"
+
+
+def plain(mode: int) -> bool:
+    """A regular file or a directory (what root may hand to, or take from, another account)."""
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+@contextlib.contextmanager
+def directory_fd(base: Path, parts: tuple[str, ...] = ()):
+    """An fd of base/parts...: base is trusted (root's), no link is followed below it."""
+    try:
+        fd = os.open(base, NOFOLLOW_DIR)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise Failure(f"{base}: {exc.strerror} (a link is not followed)") from None
+    try:
+        for part in parts:
+            try:
+                below = os.open(part, NOFOLLOW_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise Failure(
+                    f"{base.joinpath(*parts)}: {part} is not a directory ({exc.strerror}; "
+                    "a link is not followed)"
+                ) from None
+            os.close(fd)
+            fd = below
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_under(base: Path, relative: str | Path) -> bytes:
+    """The bytes of the regular file base/relative; a link (at any level below base), fifo or
+    device there is refused, never followed or opened."""
+    parts = Path(relative).parts
+    path = base.joinpath(*parts)
+    with directory_fd(base, parts[:-1]) as dir_fd:
+        try:
+            mode = os.lstat(parts[-1], dir_fd=dir_fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise Failure(f"{path} is {file_kind(mode)}, not a regular file: not read")
+            # O_NONBLOCK: a fifo swapped in after the lstat does not block the open
+            fd = os.open(
+                parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise Failure(f"{path}: {exc.strerror} (a link is not followed)") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise Failure(f"{path} is {file_kind(mode)}, not a regular file: not read")
+        return handle.read()
+
+
+def write_under(base: Path, relative: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """base/relative replaced by a new file holding data (a link there is replaced, its target
+    never written)."""
+    parts = Path(relative).parts
+    with directory_fd(base, parts[:-1]) as dir_fd:
+        tmp = f".{parts[-1]}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            os.fchmod(handle.fileno(), mode)
+        os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def foreign_entries(top: Path) -> list[tuple[str, str]]:
+    """(path, kind) of what under top (top included) is not a regular file or a directory;
+    links are listed, never followed or entered. [] when top does not exist."""
+    try:
+        mode = os.lstat(top).st_mode
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISDIR(mode):
+        return [] if plain(mode) else [(str(top), file_kind(mode))]
+    found = []
+    for root, dirs, files in os.walk(top):  # followlinks=False: a link to a directory is in dirs
+        for name in sorted(dirs + files):
+            path = os.path.join(root, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:  # e.g. a WAL file being renamed into place
+                continue
+            if not plain(mode):
+                found.append((path, file_kind(mode)))
+    return found
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """top and everything in it to uid:gid, deepest first (a directory changes owner only
+    after its contents), never following a link."""
+    for _root, dirs, files, root_fd in os.fwalk(top, topdown=False, follow_symlinks=False):
+        for name in files + dirs:
+            os.chown(name, uid, gid, dir_fd=root_fd, follow_symlinks=False)
+    os.chown(top, uid, gid, follow_symlinks=False)
+
+
+def chmod_directory(path: Path, mode: int) -> None:
+    """chmod of a directory that must not be a link (opened with O_NOFOLLOW, then fchmod)."""
+    fd = os.open(path, NOFOLLOW_DIR)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------- postgres
 
 
@@ -448,7 +596,7 @@ def pg_env(config: dict[str, Any]) -> dict[str, str]:
 
 
 def as_postgres(
-    config: dict[str, Any], args: list[str], capture: bool = True
+    config: dict[str, Any], args: list[str], capture: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     user = config["pg_user"]
     kwargs: dict[str, Any] = {}
@@ -459,6 +607,7 @@ def as_postgres(
         args,
         env=pg_env(config),
         text=True,
+        input=stdin,
         stdout=subprocess.PIPE if capture else None,
         stderr=subprocess.PIPE if capture else None,
         check=False,
@@ -562,7 +711,7 @@ def cmd_dump(config: dict[str, Any], args: argparse.Namespace) -> int:
     taken in the same transaction (so the manifest describes exactly what the dump holds)."""
     out = Path(args.out)
     for entry in out.iterdir():
-        if entry.is_dir():
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
@@ -632,7 +781,7 @@ def write_metrics(config: dict[str, Any], name: str, values: dict[str, tuple[str
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             handle.write("\n".join(lines) + "\n")
-        os.chmod(tmp, 0o644)
+            os.fchmod(handle.fileno(), 0o644)
         os.replace(tmp, directory / f"{name}.prom")
     except OSError as exc:
         warn(f"could not write metrics to {directory}: {exc}")
@@ -709,20 +858,36 @@ def spool_files(config: dict[str, Any]) -> list[Path]:
     spool = Path(config["wal_dir"])
     if not spool.is_dir():
         return []
-    return sorted(p for p in spool.iterdir() if p.name.endswith(".gz") and p.is_file())
+    return sorted(
+        p for p in spool.iterdir() if p.name.endswith(".gz") and stat.S_ISREG(lstat_mode(p))
+    )
+
+
+def lstat_mode(path: Path) -> int:
+    """The path's own st_mode (a link's, never its target's); 0 if it is gone."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
 
 
 def base_backups(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Complete base backups under base_dir (those with rave-base.json), oldest first."""
     root = Path(config["base_dir"])
     result = []
-    if root.is_dir():
+    if stat.S_ISDIR(lstat_mode(root)):
         for entry in root.iterdir():
-            info_file = entry / "rave-base.json"
-            if info_file.is_file():
-                info = json.loads(info_file.read_text())
-                info["path"] = str(entry)
-                result.append(info)
+            if not stat.S_ISDIR(lstat_mode(entry)):
+                continue  # a link or file among the base backups is never followed
+            try:
+                info = json.loads(read_under(root, Path(entry.name) / "rave-base.json"))
+            except FileNotFoundError:
+                continue  # incomplete (or not a base backup)
+            except Failure as failure:
+                warn(f"base backup {entry.name} skipped: {failure}")
+                continue
+            info["path"] = str(entry)
+            result.append(info)
     return sorted(result, key=lambda b: b["finished"])
 
 
@@ -764,7 +929,7 @@ def take_base_backup(config: dict[str, Any]) -> dict[str, Any]:
     if result.returncode != 0:
         shutil.rmtree(target, ignore_errors=True)
         raise Failure(f"pg_basebackup: {tail(result)}")
-    manifest = json.loads((target / "backup_manifest").read_text())
+    manifest = json.loads(read_under(root, Path(label) / "backup_manifest"))
     ranges = manifest["WAL-Ranges"]
     timeline = int(ranges[0]["Timeline"])
     info = {
@@ -776,9 +941,11 @@ def take_base_backup(config: dict[str, Any]) -> dict[str, Any]:
         "end_lsn": ranges[-1]["End-LSN"],
         "start_wal": wal_file_name(timeline, ranges[0]["Start-LSN"], segment_size),
         "system_identifier": system_identifier,
-        "bytes": sum(p.stat().st_size for p in target.iterdir()),
+        "bytes": sum(os.lstat(p).st_size for p in target.iterdir()),
     }
-    (target / "rave-base.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+    write_under(
+        root, Path(label) / "rave-base.json", json.dumps(info, indent=1, sort_keys=True).encode()
+    )
     say(
         f"base backup {label}: {human(info['bytes'])} in {info['finished'] - started:.1f} s "
         f"(WAL from {info['start_wal']})"
@@ -879,7 +1046,7 @@ def wal_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
         ),
         "rave_wal_archive_spool_bytes": (
             "Bytes of archived WAL in the local spool.",
-            sum(p.stat().st_size for p in spool),
+            sum(os.lstat(p).st_size for p in spool),
         ),
         "rave_wal_archive_last_backed_up_timestamp_seconds": (
             "Unix time the newest WAL file in the last successful restic snapshot was archived.",
@@ -947,8 +1114,12 @@ def prepare_dump_dir(config: dict[str, Any]) -> Path:
     os.chmod(dump_dir.parent, 0o711)  # postgres must traverse it to write the dumps
     dump_dir.mkdir(mode=0o700, exist_ok=True)
     entry = pwd.getpwnam(config["pg_user"])
-    os.chown(dump_dir, entry.pw_uid, entry.pw_gid)
-    os.chmod(dump_dir, 0o700)
+    fd = os.open(dump_dir, NOFOLLOW_DIR)  # the directory itself, never a link's target
+    try:
+        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return dump_dir
 
 
@@ -958,8 +1129,26 @@ def write_owners(dump_dir: Path) -> None:
         "users": {str(p.pw_uid): p.pw_name for p in pwd.getpwall()},
         "groups": {str(g.gr_gid): g.gr_name for g in grp.getgrall()},
     }
-    target = dump_dir / "owners.json"
-    target.write_text(json.dumps(owners, indent=1, sort_keys=True))
+    # the dump directory is postgres's: a new file renamed into place, never a link followed
+    write_under(dump_dir, "owners.json", json.dumps(owners, indent=1, sort_keys=True).encode())
+
+
+def foreign_in_archive(config: dict[str, Any]) -> list[str]:
+    """What the dump directory, WAL spool and base backups (PostgreSQL writes them) hold besides
+    regular files and directories: left out of the snapshot, each with a warning (a restore
+    would refuse them)."""
+    found = []
+    for key in ("dump_dir", "wal_dir", "base_dir"):
+        if key in config:
+            for path, kind in foreign_entries(Path(config[key])):
+                warn(f"{path} is {kind}: left out of the snapshot (only regular files are)")
+                found.append(path)
+    return found
+
+
+def restic_literal(path: str) -> str:
+    """An --exclude pattern matching exactly this path (restic's glob characters escaped)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", path)
 
 
 def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dict[str, Any]:
@@ -984,6 +1173,8 @@ def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dic
     args = ["backup", "--json", "--host", config["hostname"], "--tag", "rave"]
     for pattern in config["exclude"]:
         args += ["--exclude", pattern]
+    for path in foreign_in_archive(config):
+        args += ["--exclude", restic_literal(path)]
     say("backing up: " + ", ".join(minimal_paths(paths)))
     process = restic.popen(*args, *minimal_paths(paths))
     summary: dict[str, Any] = {}
@@ -1006,7 +1197,7 @@ def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dic
     if not summary:
         raise Failure("restic backup printed no summary")
     if in_snapshot:
-        summary["wal_backed_up"] = max(p.stat().st_mtime for p in in_snapshot)
+        summary["wal_backed_up"] = max(os.lstat(p).st_mtime for p in in_snapshot)
     if config["databases"] and wal_enabled(config):
         prune_archive(config, in_snapshot)
     return summary
@@ -1217,26 +1408,63 @@ def restore_to_temp(
     return temp
 
 
-def make_readable_by_postgres(temp: Path, dump_dir: Path, config: dict[str, Any]) -> None:
-    """pg_restore runs as postgres: let it reach the restored dumps (whatever their uid was)."""
+def refuse_foreign(temp: Path, trees: list[Path], config: dict[str, Any]) -> list[Path]:
+    """The restored archive trees under temp that exist; a Failure naming the path if one of
+    them (or a directory on the way to it) is, or holds, anything but regular files and
+    directories: a link would give its target to postgres, so a restore stops here."""
+    user = config["pg_user"]
+    present = []
+    for tree in trees:
+        current = temp
+        for part in tree.relative_to(temp).parts:
+            current = current / part
+            mode = lstat_mode(current)
+            if not mode:
+                break  # not in the snapshot
+            if not stat.S_ISDIR(mode):
+                raise Failure(
+                    f"refusing to hand the restored {current} to {user}: it is "
+                    f"{file_kind(mode)}, not a directory (nothing was changed)"
+                )
+        else:
+            present.append(tree)
+    for tree in present:
+        foreign = foreign_entries(tree)
+        if foreign:
+            more = f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else ""
+            raise Failure(
+                f"refusing to hand the restored {tree} to {user}: "
+                + "; ".join(f"{path} is {kind}" for path, kind in foreign[:5])
+                + more
+                + " (only regular files and directories are; nothing was changed)"
+            )
+    return present
+
+
+def hand_to_postgres(temp: Path, trees: list[Path], config: dict[str, Any]) -> None:
+    """pg_restore, tar and restore_command run as postgres: give it the restored archive trees
+    (whatever their uid was) and let it reach them. Until then only root can enter temp; the
+    trees are checked (refuse_foreign), re-owned without following a link, deepest first, and
+    only then are the directories on the way opened (0711)."""
     entry = pwd.getpwnam(config["pg_user"])
-    if not dump_dir.is_dir():
-        return
-    for directory in reversed(dump_dir.relative_to(temp).parents):  # temp, temp/var, ...
-        os.chmod(temp / directory, 0o711)
-    for root, _dirs, files in os.walk(dump_dir):
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-        for name in files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+    chmod_directory(temp, 0o700)
+    present = refuse_foreign(temp, trees, config)
+    for tree in present:
+        chown_tree(tree, entry.pw_uid, entry.pw_gid)
+    for tree in present:
+        for directory in reversed(tree.relative_to(temp).parents):  # temp, temp/var, ...
+            chmod_directory(temp / directory, 0o711)
 
 
 def read_manifest(temp: Path, config: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     dump_dir = temp / config["dump_dir"].lstrip("/")
-    make_readable_by_postgres(temp, dump_dir, config)
-    manifest_file = dump_dir / "manifest.json"
-    if not manifest_file.exists():
-        raise Failure("the snapshot holds no database manifest (taken without databases?)")
-    manifest = json.loads(manifest_file.read_text())
+    hand_to_postgres(temp, [dump_dir], config)
+    try:
+        manifest = json.loads(read_under(dump_dir, "manifest.json"))
+    except FileNotFoundError:
+        raise Failure(
+            "the snapshot holds no database manifest (taken without databases?)"
+        ) from None
     for db, info in manifest["databases"].items():
         listing = as_postgres(config, ["pg_restore", "--list", str(dump_dir / info["file"])])
         if listing.returncode != 0:
@@ -1284,8 +1512,8 @@ def drop_database(config: dict[str, Any], db: str) -> None:
     psql(config, f"DROP DATABASE IF EXISTS {quote_ident(db)}")
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def verify_identity_files(temp: Path) -> tuple[int, int]:
@@ -1293,12 +1521,15 @@ def verify_identity_files(temp: Path) -> tuple[int, int]:
     missing = differing = 0
     for path in IDENTITY_FILES:
         restored, live = temp / path.lstrip("/"), Path(path)
-        if not restored.exists():
+        if not os.path.lexists(restored):
             if live.exists():
                 missing += 1
                 say(f"FILE {path}: MISSING from the snapshot")
             continue
-        same = live.exists() and sha256(restored) == sha256(live)
+        # the restored copy is read without following a link (it would read a live file)
+        same = live.exists() and sha256(read_under(temp, path.lstrip("/"))) == sha256(
+            live.read_bytes()
+        )
         differing += not same
         say(f"FILE {path}: restored, {'same as live' if same else 'live differs'}")
     return missing, differing
@@ -1384,9 +1615,10 @@ def cmd_verify(config_path: str, config: dict[str, Any], args: argparse.Namespac
 
 def remap_owners(temp: Path, owners_file: Path) -> int:
     """chown restored files from the backed-up host's uids to this host's, by name."""
-    if not owners_file.exists():
+    try:
+        owners = json.loads(read_under(owners_file.parent, owners_file.name))
+    except FileNotFoundError:
         return 0
-    owners = json.loads(owners_file.read_text())
     users = {int(uid): name for uid, name in owners["users"].items()}
     groups = {int(gid): name for gid, name in owners["groups"].items()}
 
@@ -1568,10 +1800,12 @@ def wal_range(temp: Path, config: dict[str, Any], base: dict[str, Any]) -> list[
 
 def postgres_log_tail(config: dict[str, Any], lines: int = 8) -> str:
     version = Path(config["pg_data"]).parent.name
-    log = Path(f"/var/log/postgresql/postgresql-{version}-main.log")
-    if not log.exists():
+    log = f"/var/log/postgresql/postgresql-{version}-main.log"
+    # read as postgres: the log is its file (a link there must not show root's files)
+    result = as_postgres(config, ["tail", "-n", str(lines), log])
+    if result.returncode != 0:
         return "(no log)"
-    return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return " | ".join(result.stdout.splitlines())
 
 
 def wait_promoted(config: dict[str, Any], timeout: float) -> None:
@@ -1590,8 +1824,20 @@ def wait_promoted(config: dict[str, Any], timeout: float) -> None:
 def postgres_dir(path: Path, config: dict[str, Any]) -> None:
     entry = pwd.getpwnam(config["pg_user"])
     path.mkdir(mode=0o700, parents=True)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    os.chmod(path, 0o700)
+    fd = os.open(path, NOFOLLOW_DIR)  # the new directory, not what may have replaced it
+    try:
+        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def remove_aside(path: Path) -> None:
+    """Remove a directory moved aside (a link there is removed, never followed)."""
+    if stat.S_ISDIR(lstat_mode(path)):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 def restore_point_in_time(
@@ -1613,8 +1859,7 @@ def restore_point_in_time(
     moved = [(p, Path(str(p) + PRE_RESTORE_SUFFIX)) for p in (pg_data, spool, bases)]
     wal_source = temp / config["wal_dir"].lstrip("/")
     base_path = temp / config["base_dir"].lstrip("/") / base["label"]
-    make_readable_by_postgres(temp, wal_source, config)
-    make_readable_by_postgres(temp, base_path, config)
+    # cmd_restore handed both trees to postgres (hand_to_postgres) before the plan
     conf = Path(config["pg_conf_dir"]) / "conf.d" / RECOVERY_CONF
     clients = [u for u in config["db_client_units"] if unit_active(u)]
     if clients:
@@ -1625,9 +1870,8 @@ def restore_point_in_time(
         say(f"stopping {unit}; moving {pg_data}, {spool} and {bases} aside")
         subprocess.run(["systemctl", "stop", unit], check=True)
         for live, aside in moved:
-            if aside.exists():
-                shutil.rmtree(aside)
-            if live.exists():
+            remove_aside(aside)
+            if os.path.lexists(live):
                 live.rename(aside)
             postgres_dir(live, config)
         try:
@@ -1637,20 +1881,25 @@ def restore_point_in_time(
                 )
                 if untar.returncode != 0:
                     raise Failure(f"unpacking {archive}: {tail(untar)}")
+            # written as postgres: the data directory (and the unpacked base backup in it) and
+            # the configuration directory are postgres's, root follows no link there
             signal_file = pg_data / "recovery.signal"
-            signal_file.touch()
-            entry = pwd.getpwnam(config["pg_user"])
-            os.chown(signal_file, entry.pw_uid, entry.pw_gid)
+            touch = as_postgres(config, ["touch", str(signal_file)])
+            if touch.returncode != 0:
+                raise Failure(f"creating {signal_file}: {tail(touch)}")
             # the restored snapshot's WAL only: never a live spool of another timeline
             restore = f'f={wal_source}/%f.gz; test -f "$f" && gzip -dc "$f" > "%p"'
-            conf.write_text(
-                "# Written by rave-backup restore --target-time; removed when recovery ends\n"
+            written = as_postgres(
+                config,
+                ["sh", "-c", 'umask 022 && cat > "$1"', "sh", str(conf)],
+                stdin="# Written by rave-backup restore --target-time; removed when recovery ends\n"
                 f"restore_command = '{restore}'\n"
                 f"recovery_target_time = '{target}'\n"
                 "recovery_target_action = 'promote'\n"
-                "recovery_target_timeline = 'latest'\n"
+                "recovery_target_timeline = 'latest'\n",
             )
-            os.chmod(conf, 0o644)
+            if written.returncode != 0:
+                raise Failure(f"writing {conf}: {tail(written)}")
             say(f"recovering: base backup {base['label']}, WAL replayed up to {target} ...")
             subprocess.run(["systemctl", "start", unit], check=False)
             wait_promoted(config, timeout)
@@ -1658,8 +1907,9 @@ def restore_point_in_time(
             subprocess.run(["systemctl", "stop", unit], check=False)
             conf.unlink(missing_ok=True)
             for live, aside in moved:
-                shutil.rmtree(live, ignore_errors=True)
-                if aside.exists():
+                with contextlib.suppress(OSError):
+                    remove_aside(live)
+                if os.path.lexists(aside):
                     aside.rename(live)
             subprocess.run(["systemctl", "start", unit], check=False)
             raise Failure(
@@ -1689,12 +1939,16 @@ def restore_files(temp: Path, snapshot: dict[str, Any], config: dict[str, Any]) 
         source = temp / path.lstrip("/")
         if not os.path.lexists(source):
             continue
+        # --remove-destination: a link a service account left in its live directory is
+        # replaced, never written through (with -a, cp refuses a directory over a link)
         if source.is_dir() and not source.is_symlink():
             Path(path).mkdir(parents=True, exist_ok=True)
-            subprocess.run(["cp", "-a", f"{source}/.", f"{path}/"], check=True)
+            subprocess.run(
+                ["cp", "-a", "--remove-destination", f"{source}/.", f"{path}/"], check=True
+            )
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["cp", "-a", str(source), path], check=True)
+            subprocess.run(["cp", "-a", "--remove-destination", str(source), path], check=True)
         restored.append(path)
     return restored
 
@@ -1731,6 +1985,13 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
                 if args.scope == "host":
                     plan.insert(0, "roles (globals.sql)")
             else:
+                # the restored spool and base backups are postgres's (restore_command, tar):
+                # checked and handed over before the plan, so a dry run refuses a link too
+                hand_to_postgres(
+                    temp,
+                    [temp / config[k].lstrip("/") for k in ("wal_dir", "base_dir")],
+                    config,
+                )
                 base = choose_base(temp, config, snapshot, target)
                 segments = wal_range(temp, config, base)
                 plan = [

@@ -7,6 +7,7 @@ them validated like every other setting (a typo is refused before pyinfra connec
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from typing import Literal
@@ -30,6 +31,56 @@ REQUIRED_CREDENTIALS: dict[str, tuple[str, ...]] = {
     "azure": ("backup_repository_env.AZURE_ACCOUNT_NAME",),
     "sftp": ("backup_sftp_private_key", "backup_sftp_known_hosts"),
 }
+
+
+# an sftp repository: sftp:[user@]host:/path or sftp://[user@]host[:port]/path. The user and
+# host reach ssh's command line (files/backup/rave_backup.py), so only a host name or an IPv4
+# address and a plain user name are accepted: never "-oProxyCommand=..." or shell characters.
+SFTP_USER = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,31}"
+SFTP_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+SFTP_SHORT = re.compile(r"^sftp:(?:(?P<user>[^@/:]*)@)?(?P<host>[^:/]*):(?P<path>.+)$")
+SFTP_URL = re.compile(
+    r"^sftp://(?:(?P<user>[^@/:]*)@)?(?P<host>[^:/]*)(?::(?P<port>[^/]*))?/(?P<path>.*)$"
+)
+HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def check_sftp_repository(repository: str) -> None:
+    """ValueError unless the sftp repository names a plain user (if any), a host name or IPv4
+    address, and (URL form) a port 1-65535."""
+    url = repository.startswith("sftp://")
+    match = (SFTP_URL if url else SFTP_SHORT).match(repository)
+    if not match:
+        raise ValueError(
+            f"not sftp:[user@]host:/path or sftp://[user@]host[:port]/path: {repository!r}"
+        )
+    user, host = match.group("user"), match.group("host")
+    if user is not None and not re.fullmatch(SFTP_USER, user):
+        raise ValueError(
+            f"sftp user {user!r} is not a plain user name (letters, digits, '.', '_', '-'; "
+            "not starting with '-')"
+        )
+    if not valid_host(host):
+        raise ValueError(
+            f"sftp host {host!r} is not a host name or IPv4 address (letters, digits, '.', '-'; "
+            "not starting with '-')"
+        )
+    port = match.groupdict().get("port")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"sftp port {port!r} is not a number from 1 to 65535")
+
+
+def valid_host(host: str) -> bool:
+    """A DNS host name (labels of letters, digits and inner '-') or a dotted IPv4 address."""
+    if not re.fullmatch(SFTP_HOST, host):
+        return False
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    return all(HOST_LABEL.match(label) for label in host.split("."))
 
 
 def repository_backend(repository: str) -> str:
@@ -144,6 +195,13 @@ class BackupSettings(Concern):
         description="ops: read the repository password from this host file instead of the "
         "secret (for drills and the wrong-password test)",
     )
+
+    @field_validator("backup_repository")
+    @classmethod
+    def _sftp_host(cls, value: str) -> str:
+        if value.startswith("sftp:"):
+            check_sftp_repository(value)
+        return value
 
     @field_validator("backup_restore_target_time")
     @classmethod

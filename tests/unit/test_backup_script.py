@@ -374,3 +374,198 @@ def test_a_backup_run_moves_a_rotated_password_in_itself(rb, tmp_path):
     assert _opens(rb, config, "old-password-0123456789", tmp_path) == "wrong-password"
     # an operator's --password-file never rekeys
     assert rb.Restic(config, str(tmp_path / "previous")).previous() is None
+
+
+# ---------------------------------------------------------- links in postgres's directories
+# Root works in directories postgres can write (dump directory, WAL spool, base backups and
+# their restored copies): a link planted there must never hand its target to postgres
+# (issue 17).
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+def _secret(tmp_path: Path) -> Path:
+    """A root-owned 0600 file outside every tree: what a planted link points at."""
+    outside = tmp_path / "root-only"
+    outside.mkdir(mode=0o700)
+    secret = outside / "shadow"
+    secret.write_text("root's secret\n")
+    secret.chmod(0o600)
+    return secret
+
+
+def _owner_and_mode(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def _restored(tmp_path: Path) -> tuple[Path, dict]:
+    """A restored snapshot in temp (root-only, 0700), laid out as restore_to_temp leaves it."""
+    temp = tmp_path / "restore"
+    temp.mkdir(mode=0o700)
+    config = {
+        "pg_user": "nobody",
+        "dump_dir": "/var/lib/rave-backup/dump",
+        "wal_dir": "/var/lib/rave-backup/wal",
+        "base_dir": "/var/lib/rave-backup/base",
+    }
+    for key in ("dump_dir", "wal_dir", "base_dir"):
+        (temp / config[key].lstrip("/")).mkdir(parents=True)
+    dump = temp / config["dump_dir"].lstrip("/")
+    (dump / "manifest.json").write_text(json.dumps({"databases": {}}))
+    (dump / "globals.sql").write_text("-- roles\n")
+    return temp, config
+
+
+@root_only
+def test_restore_refuses_a_link_in_the_dump_directory_and_leaves_its_target_alone(rb, tmp_path):
+    secret = _secret(tmp_path)
+    before = _owner_and_mode(secret)
+    temp, config = _restored(tmp_path)
+    link = temp / "var/lib/rave-backup/dump/evil.dump"
+    link.symlink_to(secret)
+    refused = None
+    try:
+        rb.read_manifest(temp, config)
+    except rb.Failure as failure:
+        refused = str(failure)
+    assert _owner_and_mode(secret) == before  # the old code gave it to the postgres user
+    assert refused and f"{link} is a symbolic link" in refused
+    assert secret.read_text() == "root's secret\n"
+    # nothing was handed over: temp is still root's alone
+    assert stat.S_IMODE(temp.stat().st_mode) == 0o700
+    assert (temp / "var/lib/rave-backup/dump/globals.sql").stat().st_uid == 0
+
+
+@root_only
+def test_restore_refuses_links_fifos_and_linked_trees_naming_them(rb, tmp_path):
+    secret = _secret(tmp_path)
+    temp, config = _restored(tmp_path)
+    spool = temp / "var/lib/rave-backup/wal"
+    trees = [spool, temp / "var/lib/rave-backup/base"]
+    (spool / "000000010000000000000002.gz").write_text("x")
+    fifo = spool / "000000010000000000000003.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(rb.Failure, match=rf"{fifo} is a fifo"):
+        rb.hand_to_postgres(temp, trees, config)
+    fifo.unlink()
+    # a link to a directory is refused too, not entered
+    (temp / "var/lib/rave-backup/base/label").symlink_to(secret.parent)
+    with pytest.raises(rb.Failure, match=r"base/label is a symbolic link"):
+        rb.hand_to_postgres(temp, trees, config)
+    (temp / "var/lib/rave-backup/base/label").unlink()
+    # the spool itself a link (to root's directory): refused, nothing followed
+    os.rename(spool, tmp_path / "spool-aside")
+    spool.symlink_to(secret.parent)
+    before = _owner_and_mode(secret)
+    with pytest.raises(rb.Failure, match=rf"{spool} to nobody: it is a symbolic link"):
+        rb.hand_to_postgres(temp, trees, config)
+    assert _owner_and_mode(secret) == before
+    assert _owner_and_mode(secret.parent)[0] == 0
+
+
+@root_only
+def test_hand_over_gives_plain_trees_to_postgres_and_opens_the_way(rb, tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    temp, config = _restored(tmp_path)
+    dump = temp / "var/lib/rave-backup/dump"
+    (dump / "sub").mkdir()
+    (dump / "sub" / "file").write_text("x")
+    rb.hand_to_postgres(temp, [dump, temp / "var/lib/rave-backup/absent"], config)
+    for path in (dump, dump / "sub", dump / "sub" / "file", dump / "manifest.json"):
+        assert path.lstat().st_uid == nobody.pw_uid, path
+    for path in (temp, temp / "var", temp / "var/lib", temp / "var/lib/rave-backup"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o711, path
+        assert path.stat().st_uid == 0
+
+
+@root_only
+def test_chown_tree_changes_a_link_itself_never_its_target(rb, tmp_path):
+    secret = _secret(tmp_path)
+    before = _owner_and_mode(secret)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "file").write_text("x")
+    (tree / "link").symlink_to(secret)
+    (tree / "dirlink").symlink_to(secret.parent)
+    rb.chown_tree(tree, 4321, 4321)
+    assert _owner_and_mode(secret) == before
+    assert _owner_and_mode(secret.parent)[0] == 0
+    assert (tree / "link").lstat().st_uid == 4321
+    assert (tree / "sub" / "file").stat().st_uid == 4321
+    assert tree.stat().st_uid == 4321
+
+
+def test_reads_and_writes_in_postgres_directories_never_follow_a_link(rb, tmp_path):
+    secret = _secret(tmp_path)
+    before = _owner_and_mode(secret)
+    spool = tmp_path / "dump"
+    spool.mkdir()
+    (spool / "manifest.json").symlink_to(secret)
+    with pytest.raises(rb.Failure, match="is a symbolic link, not a regular file"):
+        rb.read_under(spool, "manifest.json")
+    (spool / "sub").symlink_to(secret.parent)
+    with pytest.raises(rb.Failure, match="sub is not a directory"):
+        rb.read_under(spool, "sub/shadow")
+    os.mkfifo(spool / "fifo")
+    with pytest.raises(rb.Failure, match="is a fifo"):
+        rb.read_under(spool, "fifo")
+    # owners.json written by root into the dump directory: the link is replaced, not written
+    (spool / "owners.json").symlink_to(secret)
+    rb.write_owners(spool)
+    assert not (spool / "owners.json").is_symlink()
+    assert "users" in json.loads((spool / "owners.json").read_text())
+    assert secret.read_text() == "root's secret\n"
+    assert _owner_and_mode(secret) == before
+    assert sorted(p.name for p in spool.iterdir()) == [
+        "fifo",
+        "manifest.json",
+        "owners.json",
+        "sub",
+    ]
+
+
+def test_the_spool_and_base_backups_ignore_planted_links(rb, tmp_path):
+    secret = _secret(tmp_path)
+    config = {
+        "base_dir": str(tmp_path / "base"),
+        "wal_dir": str(tmp_path / "wal"),
+        "dump_dir": str(tmp_path / "dump"),
+    }
+    _base(tmp_path / "base", "real", 100, "000000010000000000000002")
+    (tmp_path / "base" / "linked").symlink_to(tmp_path / "base" / "real")
+    (tmp_path / "base" / "lying").mkdir()
+    (tmp_path / "base" / "lying" / "rave-base.json").symlink_to(secret)
+    spool = tmp_path / "wal"
+    spool.mkdir()
+    (spool / "000000010000000000000002.gz").write_text("x")
+    (spool / "000000010000000000000003.gz").symlink_to(secret)
+    (tmp_path / "dump").mkdir()
+    assert [p.name for p in rb.spool_files(config)] == ["000000010000000000000002.gz"]
+    assert [b["label"] for b in rb.base_backups(config)] == ["real"]
+    # the backup leaves every link out of the snapshot, with a warning naming it
+    foreign = rb.foreign_in_archive(config)
+    assert sorted(foreign) == [
+        str(tmp_path / "base" / "linked"),
+        str(tmp_path / "base" / "lying" / "rave-base.json"),
+        str(spool / "000000010000000000000003.gz"),
+    ]
+    assert rb.restic_literal("/s/wal/a*b?[c]\\d") == "/s/wal/a\\*b\\?\\[c\\]\\\\d"
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "sftp:-oProxyCommand=touch${IFS}/tmp/x:/srv/rave",
+        "sftp:backup@-oProxyCommand=sh:/srv/rave",
+        "sftp://-oProxyCommand=sh/srv/rave",
+        "sftp:-lroot@host:/srv/rave",
+        "sftp:backup@host;id:/srv/rave",
+    ],
+)
+def test_sftp_refuses_a_host_or_user_that_is_not_a_plain_name(rb, tmp_path, repository):
+    config = _remote_config(tmp_path, repository, key="k\n", known_hosts="h k v\n")
+    with pytest.raises(rb.Failure, match="names no plain user and host"):
+        rb.Restic(config, None).command("check")

@@ -78,3 +78,78 @@ def test_restore_target_time_needs_a_zone_and_is_normalised():
 def test_wal_settings_are_bounded(field, value):
     with pytest.raises(ValidationError, match=field):
         make_settings(**{field: value})
+
+
+# the sftp repository's user and host reach ssh's command line on the host (issue 17)
+SFTP_FORMS = ("sftp:{user}@{host}:/srv/rave", "sftp://{user}@{host}:2222//srv/rave")
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "sftp:backup.example.org:/srv/rave",
+        "sftp:backup@backup.example.org:/srv/rave",
+        "sftp:rave_backup-1@b-1.example.org:/srv/rave",
+        "sftp:backup@10.0.0.5:/srv/rave",
+        "sftp://backup@10.0.0.5:2222//srv/rave",
+        "sftp://host7/srv/rave",
+        "sftp:u@" + ".".join(["a" * 63] * 3) + ":/r",
+    ],
+)
+def test_sftp_repositories_with_a_host_name_or_address_are_accepted(repository):
+    assert make_settings(backup_repository=repository).backup_repository == repository
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "sftp:-oProxyCommand=touch${IFS}/tmp/pwned:/srv/rave",
+        "sftp:backup@-oProxyCommand=sh:/srv/rave",
+        "sftp://-oProxyCommand=sh/srv/rave",
+        "sftp://backup@-p22:22//srv/rave",
+        "sftp:-lroot@host:/srv/rave",
+        "sftp:backup@host;id:/srv/rave",
+        "sftp:backup@$(id):/srv/rave",
+        "sftp:backup@`id`:/srv/rave",
+        "sftp:backup@host|id:/srv/rave",
+        "sftp:backup@host'x:/srv/rave",
+        "sftp:backup@-host:/srv/rave",
+        "sftp:backup@host-:/srv/rave",
+        "sftp:backup@a..b:/srv/rave",
+        "sftp:backup@.host:/srv/rave",
+        "sftp:backup@999.1.1.1:/srv/rave",
+        "sftp:backup@:/srv/rave",
+        "sftp:@host:/srv/rave",
+        "sftp:ba%ckup@host:/srv/rave",
+        "sftp:backup@" + "a" * 64 + ".org:/srv/rave",
+        "sftp://backup@host:0//srv/rave",
+        "sftp://backup@host:65536//srv/rave",
+        "sftp://backup@host:2x//srv/rave",
+        "sftp:backup@host",
+    ],
+)
+def test_sftp_repositories_with_anything_but_a_plain_user_and_host_are_refused(repository):
+    with pytest.raises(ValidationError) as error:
+        make_settings(backup_repository=repository)
+    assert "backup_repository" in str(error.value)
+
+
+@pytest.mark.parametrize(("form", "separator"), list(zip(SFTP_FORMS, (":", "/"), strict=True)))
+def test_every_shell_or_ssh_option_character_in_the_sftp_host_or_user_is_refused(form, separator):
+    """Each printable ASCII character other than letters, digits, '.' and '_', and whitespace,
+    at the start, inside and at the end of the user and of the host. ('-' is refused only at
+    the start; the form's own separator inside a name just ends it: "sftp:a:b@h:/p" is host
+    "a", path "b@h:/p", for restic as for the script.)"""
+    specials = [c for c in map(chr, range(32, 127)) if not c.isalnum() and c not in "._-"]
+    for char in [*specials, "\t", "\n", "\r", "\x00", "-"]:
+        hosts = [f"{char}host"]
+        users = [f"{char}user"]
+        if char not in ("-", separator):
+            hosts += [f"ho{char}st", f"host{char}"]
+            users += [f"us{char}er"]
+        for host in hosts:
+            with pytest.raises(ValidationError, match="backup_repository"):
+                make_settings(backup_repository=form.format(user="backup", host=host))
+        for user in users:
+            with pytest.raises(ValidationError, match="backup_repository"):
+                make_settings(backup_repository=form.format(user=user, host="backup.example"))
