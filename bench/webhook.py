@@ -55,8 +55,10 @@ class Result:
         )
 
 
-def signed_request(host: str, secret: bytes, n: int, run: str = "") -> tuple[str, bytes]:
-    delivery = str(uuid.uuid4())
+def signed_request(
+    host: str, secret: bytes, n: int, run: str = "", delivery: str | None = None
+) -> tuple[str, bytes]:
+    delivery = delivery or str(uuid.uuid4())
     body = json.dumps(
         {"ref": "refs/heads/main", "n": n, "run": run, "pad": "x" * 200},
         separators=(",", ":"),
@@ -175,9 +177,13 @@ async def run_load(
 
 
 def webhook_requests(
-    host: str, secret: bytes, count: int, run: str = ""
+    host: str, secret: bytes, count: int, run: str = "", prefix: str = ""
 ) -> Iterator[tuple[str, bytes]]:
-    prepared = [signed_request(host, secret, n, run) for n in range(count)]
+    """`count` signed deliveries; with `prefix`, their delivery ids are `<prefix><n>`."""
+    prepared = [
+        signed_request(host, secret, n, run, f"{prefix}{n}" if prefix else None)
+        for n in range(count)
+    ]
     return iter(prepared)
 
 
