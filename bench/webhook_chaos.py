@@ -264,8 +264,9 @@ def run_chaos(
     finally:
         restore(shell, log)
         worker.join(timeout=seconds + 120)
-    if "error" in outcome:
-        raise outcome["error"]
+    failure = outcome.get("error")
+    if isinstance(failure, BaseException):
+        raise failure
     result = outcome.get("result")
     if not isinstance(result, Result):
         raise RuntimeError(f"the load did not finish within {seconds + 120:.0f}s")
