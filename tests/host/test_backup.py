@@ -16,6 +16,7 @@ import time
 import pytest
 
 from rave.deployrun import REPO, pyinfra_bin
+from tests.host.units import start_unit
 
 RB = "/usr/local/sbin/rave-backup"
 REPOSITORY = "/var/backups/rave/restic"  # the settings' default (staging keeps it local)
@@ -68,7 +69,7 @@ def state(host) -> dict:
 
 def backup(host) -> str:
     """One run of the real unit; returns the new snapshot's id."""
-    result = host.run("systemctl start rave-backup.service")
+    result = start_unit(host, "rave-backup.service")
     journal = run(host, "journalctl -u rave-backup.service -n 30 --no-pager -o cat").stdout
     assert result.rc == 0, f"rave-backup.service failed:\n{result.stderr}\n{journal}"
     current = state(host)
@@ -306,7 +307,7 @@ def test_a_backup_killed_mid_way_leaves_the_repository_consistent(host, test_db)
 
 def test_maintenance_forgets_prunes_and_checks(host, test_db):
     since = run(host, "date +%s").stdout.strip()
-    result = host.run("systemctl start rave-backup-maintenance.service")
+    result = start_unit(host, "rave-backup-maintenance.service")
     journal = run(
         host, f"journalctl -u rave-backup-maintenance.service --since @{since} -o cat --no-pager"
     ).stdout

@@ -30,6 +30,7 @@ from rave.secrets.store import STAGING_IDENTITY
 from rave.staging import OPERATOR
 from tests.host.edge_support import PORT, values
 from tests.host.secrets_rotation import rotate_and_deploy, staging_value
+from tests.host.units import start_unit
 
 OPERATOR_KEYS_DEPLOY = "ops/operator_keys.py"
 
@@ -129,15 +130,8 @@ REKEY_OP = "Initialise the restic repository, or move its key to a rotated passw
 
 def _backup(host) -> str:
     """One run of the real unit; returns its snapshot id."""
-    result = host.run("systemctl start rave-backup.service")
+    result = start_unit(host, "rave-backup.service")
     journal = host.run("journalctl -u rave-backup.service -n 30 --no-pager -o cat").stdout
-    if result.rc != 0 and journal.rstrip().splitlines()[-3:][0].endswith("status=219/CGROUP"):
-        # the staging container's systemd sometimes cannot set up the unit's cgroup right after
-        # the previous run ("Failed to kill control group ... Input/output error"): rave-backup
-        # never started, so start it again once
-        time.sleep(3)
-        result = host.run("systemctl start rave-backup.service")
-        journal = host.run("journalctl -u rave-backup.service -n 30 --no-pager -o cat").stdout
     assert result.rc == 0, f"rave-backup.service failed:\n{result.stderr}\n{journal}"
     state = json.loads(host.check_output("cat /var/lib/rave-backup/state.json"))
     assert state["last_exit_code"] == 0
