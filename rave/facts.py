@@ -378,7 +378,7 @@ class ValidationProbe(FactBase):
         return {"ok": False}
 
     def command(self) -> str:
-        from rave.ops.validate import EXTRA_UNITS
+        from rave.ops.validate import EXTRA_UNITS, webhook_health_url
 
         units = [*project_units().values(), *EXTRA_UNITS]
         sysctl_loop = (
@@ -398,6 +398,7 @@ class ValidationProbe(FactBase):
             "listeners": "ss -Hltn",
             "release": f"cat {RELEASE_FILE} 2>/dev/null",
             "hardening_report": f"cat {HARDENING_REPORT} 2>/dev/null",
+            "webhook_health": f"curl -sf --max-time 5 {webhook_health_url()}",
         }
         return "; ".join(
             f"echo {shlex.quote(_SECTION + name)}; {{ {command}; }} || true"
@@ -423,6 +424,10 @@ class ValidationProbe(FactBase):
             hardening = json.loads("\n".join(sections.get("hardening_report", [])) or "{}")
         except ValueError:
             hardening = {}
+        try:
+            webhook_health = json.loads("\n".join(sections.get("webhook_health", [])))
+        except ValueError:
+            webhook_health = None  # the receiver did not answer
         return {
             "ok": True,
             "os": os_release,
@@ -436,6 +441,7 @@ class ValidationProbe(FactBase):
             "listeners": sections.get("listeners", []),
             "release": release,
             "hardening_report": hardening if isinstance(hardening, dict) else {},
+            "webhook_health": webhook_health if isinstance(webhook_health, dict) else None,
         }
 
 

@@ -18,6 +18,7 @@ from rave.components import (
     monitoring_ports,
     scrape_targets,
 )
+from rave.ops.validate import SPOOL_STALLED_MAX_SECONDS, webhook_health_url
 from rave.secrets.deploy import secret_path
 from rave.settings import HostSettings
 from rave.topology import MONITORING_HOST_COMPONENTS
@@ -369,6 +370,12 @@ def healthcheck_config(settings: HostSettings) -> str:
         ],
         "backup": backup,
     }
+    if any(c.name == "webhook" for c in components):
+        # the receiver's queue: the spool drains, no dead letters wait (its /healthz)
+        config["webhook"] = {
+            "url": webhook_health_url(),
+            "stalled_max_seconds": SPOOL_STALLED_MAX_SECONDS,
+        }
     return json.dumps(config, indent=2) + "\n"
 
 

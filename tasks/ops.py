@@ -19,7 +19,7 @@ from rave.deploykit import (
     settings,
 )
 from rave.facts import TEXTFILE_DIR
-from rave.ops.validate import EXPECTED_SSHD
+from rave.ops.validate import EXPECTED_SSHD, SPOOL_STALLED_MAX_SECONDS, webhook_health_url
 from rave.render import FILES
 from rave.settings import HostSettings
 
@@ -71,6 +71,8 @@ def validate_config(config: HostSettings) -> str:
         "public_ports": public_ports(),
         "sshd": EXPECTED_SSHD,
         "textfile_dir": TEXTFILE_DIR,
+        # checked where the webhook unit is installed: its queue drains, no dead letters wait
+        "webhook": {"url": webhook_health_url(), "stalled_max_seconds": SPOOL_STALLED_MAX_SECONDS},
     }
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 

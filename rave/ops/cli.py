@@ -7,6 +7,8 @@
     rave-ops facts                       the project's custom facts as JSON
     rave-ops update config|security|minor
     rave-ops update major ccr --to 2.0.0  a component's major version (debian, postgresql: runbook)
+    rave-ops dead-letters list           webhook deliveries PostgreSQL refused: list | show ID |
+                                         redrive ID|--all | discard ID|--all
 
 Every command runs `python -m pyinfra` in the repository (config.py validates host data
 before anything connects). -i picks the inventory (default: $RAVE_INVENTORY or staging).
@@ -26,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rave.ops import deadletters
 from rave.ops import drift as drift_mod
 from rave.ops import major as major_mod
 from rave.settings import HostSettings
@@ -60,10 +63,18 @@ class Runner:
         return [*cmd, self.inventory, *args]
 
     def run(
-        self, *args: str, limit: list[str] | None = None, capture: bool = False, yes: bool = True
+        self,
+        *args: str,
+        limit: list[str] | None = None,
+        capture: bool = False,
+        yes: bool = True,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         cmd = self.command(*args, limit=limit, yes=yes)
-        return subprocess.run(cmd, cwd=REPO, text=True, capture_output=capture, check=False)
+        environment = {**os.environ, **env} if env else None
+        return subprocess.run(
+            cmd, cwd=REPO, text=True, capture_output=capture, check=False, env=environment
+        )
 
     def hosts(self) -> list[str]:
         result = self.run("--json", "debug-inventory", capture=True)
@@ -124,6 +135,17 @@ def cmd_validate(runner: Runner, opts: argparse.Namespace) -> int:
         ops_validate_force_failure=True if opts.force_failure else None,
     )
     return 0 if runner.run("ops/validate.py", *data).returncode == 0 else 1
+
+
+def cmd_dead_letters(runner: Runner, opts: argparse.Namespace) -> int:
+    """The receiver's dead-letter command on each selected host (ops/dead_letters.py)."""
+    try:
+        args = deadletters.request(opts.action, opts.id, opts.all)
+    except ValueError as error:
+        say(f"dead-letters: {error}")
+        return 2
+    result = runner.run("ops/dead_letters.py", env={deadletters.ENV: deadletters.encode(args)})
+    return 0 if result.returncode == 0 else 1
 
 
 def drift(runner: Runner) -> tuple[int, dict[str, drift_mod.HostDrift]]:
@@ -316,6 +338,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host-only", action="store_true", help="skip the control-machine probes")
     p.add_argument("--force-failure", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser(
+        "dead-letters",
+        help="webhook deliveries PostgreSQL refused: list, show, redrive or discard them",
+        description="Exit 0 when the command worked on every host, 1 when it failed on one "
+        "(a redrive PostgreSQL still refuses, or no such letter), 2 on a wrong command line.",
+    )
+    p.add_argument("action", choices=deadletters.ACTIONS)
+    p.add_argument("id", nargs="?", help="a letter id (or a unique prefix), as `list` prints it")
+    p.add_argument("--all", action="store_true", help="redrive or discard every letter")
+    p.set_defaults(func=cmd_dead_letters)
     p = sub.add_parser("drift", help="what a deploy would change")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_drift)

@@ -2,7 +2,8 @@
 
 Stages: connectivity (SSH + host facts), security (sshd -T, nftables, fail2ban, sysctl),
 services (running + enabled), ports (listeners on the host, reachability from the control
-machine), application (through nginx from the control machine), resources (mode limits).
+machine), application (the webhook queue from the receiver's /healthz on the host; routes
+through nginx from the control machine), resources (mode limits).
 
 Host-side data comes from one fact (rave.facts.ValidationProbe); control-side data from
 `probe_ports` and `probe_application` below. `evaluate()` turns both into Check rows.
@@ -50,6 +51,12 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"
 DELIVERY_HEADER = "X-GitHub-Delivery"
 TEST_EVENT = "rave-ops.validation"
+# the receiver's own view of its queue (GET /healthz on loopback, rave/webhook/app.py): fail
+# while undrained deliveries wait longer than this without the drainer moving on, or while dead
+# letters wait. The same limit: files/ops/rave-validate-host, files/healthcheck/rave-healthcheck
+# and the WebhookSpoolNotDraining alert (files/prometheus/rules/rave.yml).
+SPOOL_STALLED_MAX_SECONDS = 120
+WEBHOOK_HEALTH_PATH = "/healthz"
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,7 @@ def evaluate(
     checks += _security(host, probe)
     checks += _services(host, probe)
     checks += _ports(host, probe, control)
+    checks += _webhook_queue(host, probe)
     checks += _application(host, control)
     checks += _resources(host, config, probe)
     return checks
@@ -438,6 +446,57 @@ def _ports(host: str, probe: dict[str, Any], control: ControlResults | None) -> 
         )
     )
     return checks
+
+
+def webhook_health_url() -> str:
+    port = next(p.number for p in BY_NAME["webhook"].ports)
+    return f"http://127.0.0.1:{port}{WEBHOOK_HEALTH_PATH}"
+
+
+def webhook_queue_checks(health: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """(name, ok, detail) of the spool and the dead letters, from the receiver's /healthz."""
+    stalled = float(health.get("stalled_seconds") or 0)
+    records = int(health.get("spool_records") or 0)
+    if stalled > SPOOL_STALLED_MAX_SECONDS:
+        draining = f"stalled {stalled:.0f} s with {records} records"
+        if health.get("dead_letter_store_full"):
+            draining += " (the dead-letter store is full)"
+        elif health.get("db") is False:
+            draining += " (writes to PostgreSQL fail)"
+    else:
+        draining = f"{records} records waiting (limit: stalled {SPOOL_STALLED_MAX_SECONDS} s)"
+    letters = int(health.get("dead_letters") or 0)
+    full = bool(health.get("dead_letter_store_full"))
+    if full:
+        dead = f"store FULL, the drain stops: {letters} waiting (rave-ops dead-letters list)"
+    elif letters:
+        dead = f"{letters} waiting (rave-ops dead-letters list)"
+    else:
+        dead = "none"
+    return [
+        ("webhook spool draining", stalled <= SPOOL_STALLED_MAX_SECONDS, draining),
+        ("webhook dead letters", letters == 0 and not full, dead),
+    ]
+
+
+def _webhook_queue(host: str, probe: dict[str, Any]) -> list[Check]:
+    if not probe.get("units", {}).get("webhook", {}).get("present"):
+        return []
+    health = probe.get("webhook_health")
+    if not isinstance(health, dict):
+        return [
+            _check(
+                host,
+                "application",
+                "webhook health",
+                False,
+                f"no JSON answer from {webhook_health_url()}",
+            )
+        ]
+    return [
+        _check(host, "application", name, ok, detail)
+        for name, ok, detail in webhook_queue_checks(health)
+    ]
 
 
 def _application(host: str, control: ControlResults | None) -> list[Check]:

@@ -1,3 +1,9 @@
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
 import pytest
 
 from rave.settings import HostSettings
@@ -15,3 +21,41 @@ def make_settings(**overrides) -> HostSettings:
 @pytest.fixture
 def sample_settings() -> HostSettings:
     return make_settings(egress_proxy="http://10.0.0.1:3128")
+
+
+@pytest.fixture
+def healthz() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A stand-in for the webhook receiver's GET /healthz on loopback: (its URL, the JSON it
+    answers, changeable by the test; None answers 503 without JSON)."""
+    answer: dict[str, Any] = {
+        "body": {
+            "db": True,
+            "spool_records": 0,
+            "spool_bytes": 0,
+            "stalled_seconds": 0,
+            "dead_letters": 0,
+            "dead_letter_store_full": False,
+        }
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answer["body"]
+            data = b"not json" if body is None else json.dumps(body).encode()
+            self.send_response(200 if body is not None else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/healthz", answer
+    finally:
+        server.shutdown()
+        server.server_close()

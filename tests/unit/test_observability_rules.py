@@ -71,6 +71,9 @@ def test_every_alert_has_a_firing_test_case():
         "CertificateExpiringSoon",
         "WebhookErrorRateHigh",
         "WebhookSpoolDepthHigh",
+        "WebhookSpoolNotDraining",
+        "WebhookDeadLetters",
+        "WebhookDeadLetterStoreFull",
         "PostgresDown",
         "PostgresNearMaxConnections",
         "BackupTooOld",
@@ -108,3 +111,24 @@ def test_a_broken_expectation_fails(tmp_path):
         [promtool(), "test", "rules", str(test_file)], capture_output=True, text=True
     )
     assert result.returncode != 0
+
+
+def _rule(name: str) -> dict:
+    for path in RULES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if rule.get("alert") == name:
+                    return dict(rule)
+    raise AssertionError(f"no alert {name}")
+
+
+def test_the_spool_stall_alert_uses_validations_limit():
+    """The alert, `rave-ops validate` and the health check fail at the same stall."""
+    from rave.ops.validate import SPOOL_STALLED_MAX_SECONDS
+
+    rule = _rule("WebhookSpoolNotDraining")
+    limit = SPOOL_STALLED_MAX_SECONDS
+    assert rule["expr"].strip() == f"rave_webhook_spool_stalled_seconds > {limit}"
+    assert rule["labels"]["severity"] == "critical"
+    assert _rule("WebhookDeadLetters")["labels"]["severity"] == "warning"
+    assert _rule("WebhookDeadLetterStoreFull")["labels"]["severity"] == "critical"

@@ -299,3 +299,81 @@ def test_unit_memory_falls_back_to_the_cgroups_resident_memory(tmp_path, monkeyp
     rss = hc.cgroup_rss("/system.slice/x.service")
     assert rss is not None and rss > 1024 * 1024
     assert hc.cgroup_rss("/system.slice/none.service") is None
+
+
+# --- the webhook queue (the receiver's /healthz) ------------------------------------------
+
+
+def _webhook(url: str) -> dict:
+    return {"url": url, "stalled_max_seconds": 120}
+
+
+def test_a_draining_webhook_queue_passes(tmp_path, healthz):
+    url, _ = healthz
+    path = _config(tmp_path, webhook=_webhook(url))
+    assert hc.main(["--config", str(path), "--quiet"]) == 0
+    text = _metrics(tmp_path)
+    assert 'rave_healthcheck_check_ok{check="webhook",target="spool draining"} 1' in text
+    assert 'rave_healthcheck_check_ok{check="webhook",target="dead letters"} 1' in text
+
+
+def test_a_stalled_spool_fails_naming_the_cause(tmp_path, healthz, capsys):
+    url, answer = healthz
+    answer["body"].update(stalled_seconds=300.2, spool_records=27874, db=False)
+    path = _config(tmp_path, webhook=_webhook(url))
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    assert 'check="webhook",target="spool draining"} 0' in _metrics(tmp_path)
+    err = capsys.readouterr().err
+    assert "FAIL  webhook      spool draining" in err
+    assert "stalled 300 s with 27874 records (writes to PostgreSQL fail)" in err
+
+
+def test_the_stall_limit_comes_from_the_config(tmp_path, healthz):
+    url, answer = healthz
+    answer["body"].update(stalled_seconds=120, spool_records=5)
+    path = _config(tmp_path, webhook=_webhook(url))
+    assert hc.main(["--config", str(path), "--quiet"]) == 0  # at the limit: still fine
+    answer["body"].update(stalled_seconds=121)
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    strict = _config(tmp_path, webhook={"url": url, "stalled_max_seconds": 200})
+    assert hc.main(["--config", str(strict), "--quiet"]) == 0
+
+
+def test_waiting_dead_letters_fail_naming_the_command(tmp_path, healthz, capsys):
+    url, answer = healthz
+    answer["body"].update(dead_letters=3)
+    path = _config(tmp_path, webhook=_webhook(url))
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    assert 'check="webhook",target="dead letters"} 0' in _metrics(tmp_path)
+    assert "3 waiting (rave-ops dead-letters list)" in capsys.readouterr().err
+    answer["body"].update(dead_letters=0, dead_letter_store_full=True)
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    assert "store FULL" in capsys.readouterr().err
+
+
+def test_a_receiver_without_a_json_health_fails(tmp_path, healthz, capsys):
+    url, answer = healthz
+    answer["body"] = None
+    path = _config(tmp_path, webhook=_webhook(url))
+    assert hc.main(["--config", str(path), "--quiet"]) == hc.CHECKS_FAILED
+    assert 'check="webhook",target="health"} 0' in _metrics(tmp_path)
+    assert f"no JSON answer from {url}" in capsys.readouterr().err
+
+
+def test_no_webhook_check_without_the_receiver(tmp_path):
+    path = _config(tmp_path)
+    assert hc.main(["--config", str(path), "--quiet"]) == 0
+    assert 'check="webhook"' not in _metrics(tmp_path)
+
+
+def test_the_deploy_points_the_health_check_at_the_receiver():
+    from rave import observability as obs
+    from rave.ops.validate import SPOOL_STALLED_MAX_SECONDS
+    from tests.unit.conftest import make_settings
+
+    config = json.loads(obs.healthcheck_config(make_settings()))
+    assert config["webhook"] == {
+        "url": "http://127.0.0.1:8001/healthz",
+        "stalled_max_seconds": SPOOL_STALLED_MAX_SECONDS,
+    }
+    assert hc.STALLED_MAX_SECONDS == SPOOL_STALLED_MAX_SECONDS

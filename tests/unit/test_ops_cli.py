@@ -1,10 +1,14 @@
 """rave-ops: command lines it builds and the update rollout logic, with a fake pyinfra."""
 
+import json
+import os
+import shlex
 import subprocess
+import sys
 
 import pytest
 
-from rave.ops import cli
+from rave.ops import cli, deadletters
 
 
 class FakeRunner(cli.Runner):
@@ -15,13 +19,15 @@ class FakeRunner(cli.Runner):
         self._hosts = hosts
         self.fail = set(fail)
         self.calls = []
+        self.envs = []
 
     def hosts(self):
         return self._hosts
 
-    def run(self, *args, limit=None, capture=False, yes=True):
+    def run(self, *args, limit=None, capture=False, yes=True, env=None):
         host = (limit or ["*"])[0]
         self.calls.append((host, args))
+        self.envs.append(env)
         code = 0
         for fail_host, file, marker in self.fail:
             if host == fail_host and file in args and (marker is None or marker in args):
@@ -221,3 +227,151 @@ def test_major_update_settings_go_to_the_deploy_only(capsys):
     assert [args[0] for args in with_settings] == ["deploy.py"]
     assert "ccr_version=2.0.0" in with_settings[0]
     assert "(and ccr_providers as given with --set)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "host_args"),
+    [
+        (["list"], ["list"]),
+        (["show", "3f2a9c0d"], ["show", "3f2a9c0d"]),
+        (["redrive", "3f2a9c0d"], ["redrive", "3f2a9c0d"]),
+        (["redrive", "--all"], ["redrive", "--all"]),
+        (["discard", "--all"], ["discard", "--all"]),
+    ],
+)
+def test_dead_letters_run_ops_dead_letters_with_the_request(argv, host_args):
+    runner = FakeRunner(["h1"])
+    opts = cli.parser().parse_args(["dead-letters", *argv])
+    assert cli.cmd_dead_letters(runner, opts) == 0
+    assert runner.calls == [("*", ("ops/dead_letters.py",))]
+    sent = runner.envs[0][deadletters.ENV]
+    assert json.loads(sent) == host_args
+    assert deadletters.decode(sent) == host_args
+
+
+def test_a_failed_dead_letters_run_exits_1():
+    runner = FakeRunner(["h1"], fail={("*", "ops/dead_letters.py", None)})
+    opts = cli.parser().parse_args(["dead-letters", "redrive", "--all"])
+    assert cli.cmd_dead_letters(runner, opts) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["show"], "show takes one letter id"),
+        (["show", "--all"], "show takes one letter id"),
+        (["redrive"], "redrive takes one letter id or --all"),
+        (["discard", "abc", "--all"], "discard takes one letter id or --all"),
+        (["list", "abc"], "list takes no id"),
+        (["show", "../../etc/passwd"], "is not a letter id"),
+        (["discard", "ABC; rm -rf /"], "is not a letter id"),
+    ],
+)
+def test_bad_dead_letters_requests_are_refused_before_any_host(argv, message, capsys):
+    runner = FakeRunner(["h1"])
+    opts = cli.parser().parse_args(["dead-letters", *argv])
+    assert cli.cmd_dead_letters(runner, opts) == 2
+    assert runner.calls == []
+    assert message in capsys.readouterr().err
+
+
+def test_dead_letters_unknown_action_is_refused():
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["dead-letters", "purge"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '"list"',
+        "[]",
+        '["purge"]',
+        '["show"]',
+        '["show", "abc", "def"]',
+        '["redrive", "--all", "abc"]',
+        '["discard", "xyz"]',
+        '["list", 1]',
+    ],
+)
+def test_the_pyinfra_run_checks_the_request_again(text):
+    with pytest.raises(ValueError):
+        deadletters.decode(text)
+
+
+def test_the_pyinfra_run_lists_by_default():
+    assert deadletters.decode(None) == ["list"]
+    assert deadletters.decode("") == ["list"]
+
+
+def test_the_host_command_runs_the_receivers_cli_as_its_user():
+    command = deadletters.host_command(["redrive", "--all"])
+    cd, _, rest = command.partition(" && ")
+    assert cd == "cd /"
+    assert shlex.split(rest) == [
+        "runuser",
+        "-u",
+        "rave-webhook",
+        "--",
+        "env",
+        "PYTHONPATH=/opt/rave/lib",
+        "RAVE_WEBHOOK_CONFIG=/etc/rave-webhook/config.json",
+        "python3",
+        "-m",
+        "rave_webhook.deadletter",
+        "redrive",
+        "--all",
+    ]
+
+
+def test_the_host_command_matches_the_deployed_receiver():
+    from rave.components import component
+    from tasks import webhook
+
+    assert deadletters.LIB_DIR == webhook.LIB_DIR
+    assert deadletters.CONFIG_FILE == webhook.CONFIG_FILE
+    assert f"{webhook.PACKAGE}.deadletter" == deadletters.MODULE
+    assert component("webhook").user == deadletters.USER
+
+
+def test_the_host_command_drives_the_receivers_own_parser(tmp_path):
+    """Every request rave-ops can send is one the receiver's command accepts."""
+    from rave.webhook import deadletter
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"dead_letter_dir": str(tmp_path / "none")}))
+    env = {**os.environ, "RAVE_WEBHOOK_CONFIG": str(config)}
+    for action, letter, every in (
+        ("list", None, False),
+        ("show", "ab", False),
+        ("redrive", None, True),
+        ("redrive", "ab", False),
+        ("discard", "ab", False),
+        ("discard", None, True),
+    ):
+        request = deadletters.request(action, letter, every)
+        result = subprocess.run(
+            [sys.executable, "-m", "rave.webhook.deadletter", *request],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, (request, result.stderr)
+        assert result.stdout.strip() == "no dead letters"
+    assert deadletter.SUFFIX == ".letter"
+
+
+def test_runner_passes_extra_environment(monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen.update(kwargs)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setenv("RAVE_STAGING_ID", "15")
+    cli.Runner("inventories/staging.py", []).run("ops/x.py", env={"A": "1"})
+    assert seen["env"]["A"] == "1" and seen["env"]["RAVE_STAGING_ID"] == "15"
+    cli.Runner("inventories/staging.py", []).run("ops/x.py")
+    assert seen["env"] is None

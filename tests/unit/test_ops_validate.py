@@ -88,6 +88,14 @@ def healthy_probe():
             "LISTEN 0 4096 127.0.0.53%lo:53 0.0.0.0:*",
         ],
         "release": {"commit": "0123456789abcdef", "mode": "SAFE"},
+        "webhook_health": {
+            "db": True,
+            "spool_records": 0,
+            "spool_bytes": 0,
+            "stalled_seconds": 0,
+            "dead_letters": 0,
+            "dead_letter_store_full": False,
+        },
     }
 
 
@@ -214,10 +222,86 @@ def test_application_failures_are_reported():
     assert "application/unsigned webhook refused" in failures(healthy_probe(), control)
 
 
-def test_without_control_probes_no_application_stage():
+def test_without_control_probes_only_the_hosts_application_checks():
     checks = v.evaluate("h", CONFIG, healthy_probe(), None)
-    assert "application" not in {c.stage for c in checks}
+    application = {c.name for c in checks if c.stage == "application"}
+    assert application == {"webhook spool draining", "webhook dead letters"}
     assert all(c.ok for c in checks)
+
+
+def _with_health(**health):
+    probe = healthy_probe()
+    probe["webhook_health"].update(health)
+    return probe
+
+
+def test_a_stalled_spool_fails_naming_the_seconds_and_records():
+    found = failures(_with_health(stalled_seconds=300.4, spool_records=1234, db=False))
+    assert found == {
+        "application/webhook spool draining": (
+            "stalled 300 s with 1234 records (writes to PostgreSQL fail)"
+        )
+    }
+    # host-only validation (the host's timer, --host-only) fails the same way
+    checks = v.evaluate("h", CONFIG, _with_health(stalled_seconds=300.4), None)
+    assert [c.name for c in checks if not c.ok] == ["webhook spool draining"]
+
+
+def test_the_stall_limit_is_120_seconds():
+    assert v.SPOOL_STALLED_MAX_SECONDS == 120
+    at_limit = _with_health(stalled_seconds=v.SPOOL_STALLED_MAX_SECONDS, spool_records=9)
+    assert failures(at_limit) == {}
+    over = _with_health(stalled_seconds=v.SPOOL_STALLED_MAX_SECONDS + 0.5, spool_records=9)
+    assert list(failures(over)) == ["application/webhook spool draining"]
+
+
+def test_waiting_dead_letters_fail_naming_the_command():
+    found = failures(_with_health(dead_letters=3))
+    assert found == {
+        "application/webhook dead letters": "3 waiting (rave-ops dead-letters list)",
+    }
+
+
+def test_a_full_dead_letter_store_fails():
+    found = failures(_with_health(dead_letters=10000, dead_letter_store_full=True))
+    assert "store FULL" in found["application/webhook dead letters"]
+    assert "10000 waiting" in found["application/webhook dead letters"]
+    # the drain stops at the next refused record: the stall names the store, not PostgreSQL
+    stopped = _with_health(
+        dead_letters=10000, dead_letter_store_full=True, stalled_seconds=200, db=False
+    )
+    assert failures(stopped)["application/webhook spool draining"] == (
+        "stalled 200 s with 0 records (the dead-letter store is full)"
+    )
+
+
+def test_a_receiver_that_does_not_answer_its_health_fails():
+    probe = healthy_probe()
+    probe["webhook_health"] = None
+    found = failures(probe)
+    assert found == {
+        "application/webhook health": "no JSON answer from http://127.0.0.1:8001/healthz",
+    }
+
+
+def test_no_webhook_health_check_where_the_receiver_is_not_installed():
+    probe = healthy_probe()
+    probe["units"]["webhook"]["present"] = False
+    probe["webhook_health"] = None
+    checks = v.evaluate("h", CONFIG, probe, healthy_control())
+    assert not any(c.name.startswith("webhook ") for c in checks)
+
+
+def test_the_probe_reads_the_receivers_health():
+    from rave.facts import ValidationProbe
+
+    fact = ValidationProbe()
+    assert "curl -sf --max-time 5 http://127.0.0.1:8001/healthz" in fact.command()
+    answer = '{"db":true,"spool_records":2,"stalled_seconds":0.5,"dead_letters":1}'
+    probe = fact.process(["@@rave-section webhook_health", answer])
+    assert probe["webhook_health"]["dead_letters"] == 1
+    assert fact.process(["@@rave-section webhook_health"])["webhook_health"] is None
+    assert fact.process(["@@rave-section webhook_health", "[1]"])["webhook_health"] is None
 
 
 def test_parsers():
@@ -299,8 +383,8 @@ def test_test_delivery_passes_the_webhooks_own_verifier():
         v.EVENT_HEADER.lower(): v.TEST_EVENT,
         v.DELIVERY_HEADER.lower(): "rave-ops-1",
     }
-    github = verify.ProviderSecrets
-    verified = verify.verify(headers, body, github(github=[b"s3cret"]), now=0)
+    secrets = verify.ProviderSecrets(github=[b"s3cret"])
+    verified = verify.verify(headers, body, secrets, now=0)
     assert verified.event == v.TEST_EVENT
     with pytest.raises(verify.Rejected):
-        verify.verify(headers, body, github(github=[b"other"]), now=0)
+        verify.verify(headers, body, verify.ProviderSecrets(github=[b"other"]), now=0)

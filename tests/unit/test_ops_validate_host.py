@@ -70,6 +70,10 @@ class FakeHost:
 def fake(monkeypatch):
     script, host = load_script(), FakeHost()
     monkeypatch.setattr(script, "run", host.run)
+    # the receiver's /healthz: draining, no dead letters (test_ops_validate_host_webhook.py
+    # covers the failures)
+    healthy = {"db": True, "spool_records": 0, "stalled_seconds": 0, "dead_letters": 0}
+    monkeypatch.setattr(script, "fetch_health", lambda url: dict(healthy))
     return script, host
 
 
