@@ -237,7 +237,12 @@ http {{
         set_real_ip_from 127.0.0.1;
         real_ip_header X-Forwarded-For;
         location = /key {{ return 200 "$rave_client"; }}
-        location = /limited {{ limit_req zone=rave_test; limit_req_status 429; return 200; }}
+        location = /limited {{
+            # try_files answers after limit_req (a `return` would answer before it)
+            limit_req zone=rave_test;
+            limit_req_status 429;
+            try_files /rave-nothing =204;
+        }}
     }}
 }}
 """
@@ -273,11 +278,11 @@ def test_clients_are_keyed_on_their_ipv4_address_or_ipv6_64(host):
         assert get("/key", "2001:db8:1:3::5") == "20010db800010003"
         assert get("/key", "10.1.2.3") == "0a010203"
         # one bucket per /64: the second address of the /64 is limited by the first's request
-        assert get("/limited", "2001:db8:1:2::5") == "200"
+        assert get("/limited", "2001:db8:1:2::5") == "204"
         assert get("/limited", "2001:db8:1:2:abcd::9") == "429"
-        assert get("/limited", "2001:db8:1:3::5") == "200"
-        assert get("/limited", "10.1.2.3") == "200"
-        assert get("/limited", "10.1.2.4") == "200"
+        assert get("/limited", "2001:db8:1:3::5") == "204"
+        assert get("/limited", "10.1.2.3") == "204"
+        assert get("/limited", "10.1.2.4") == "204"
     finally:
         host.run("kill $(cat /run/rave-test-key-nginx.pid)")
         host.run(f"rm -f {path}")

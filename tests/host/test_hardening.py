@@ -714,7 +714,7 @@ def test_fail2ban_bans_an_ipv6_offender_as_its_64(host):
         assert "flags interval" in listing
         assert first not in listing, "the /128 itself is in the drop set"
         rules = sh(host, "nft list chain inet f2b-table f2b-chain")
-        assert re.search(r"tcp dport \{ 22 \} ip6 saddr @addr6-set-sshd reject", rules), rules
+        assert re.search(r"tcp dport 22 ip6 saddr @addr6-set-sshd reject", rules), rules
         sh(host, f"fail2ban-client set sshd banip {second}")
         sh(host, f"fail2ban-client set sshd unbanip {first}")
         assert "2001:db8:1:2::/64" in _f2b_v6_set(host), "unbanned while another address is"

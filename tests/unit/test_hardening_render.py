@@ -174,9 +174,8 @@ def test_modprobe_blocks_each_module():
 def test_the_fail2ban_action_bans_ipv6_as_a_64_with_the_installed_helper():
     action = (FILES / "hardening" / "rave-nftables.conf").read_text()
     assert "before = nftables.conf" in action  # fail2ban's own action, overridden in part
-    assert f"_ban-ip6 = {h.F2B_NFT6} ban " in action
-    assert f"_unban-ip6 = {h.F2B_NFT6} unban " in action
-    assert "actionban = <_ban-<addr_family>>" in action
+    assert 'actionban = if [ "<family>" = inet6 ]; then ' + f"{h.F2B_NFT6} ban " in action
+    assert 'actionunban = if [ "<family>" = inet6 ]; then ' + f"{h.F2B_NFT6} unban " in action
     assert "addr_flags = flags interval\\;" in action  # the IPv6 set holds prefixes
     allports = (FILES / "hardening" / "rave-nftables-allports.conf").read_text()
     assert "before = rave-nftables.conf" in allports and "type = allports" in allports
