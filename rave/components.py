@@ -6,9 +6,10 @@ health checks and the testinfra parametrisation are all derived from COMPONENTS.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Exposure(StrEnum):
@@ -35,6 +36,16 @@ class Route(BaseModel):
     methods: tuple[str, ...] = ()  # empty: any method
     auth: bool = False  # protected by the edge's basic auth
     upstream_path: str = ""  # replaces `path` towards the upstream (empty: passed unchanged)
+    # public paths under `path` that nginx refuses (404), with everything below them and in any
+    # letter case: e.g. the upstream's own Prometheus metrics (scraped on loopback instead)
+    refused: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _refused_below_path(self) -> Route:
+        for refused in self.refused:
+            if not refused.startswith(self.path) or not re.fullmatch(r"/[A-Za-z0-9_/-]+", refused):
+                raise ValueError(f"refused path {refused!r}: not a plain path below {self.path}")
+        return self
 
 
 class Metrics(BaseModel):
@@ -169,7 +180,8 @@ COMPONENTS: tuple[Component, ...] = (
         packages=("grafana",),
         user="grafana",
         ports=(Port(number=3030, exposure=Exposure.LOOPBACK, purpose="Grafana"),),
-        route=Route(path="/grafana/", upstream_port=3030),
+        # Grafana serves its own Prometheus metrics under its sub-path: scraped on loopback only
+        route=Route(path="/grafana/", upstream_port=3030, refused=("/grafana/metrics",)),
         metrics=Metrics(port=3030, job="grafana"),
         secrets=("grafana_admin_password",),
         backup_paths=("/var/lib/grafana", "/etc/grafana"),

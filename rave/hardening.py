@@ -24,6 +24,7 @@ SSHD_CANDIDATE = "/etc/ssh/sshd_config.rave-candidate"
 NFT_CONFIG = "/etc/nftables.conf"
 NFT_CANDIDATE = "/etc/nftables.rave-candidate.conf"
 NFT_APPLY = "/usr/local/sbin/rave-nft-apply"
+F2B_NFT6 = "/usr/local/sbin/rave-f2b-nft6"  # fail2ban: IPv6 bans as /64 (rave-nftables)
 REPORT_PATH = "/var/lib/rave-hardening/report.json"
 AUDIT_RULES = "/etc/audit/rules.d/rave.rules"
 AUDIT_TMPFILES = "/etc/tmpfiles.d/rave-audit.conf"

@@ -53,6 +53,7 @@ def nginx_context(config: HostSettings) -> dict[str, object]:
         "rate_limit_exempt": config.nginx_rate_limit_exempt,
         "rate_per_second": config.nginx_rate_limit_per_second,
         "rate_burst": config.nginx_rate_limit_burst,
+        "conn_per_client": config.nginx_conn_limit_per_client,
         "webhook_port": _port("webhook", Exposure.LOOPBACK),
         "stub_status_port": _port("nginx", Exposure.LOOPBACK),
         "public_port": _port("nginx", Exposure.PUBLIC),

@@ -222,6 +222,15 @@ def fail2ban() -> None:
             mode="640",
         )
 
+    helper = install_host_script("fail2ban IPv6 /64 ban helper", _file("rave-f2b-nft6"), h.F2B_NFT6)
+    actions = [
+        put_file(
+            f"fail2ban action {name}",
+            _file(f"{name}.conf"),
+            f"/etc/fail2ban/action.d/{name}.conf",
+        )
+        for name in ("rave-nftables", "rave-nftables-allports")
+    ]
     jail = put_text(
         "fail2ban jails",
         "/etc/fail2ban/jail.d/rave.local",
@@ -237,7 +246,7 @@ def fail2ban() -> None:
         name="Restart fail2ban (its settings changed)",
         service="fail2ban.service",
         restarted=True,
-        _if=any_changed(jail, daemon),
+        _if=any_changed(helper, *actions, jail, daemon),
     )
 
 

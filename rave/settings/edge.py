@@ -23,9 +23,14 @@ class EdgeSettings(Concern):
     nginx_rate_limit_burst: int = Field(
         200, ge=0, description="requests a client may exceed the rate by before getting 429"
     )
+    nginx_conn_limit_per_client: int = Field(
+        50,
+        ge=1,
+        description="concurrent connections per client on the public port (limit_conn; 429)",
+    )
     nginx_rate_limit_exempt: list[str] = Field(
         default_factory=list,
-        description="client addresses/CIDRs without a rate limit (the staging load generator)",
+        description="client addresses/CIDRs without rate or connection limits (load generator)",
     )
     nginx_worker_connections: int = Field(
         1024, ge=64, description="nginx worker_connections per worker"

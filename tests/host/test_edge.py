@@ -4,6 +4,7 @@ routes derived from rave.components, body cap, rate limit, HTTP closed, `nginx -
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import ssl
 import subprocess
@@ -180,3 +181,135 @@ def test_a_config_failing_nginx_t_is_not_installed(host, staging):
     finally:
         host.run(f"rm -f {broken}")
     assert host.run("nginx -t").rc == 0
+
+
+def test_grafana_metrics_are_refused_while_grafana_is_proxied(host, staging):
+    """A stand-in upstream on Grafana's port that serves /grafana/metrics too: nginx proxies
+    /grafana/ to it, but answers 404 itself for /grafana/metrics in every spelling."""
+    if host.socket("tcp://127.0.0.1:3030").is_listening:
+        pytest.skip("something (Grafana) listens on 3030 already")
+    root = "/run/rave-test-grafana"
+    host.check_output(
+        f"mkdir -p {root}/grafana/metrics/plugins && echo grafana-ui > {root}/grafana/index.html"
+        f" && echo 'go_goroutines 1' > {root}/grafana/metrics/index.html"
+        f" && cp {root}/grafana/metrics/index.html {root}/grafana/metrics/plugins/x"
+    )
+    unit = "rave-test-grafana"
+    host.check_output(
+        f"systemd-run --unit={unit} python3 -m http.server 3030 --bind 127.0.0.1 -d {root}"
+    )
+    try:
+        assert host.check_output(
+            "for i in $(seq 50); do curl -sf http://127.0.0.1:3030/grafana/metrics/ && break;"
+            " sleep 0.2; done"
+        ), "the stand-in serves the metrics itself"
+        with client(staging) as https:
+            proxied = https.get("/grafana/")
+            assert proxied.status_code == 200 and "grafana-ui" in proxied.text
+            for path in (
+                "/grafana/metrics",
+                "/grafana/metrics/",
+                "/grafana/metrics?x=1",
+                "/grafana/Metrics",
+                "/grafana//metrics",
+                "/grafana/%6detrics",
+                "/grafana/./metrics",
+                "/grafana/metrics/plugins/x",
+            ):
+                refused = https.get(path)
+                assert refused.status_code == 404, path
+                assert "go_goroutines" not in refused.text, path
+    finally:
+        host.run(f"systemctl stop {unit}")
+        host.run(f"rm -rf {root}")
+
+
+_KEY_PORT = 18417
+_KEY_CONF = """pid /run/rave-test-key-nginx.pid;
+error_log /run/rave-test-key-nginx.log warn;
+events {{}}
+http {{
+    access_log off;
+{map}
+    limit_req_zone $rave_client zone=rave_test:1m rate=1r/m;
+    server {{
+        listen 127.0.0.1:{port};
+        set_real_ip_from 127.0.0.1;
+        real_ip_header X-Forwarded-For;
+        location = /key {{ return 200 "$rave_client"; }}
+        location = /limited {{
+            # try_files answers after limit_req (a `return` would answer before it)
+            limit_req zone=rave_test;
+            limit_req_status 429;
+            try_files /rave-nothing =204;
+        }}
+    }}
+}}
+"""
+
+
+def test_clients_are_keyed_on_their_ipv4_address_or_ipv6_64(host):
+    """The client-key map of the deployed nginx.conf, in a throw-away nginx on the host that
+    takes the client address from X-Forwarded-For (realip sets $binary_remote_addr): the key is
+    the IPv4 address or the first 8 bytes (the /64) of an IPv6 address, and two addresses of
+    one /64 share one limit_req bucket."""
+    deployed = host.check_output("cat /etc/nginx/nginx.conf")
+    found = re.search(
+        r"^    map \$binary_remote_addr \$rave_client \{\n.*?^    \}$", deployed, re.M | re.S
+    )
+    assert found, "no client-key map in the deployed nginx.conf"
+    conf = _KEY_CONF.format(map=found.group(0), port=_KEY_PORT)
+    path = "/run/rave-test-key-nginx.conf"
+    host.check_output(f"printf %s {shlex.quote(conf)} > {path} && nginx -t -q -c {path}")
+    host.check_output(f"nginx -c {path}")
+    try:
+
+        def get(location: str, client_address: str) -> str:
+            return host.check_output(
+                f"curl -s -o /dev/null -w '%{{http_code}}' -H 'X-Forwarded-For: {client_address}'"
+                f" http://127.0.0.1:{_KEY_PORT}{location}"
+                if location == "/limited"
+                else f"curl -s -H 'X-Forwarded-For: {client_address}'"
+                f" http://127.0.0.1:{_KEY_PORT}{location} | od -An -v -tx1 | tr -d ' \\n'"
+            )
+
+        assert get("/key", "2001:db8:1:2::5") == "20010db800010002"
+        assert get("/key", "2001:db8:1:2:ffff:ffff:ffff:ffff") == "20010db800010002"
+        assert get("/key", "2001:db8:1:3::5") == "20010db800010003"
+        assert get("/key", "10.1.2.3") == "0a010203"
+        # one bucket per /64: the second address of the /64 is limited by the first's request
+        assert get("/limited", "2001:db8:1:2::5") == "204"
+        assert get("/limited", "2001:db8:1:2:abcd::9") == "429"
+        assert get("/limited", "2001:db8:1:3::5") == "204"
+        assert get("/limited", "10.1.2.3") == "204"
+        assert get("/limited", "10.1.2.4") == "204"
+    finally:
+        host.run("kill $(cat /run/rave-test-key-nginx.pid)")
+        host.run(f"rm -f {path}")
+
+
+def test_concurrent_connections_are_limited_per_client(host):
+    """From the host itself (not exempt): requests whose body never comes hold their
+    connection; beyond nginx_conn_limit_per_client (default 50) the edge answers 429."""
+    script = (
+        "import socket, ssl, time\n"
+        "time.sleep(5)  # a full limit_req bucket (other tests use the host's requests)\n"
+        "c = ssl._create_unverified_context()\n"
+        "held = []\n"
+        "for _ in range(60):\n"
+        "    s = c.wrap_socket(socket.create_connection(('127.0.0.1', 3002), 10))\n"
+        "    s.sendall(b'POST /webhook HTTP/1.1\\r\\nHost: x\\r\\n'\n"
+        "              b'Content-Length: 100\\r\\n\\r\\n')\n"
+        "    held.append(s)\n"
+        "time.sleep(1)\n"
+        "codes = []\n"
+        "for s in held:\n"
+        "    s.settimeout(0.3)\n"
+        "    try:\n"
+        "        codes.append(s.recv(64).split()[1].decode())\n"
+        "    except (TimeoutError, OSError, IndexError):\n"
+        "        codes.append('held')\n"
+        "print(' '.join(codes))\n"
+    )
+    codes = host.check_output(f"python3 -c {shlex.quote(script)}").split()
+    assert codes.count("held") == 50 and codes.count("429") == 10, codes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import re
 import resource
@@ -390,7 +391,9 @@ def test_firewall_ruleset_is_loaded_and_matches_the_installed_file(host):
         r"tcp dport 22 ct state new add @ssh_meter_v4 \{ ip saddr limit rate over", ruleset
     )
     assert re.search(
-        r"tcp dport 22 ct state new add @ssh_meter_v6 \{ ip6 saddr limit rate over", ruleset
+        r"tcp dport 22 ct state new add @ssh_meter_v6 "
+        r"\{ ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over",
+        ruleset,
     )
     others = sorted(set(public_ports()) - {22})
     assert others == [3002]
@@ -402,6 +405,23 @@ def test_firewall_ruleset_is_loaded_and_matches_the_installed_file(host):
             "saddr @monitoring" in ruleset
         )
     assert host.service("nftables").is_enabled
+
+
+def test_the_installed_ruleset_passes_nft_check_on_the_host(host):
+    sh(host, f"nft -c -f {h.NFT_CONFIG}")
+
+
+def test_ipv6_ssh_sources_are_metered_per_64(host, address6):
+    """A new SSH connection from the control machine over IPv6 (its address on the staging
+    /64) lands in the meter as the /64, the interface identifier masked off, never the /128."""
+    wait_for_ssh(address6, timeout=90)
+    meter = sh(host, "nft list set inet rave ssh_meter_v6")
+    print(meter)
+    listed = meter.partition("elements = {")[2]
+    elements = [ipaddress.IPv6Address(e) for e in re.findall(r"[0-9a-f]*:[0-9a-f:]+", listed)]
+    prefix = ipaddress.IPv6Network(f"{address6}/64", strict=False).network_address
+    assert prefix in elements, meter
+    assert all(int(e) & (2**64 - 1) == 0 for e in elements), "a meter key with host bits"
 
 
 def test_port_scan_finds_only_ssh_and_the_edge(each_address):
@@ -659,7 +679,7 @@ def test_fail2ban_jails_run_with_systemd_backend_and_nftables(host):
     status = sh(host, "fail2ban-client status")
     jails = set(re.search(r"Jail list:\s*(.*)", status).group(1).replace(" ", "").split(","))
     assert {"sshd", "nginx-http-auth", "nginx-limit-req"} <= jails
-    assert "nftables-multiport" in sh(host, "fail2ban-client get sshd actions")
+    assert "rave-nftables" in sh(host, "fail2ban-client get sshd actions")
     journal = sh(host, "fail2ban-client status sshd")
     assert "Journal matches" in journal, "the sshd jail must read the journal (backend systemd)"
 
@@ -669,16 +689,44 @@ def test_fail2ban_jails_run_with_systemd_backend_and_nftables(host):
 def test_fail2ban_bans_survive_a_firewall_reload(host, probe):
     sh(host, f"fail2ban-client set sshd banip {probe}")
     try:
+        banned = probe if "." in probe else "2001:db8::/64"  # IPv6: its /64
         wait_until(
-            lambda: probe in host.run("nft list table inet f2b-table").stdout,
+            lambda: banned in host.run("nft list table inet f2b-table").stdout,
             30,
             what="the ban in fail2ban's table",
         )
         sh(host, "systemctl reload nftables.service")
-        assert probe in sh(host, "nft list table inet f2b-table")
+        assert banned in sh(host, "nft list table inet f2b-table")
         assert live_marker(host) is not None
     finally:
         sh(host, f"fail2ban-client set sshd unbanip {probe}")
+
+
+def _f2b_v6_set(host) -> str:
+    return host.run("nft list set inet f2b-table addr6-set-sshd").stdout
+
+
+def test_fail2ban_bans_an_ipv6_offender_as_its_64(host):
+    """`banip` of one IPv6 address drops its whole /64 (a client rotating addresses of its
+    prefix stays banned); the /64 is lifted when its last banned address is unbanned."""
+    first, second = "2001:db8:1:2::5", "2001:db8:1:2:abcd::6"
+    sh(host, f"fail2ban-client set sshd banip {first}")
+    try:
+        wait_until(lambda: "2001:db8:1:2::/64" in _f2b_v6_set(host), 30, what="the /64 in the set")
+        listing = _f2b_v6_set(host)
+        print(listing)
+        assert "flags interval" in listing
+        assert first not in listing, "the /128 itself is in the drop set"
+        rules = sh(host, "nft list chain inet f2b-table f2b-chain")
+        assert re.search(r"tcp dport 22 ip6 saddr @addr6-set-sshd reject", rules), rules
+        sh(host, f"fail2ban-client set sshd banip {second}")
+        sh(host, f"fail2ban-client set sshd unbanip {first}")
+        assert "2001:db8:1:2::/64" in _f2b_v6_set(host), "unbanned while another address is"
+    finally:
+        host.run(f"fail2ban-client set sshd unbanip {first}")
+        host.run(f"fail2ban-client set sshd unbanip {second}")
+    wait_until(lambda: "2001:db8:1:2::/64" not in _f2b_v6_set(host), 30, what="the /64 unbanned")
+    assert "2001:db8:1:2" not in sh(host, "nft list table inet f2b-table")
 
 
 def test_the_firewall_survives_fail2ban_restarts(host):

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from rave import ccrconfig
-from rave.components import component
+from rave.components import COMPONENTS, Route, component
 from rave.render import render
 from rave.sandbox import directives
 from rave.settings.ccr import CcrSettings
@@ -134,3 +134,51 @@ def test_route_paths_are_unique():
     paths = [route.path for route in routes()]
     assert len(paths) == len(set(paths)), paths
     assert "/api/" in paths and "/ccr-ui/" in paths
+
+
+def _public_conf(**overrides):
+    from tasks import edge
+
+    return render("nginx/nginx.conf.j2", **edge.nginx_context(make_settings(**overrides)))
+
+
+def test_edge_limits_clients_by_ipv4_address_or_ipv6_64():
+    conf = _public_conf(nginx_conn_limit_per_client=17)
+    # IPv6 (16 bytes): the first 8 bytes, the /64; anything else (IPv4: 4 bytes) as it is
+    assert "map $binary_remote_addr $rave_client {" in conf
+    assert '"~^(?s)(?<rave_prefix64>.{8}).{8}$" $rave_prefix64;' in conf
+    assert "default $binary_remote_addr;" in conf
+    assert "0 $rave_client;" in conf  # exempt clients (key "") are not limited
+    assert "limit_req_zone $rave_limit_key zone=rave_per_client:10m" in conf
+    assert "limit_conn_zone $rave_limit_key zone=rave_conn_per_client:10m;" in conf
+    assert "limit_conn_status 429;" in conf
+    public = conf[conf.index("listen 3002 ssl;") :]
+    assert "limit_conn rave_conn_per_client 17;" in public
+    assert "$binary_remote_addr zone=" not in conf, "no zone may key on the /128"
+
+
+def test_settings_default_to_50_connections_per_client():
+    assert make_settings().nginx_conn_limit_per_client == 50
+    with pytest.raises(ValidationError):
+        make_settings(nginx_conn_limit_per_client=0)
+
+
+def test_grafana_metrics_are_refused_before_the_grafana_route():
+    conf = _public_conf()
+    refused = "location ~* ^/grafana/metrics(?:/|$) {\n            return 404;\n        }"
+    assert refused in conf
+    # a regex location wins over the (non-^~) prefix location /grafana/, wherever it stands
+    assert "location ^~ /grafana/" not in conf and "location /grafana/ {" in conf
+
+
+def test_a_component_proxying_its_own_metrics_port_refuses_the_metrics_path():
+    for c in COMPONENTS:
+        for route in ((c.route,) if c.route else ()) + c.extra_routes:
+            if c.metrics and route.upstream_port == c.metrics.port and route.path.endswith("/"):
+                assert route.path + c.metrics.path.lstrip("/") in route.refused, c.name
+
+
+def test_a_refused_path_must_be_plain_and_below_its_route():
+    for refused in ("/other/metrics", "/grafana/me.rics", "/grafana/(x)"):
+        with pytest.raises(ValidationError):
+            Route(path="/grafana/", upstream_port=3030, refused=(refused,))

@@ -5,6 +5,7 @@ import subprocess
 
 from rave import hardening as h
 from rave.components import monitoring_ports, public_ports
+from rave.render import FILES
 from tests.tools import cannot_run_here, require_tool
 from tests.unit.conftest import make_settings
 
@@ -77,8 +78,11 @@ def test_ssh_is_rate_limited_per_source_for_v4_and_v6():
     rules = _input_rules(h.nftables_text(make_settings(firewall_ssh_rate=12)))
     limited = [rule for rule in rules if "limit rate over 12/minute" in rule]
     assert len(limited) == 2
-    assert any("ip saddr" in rule for rule in limited)
-    assert any("ip6 saddr" in rule for rule in limited)
+    assert any("add @ssh_meter_v4 { ip saddr limit" in rule for rule in limited)
+    # IPv6 sources are metered per /64: rotating addresses of one prefix share the limit
+    assert any(
+        "add @ssh_meter_v6 { ip6 saddr & ffff:ffff:ffff:ffff:: limit" in rule for rule in limited
+    )
     # the limit rules come before the accept
     ssh_accept = rules.index("tcp dport 22 accept")
     assert all(rules.index(rule) < ssh_accept for rule in limited)
@@ -128,7 +132,8 @@ def test_fail2ban_jails():
     config = make_settings(fail2ban_ignore_addresses=["10.213.0.1"])
     text = h.render_file(config, "hardening/jail.local.j2")
     assert "backend = systemd" in text
-    assert "banaction = nftables-multiport" in text
+    assert "banaction = rave-nftables\n" in text
+    assert "banaction_allports = rave-nftables-allports\n" in text
     assert "ignoreip = 127.0.0.1/8 ::1 10.213.0.1/32" in text
     for jail in ("[sshd]", "[nginx-http-auth]", "[nginx-limit-req]"):
         assert jail in text
@@ -160,3 +165,48 @@ def test_modprobe_blocks_each_module():
     for module in config.kernel_disabled_modules:
         assert f"install {module} /bin/false" in text
         assert f"blacklist {module}" in text
+
+
+def test_the_fail2ban_action_bans_ipv6_as_a_64_with_the_installed_helper():
+    action = (FILES / "hardening" / "rave-nftables.conf").read_text()
+    assert "before = nftables.conf" in action  # fail2ban's own action, overridden in part
+    assert 'actionban = if [ "<family>" = inet6 ]; then ' + f"{h.F2B_NFT6} ban " in action
+    assert 'actionunban = if [ "<family>" = inet6 ]; then ' + f"{h.F2B_NFT6} unban " in action
+    assert "addr_flags = flags interval\\;" in action  # the IPv6 set holds prefixes
+    allports = (FILES / "hardening" / "rave-nftables-allports.conf").read_text()
+    assert "before = rave-nftables.conf" in allports and "type = allports" in allports
+
+
+def _netns_nft() -> None:
+    require_tool("nft")
+    require_tool("unshare")
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        cannot_run_here("cannot create a network namespace here")
+
+
+def test_the_ipv6_ban_helper_bans_the_64_until_its_last_address_is_unbanned():
+    """The real helper and nft, in a throw-away network namespace."""
+    _netns_nft()
+    helper = FILES / "hardening" / "rave-f2b-nft6"
+    script = f"""
+set -e
+nft add table inet t
+nft add set inet t s '{{ type ipv6_addr; flags interval; }}'
+{helper} ban inet t s 2001:db8:1:2::5
+{helper} ban inet t s 2001:db8:1:2:aaaa::6
+{helper} ban inet t s 2001:db8:9::1
+echo BANNED; nft list set inet t s
+{helper} unban inet t s 2001:db8:1:2::5
+echo ONE-LEFT; nft list set inet t s
+{helper} unban inet t s 2001:db8:1:2:aaaa::6
+{helper} unban inet t s 2001:db8:1:2:aaaa::6
+echo ZERO-LEFT; nft list set inet t s
+"""
+    result = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    banned, rest = result.stdout.split("ONE-LEFT")
+    one_left, none_left = rest.split("ZERO-LEFT")
+    assert "2001:db8:1:2::/64" in banned and "2001:db8:9::/64" in banned
+    assert "2001:db8:1:2::5" not in banned, "the set holds prefixes, never the /128"
+    assert "2001:db8:1:2::/64" in one_left, "another banned address of the /64 remains"
+    assert "2001:db8:1:2::/64" not in none_left and "2001:db8:9::/64" in none_left
