@@ -131,6 +131,7 @@ class Receiver:
             on_inserted=self._inserted,
             on_error=self._db_error,
             on_dead_letter=self._dead_letter,
+            on_store_full=self._dead_letters_changed,
         )
         # (provider, "id", delivery id) and (provider, "content", sha256 hex)
         self.recent: OrderedDict[tuple[str, str, str], None] = OrderedDict()

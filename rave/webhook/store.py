@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .deadletter import DeadLetters
+from .deadletter import DeadLetters, DeadLetterStoreFull
 from .spool import Batch, Slot, Spool
 
 log = logging.getLogger("rave_webhook.store")
@@ -111,6 +111,7 @@ class Drainer:
         on_inserted: Callable[[int, int], None] = lambda new, total: None,
         on_error: Callable[[BaseException], None] = lambda error: None,
         on_dead_letter: Callable[[], None] = lambda: None,
+        on_store_full: Callable[[], None] = lambda: None,
         max_backoff: float = 5.0,
     ):
         self.spool = spool
@@ -120,6 +121,7 @@ class Drainer:
         self.on_inserted = on_inserted
         self.on_error = on_error
         self.on_dead_letter = on_dead_letter
+        self.on_store_full = on_store_full
         self.max_backoff = max_backoff
         self.conn: Any = None
         self.db_ok = False
@@ -237,6 +239,10 @@ class Drainer:
                         await asyncio.wait_for(self.spool.appended.wait(), timeout=1.0)
             except asyncio.CancelledError:
                 raise
+            except DeadLetterStoreFull as full:  # PostgreSQL is fine: the operator must act
+                self.on_store_full()
+                log.error("dead-letter store full (%s): the drain waits at a refused record", full)
+                await asyncio.sleep(self.max_backoff)
             except Exception as error:  # PostgreSQL down, network, ...: keep the spool, retry
                 self.on_error(error)
                 log.warning(

@@ -343,3 +343,28 @@ def test_a_truncated_body_is_never_stored(server: Server, pg: Cluster) -> None:
     assert b" 500 " not in answer[:20]
     time.sleep(0.5)
     assert stored(pg, headers["X-GitHub-Delivery"]) == 0
+
+
+def test_a_full_dead_letter_store_is_not_reported_as_a_database_failure(
+    pg: Cluster, tmp_path: Path
+) -> None:
+    # a refused record waiting in the spool (written before the door was strict), the store full
+    left = spooled(tmp_path / "spool", event(b'{"a": NaN}').encode())
+    left.close()
+    config = app_config(
+        pg,
+        tmp_path / "spool",
+        dead_letter_dir=str(tmp_path / "deadletter"),
+        dead_letter_max_count=0,
+    )
+    with Server(config, [SECRET]) as running:
+
+        def metric(name: str) -> float:
+            text = httpx.get(running.url + "/metrics", timeout=10).text
+            line = next(x for x in text.splitlines() if x.startswith(name + " "))
+            return float(line.split()[1])
+
+        wait_until(lambda: metric("rave_webhook_dead_letter_store_full") == 1.0)
+        assert metric("rave_webhook_db_write_errors_total") == 0.0
+        health = httpx.get(running.url + "/healthz", timeout=10).json()
+        assert health["dead_letter_store_full"] is True
