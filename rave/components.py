@@ -69,9 +69,19 @@ class Component(BaseModel):
     metrics: Metrics | None = None
     backup_paths: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()  # names in the secrets model this component reads
+    # of those, the ones only a root process reads (the nginx master's TLS key): root:root 0400,
+    # never readable by the service account its workers run as
+    root_only_secrets: tuple[str, ...] = ()
     owned_unit: bool = False  # the project writes this unit file itself
     optional: bool = False  # may be left out (e.g. a package source this host cannot reach)
     scheduled: bool = False  # a oneshot run by <unit>.timer; the timer is what must stay active
+
+    @model_validator(mode="after")
+    def _root_only_are_secrets(self) -> Component:
+        unknown = set(self.root_only_secrets) - set(self.secrets)
+        if unknown:
+            raise ValueError(f"{self.name}: root_only_secrets not in secrets: {sorted(unknown)}")
+        return self
 
     @property
     def watched_unit(self) -> str:
@@ -99,6 +109,7 @@ COMPONENTS: tuple[Component, ...] = (
             Port(number=8081, exposure=Exposure.LOOPBACK, purpose="stub_status"),
         ),
         secrets=("tls_certificate", "tls_private_key", "ccr_ui_password_hash"),
+        root_only_secrets=("tls_private_key",),
         backup_paths=("/etc/nginx",),
     ),
     Component(

@@ -87,6 +87,8 @@ def manifest(component: Component, versions: dict[str, int]) -> str:
     defaults = {n: default_file_content(n) for n in component.secrets if is_optional(n)}
     if defaults:  # only then: the other components' manifests stay byte for byte the same
         data["defaults"] = defaults
+    if component.root_only_secrets:
+        data["root_only"] = sorted(component.root_only_secrets)
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 

@@ -119,16 +119,19 @@ def test_owners_and_modes(host):
     assert listed == {c.name for c in READERS}
     for component in READERS:
         directory = host.file(f"{SECRETS_ROOT}/{component.name}")
+        group = host.check_output(f"id -gn {component.user}")
         assert (directory.user, directory.group, directory.mode) == (
-            component.user,
-            component.user,
-            0o500,
+            "root",
+            group,
+            0o550,
         ), component.name
         names = set(host.check_output(f"ls -A {SECRETS_ROOT}/{component.name}").split())
         assert names == set(component.secrets)
         for name in component.secrets:
             secret = host.file(f"{SECRETS_ROOT}/{component.name}/{name}")
-            assert (secret.user, secret.mode) == (component.user, 0o400), f"{component.name}/{name}"
+            expected = ("root", "root", 0o400) if name in component.root_only_secrets else (
+                "root", group, 0o440)  # fmt: skip
+            assert (secret.user, secret.group, secret.mode) == expected, f"{component.name}/{name}"
 
 
 def test_values_are_the_encrypted_ones(host, staging):
@@ -140,6 +143,12 @@ def test_each_reader_reads_only_its_own_secrets(host):
     assert host.run(f"runuser -u rave-webhook -- cat {webhook}").rc == 0
     assert host.run(f"runuser -u rave-webhook -- cat {SECRETS_ROOT}/nginx/tls_private_key").rc != 0
     assert host.run(f"runuser -u www-data -- cat {webhook}").rc != 0
+    # nginx's workers run as www-data: they read the htpasswd file, never the TLS key
+    assert host.run(f"runuser -u www-data -- cat {SECRETS_ROOT}/nginx/ccr_ui_password_hash").rc == 0
+    assert host.run(f"runuser -u www-data -- cat {SECRETS_ROOT}/nginx/tls_private_key").rc != 0
+    # no service account can plant or replace a file among its own secrets
+    assert host.run(f"runuser -u rave-webhook -- touch {SECRETS_ROOT}/webhook/planted").rc != 0
+    assert host.run(f"runuser -u www-data -- mv {SECRETS_ROOT}/nginx/tls_certificate /tmp/").rc != 0
     assert host.run(f"runuser -u nobody -- ls {SECRETS_ROOT}").rc != 0
 
 

@@ -80,12 +80,16 @@ def test_script_writes_one_private_file_per_secret(host, values):
         if not component.secrets:
             assert not directory.exists()
             continue
-        assert stat.S_IMODE(directory.stat().st_mode) == 0o500
-        assert directory.stat().st_uid == os.getuid()
+        # root's directory and files (the tests run as root in CI); the reader's group reads
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o550
+        assert directory.stat().st_uid == 0
+        assert directory.stat().st_gid == os.getgid()
         assert sorted(p.name for p in directory.iterdir()) == sorted(component.secrets)
         for name in component.secrets:
             path = directory / name
-            assert stat.S_IMODE(path.stat().st_mode) == 0o400
+            root_only = name in component.root_only_secrets
+            assert stat.S_IMODE(path.stat().st_mode) == (0o400 if root_only else 0o440)
+            assert (path.stat().st_uid, path.stat().st_gid) == (0, 0 if root_only else os.getgid())
             assert path.read_text() == file_content(values, name)
 
 
@@ -206,7 +210,7 @@ def test_script_installs_an_older_file_that_lacks_the_optional_secrets(host, val
     assert (backup / "backup_sftp_private_key").read_text() == ""
     assert (backup / "backup_sftp_known_hosts").read_text() == ""
     assert (backup / "backup_repository_previous_password").read_text() == ""
-    assert stat.S_IMODE((backup / "backup_sftp_private_key").stat().st_mode) == 0o400
+    assert stat.S_IMODE((backup / "backup_sftp_private_key").stat().st_mode) == 0o440
     assert (backup / "backup_repository_password").read_text() == values.backup_repository_password
 
     del data["backup_repository_password"]  # required: no default, the run fails
