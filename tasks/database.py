@@ -25,15 +25,38 @@ from rave.deploykit import (
     put_text,
     settings,
 )
-from rave.sandbox import limits_dropin_text
+from rave.sandbox import Sandbox, dropin_text, limits_dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
+from tasks.backup import WAL_DIR
 
 DATABASE = "rave_webhook"
 WRITER_ROLE = "rave_webhook"  # the receiver: INSERT on webhook_events (granted by migrations)
 EXPORTER_ROLE = "rave_exporter"  # prometheus-postgres-exporter: pg_monitor, database postgres
 PASSWORD_SCRIPT = "/usr/local/sbin/rave-pg-password"
 RUN_AS_POSTGRES = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1"
+
+# pg_ctlcluster runs as the cluster's owner (root only switches to it): no capabilities,
+# localhost only, writes only the cluster, its socket, its log and the WAL spool (absent while
+# WAL archiving is off; tasks/backup.py restarts PostgreSQL when that changes). W^X stays
+# allowed: the LLVM JIT (jit=on) maps code it wrote.
+SANDBOX = Sandbox(
+    read_write_paths=(
+        "/var/lib/postgresql",
+        "/run/postgresql",
+        "/var/log/postgresql",
+        f"-{WAL_DIR}",
+    ),
+    memory_deny_write_execute=False,
+    extra=(
+        ("User", "postgres"),
+        ("Group", "postgres"),
+        ("IPAddressAllow", "localhost"),
+        ("IPAddressDeny", "any"),
+        ("PrivateMounts", "yes"),
+        ("SystemCallErrorNumber", "EPERM"),
+    ),
+)
 
 # role → (secret, database it may connect to, extra membership)
 ROLES: dict[str, tuple[str, str, str | None]] = {
@@ -171,6 +194,11 @@ def database() -> None:
         f"/etc/systemd/system/{unit}.service.d/rave-limits.conf",
         limits_dropin_text(config.profile.limits_for("postgresql")),
     )
+    sandbox = put_text(
+        "PostgreSQL sandbox",
+        f"/etc/systemd/system/{unit}.service.d/sandbox.conf",
+        dropin_text(SANDBOX, None, "PostgreSQL sandbox (tasks/database.py)"),
+    )
     ensure_service(
         name="Apply PostgreSQL's configuration",
         service=unit,
@@ -178,7 +206,7 @@ def database() -> None:
         enabled=True,
         restarted=True,
         daemon_reload=True,
-        _if=any_changed(conf, hba, limits),
+        _if=any_changed(conf, hba, limits, sandbox),
     )
     ensure_service(name="PostgreSQL running", service=unit, running=True, enabled=True)
 

@@ -25,7 +25,7 @@ from rave.deploykit import (
     settings,
 )
 from rave.render import render
-from rave.sandbox import limits_dropin_text
+from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text, limits_dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
 
@@ -33,6 +33,20 @@ NGINX_CONF = "/etc/nginx/nginx.conf"
 CANDIDATE = "/etc/nginx/rave-candidate.conf"
 STATUS_ROOT = "/var/www/rave"
 DROPIN_DIR = "/etc/systemd/system/nginx.service.d"
+
+# The master runs as root (it opens the logs, the TLS key and the pid file, then its workers
+# drop to www-data): only the capabilities for that switch and for its own files (the logs
+# and temp directories are www-data's), ~@privileged allowed for setuid/setgroups/chown.
+SANDBOX = Sandbox(
+    read_write_paths=("/var/log/nginx", "/var/lib/nginx", "/run"),  # /run: /run/nginx.pid
+    capabilities=("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE"),
+    syscall_filter=(
+        DEFAULT_SYSCALL_FILTER[0],
+        "~@resources @mount @debug @cpu-emulation @obsolete @raw-io",
+        *DEFAULT_SYSCALL_FILTER[2:],
+    ),
+    extra=(("PrivateMounts", "yes"), ("SystemCallErrorNumber", "EPERM")),
+)
 
 SECRETS_DROPIN = """# Managed by RAVE deploy: the TLS key and certificate come from rave-secrets
 [Unit]
@@ -115,6 +129,11 @@ def edge() -> None:
             "nginx resource limits of the mode",
             f"{DROPIN_DIR}/rave-limits.conf",
             limits_dropin_text(config.profile.limits_for("nginx")),
+        ),
+        put_text(
+            "nginx sandbox",
+            f"{DROPIN_DIR}/sandbox.conf",
+            dropin_text(SANDBOX, None, "nginx sandbox (tasks/edge.py)"),
         ),
     ]
 

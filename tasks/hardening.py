@@ -38,6 +38,7 @@ from rave.deploykit import (
 )
 from rave.render import FILES
 from rave.runstate import is_kind
+from rave.sandbox import Sandbox, dropin_text
 from rave.settings import HostSettings
 
 
@@ -197,6 +198,20 @@ def firewall() -> None:
 # --- fail2ban --------------------------------------------------------------------------------
 
 
+# root with only what bans and log reading need: nftables over netlink (CAP_NET_ADMIN), the
+# nginx logs (www-data's, CAP_DAC_READ_SEARCH); its socket directory is a RuntimeDirectory
+FAIL2BAN_SANDBOX = Sandbox(
+    read_write_paths=("/var/lib/fail2ban",),
+    address_families=("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
+    capabilities=("CAP_NET_ADMIN", "CAP_DAC_READ_SEARCH"),
+    extra=(
+        ("RuntimeDirectory", "fail2ban"),
+        ("PrivateMounts", "yes"),
+        ("SystemCallErrorNumber", "EPERM"),
+    ),
+)
+
+
 @deploy("Hardening: fail2ban")
 def fail2ban() -> None:
     config = settings()
@@ -241,12 +256,18 @@ def fail2ban() -> None:
         "/etc/fail2ban/fail2ban.d/rave.local",
         h.render_file(config, "hardening/fail2ban.local.j2"),
     )
+    sandbox = put_text(
+        "fail2ban sandbox",
+        "/etc/systemd/system/fail2ban.service.d/sandbox.conf",
+        dropin_text(FAIL2BAN_SANDBOX, None, "fail2ban sandbox (tasks/hardening.py)"),
+    )
+    systemd.daemon_reload(name="Reload systemd (fail2ban sandbox changed)", _if=sandbox.did_change)
     ensure_service(name="fail2ban runs", service="fail2ban.service", running=True, enabled=True)
     ensure_service(
-        name="Restart fail2ban (its settings changed)",
+        name="Restart fail2ban (its settings or sandbox changed)",
         service="fail2ban.service",
         restarted=True,
-        _if=any_changed(helper, *actions, jail, daemon),
+        _if=any_changed(helper, *actions, jail, daemon, sandbox),
     )
 
 

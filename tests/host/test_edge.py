@@ -225,11 +225,19 @@ def test_grafana_metrics_are_refused_while_grafana_is_proxied(host, staging):
 
 
 _KEY_PORT = 18417
-_KEY_CONF = """pid /run/rave-test-key-nginx.pid;
+# its own user and temp paths: a root nginx chowns its temp directories to its worker user, and
+# the defaults (/var/lib/nginx/*) are the deployed nginx's (left to `nobody`, it cannot buffer)
+_KEY_CONF = """user www-data;
+pid /run/rave-test-key-nginx.pid;
 error_log /run/rave-test-key-nginx.log warn;
 events {{}}
 http {{
     access_log off;
+    client_body_temp_path /run/rave-test-key-nginx/body;
+    proxy_temp_path /run/rave-test-key-nginx/proxy;
+    fastcgi_temp_path /run/rave-test-key-nginx/fastcgi;
+    uwsgi_temp_path /run/rave-test-key-nginx/uwsgi;
+    scgi_temp_path /run/rave-test-key-nginx/scgi;
 {map}
     limit_req_zone $rave_client zone=rave_test:1m rate=1r/m;
     server {{
@@ -260,7 +268,11 @@ def test_clients_are_keyed_on_their_ipv4_address_or_ipv6_64(host):
     assert found, "no client-key map in the deployed nginx.conf"
     conf = _KEY_CONF.format(map=found.group(0), port=_KEY_PORT)
     path = "/run/rave-test-key-nginx.conf"
-    host.check_output(f"printf %s {shlex.quote(conf)} > {path} && nginx -t -q -c {path}")
+    before = host.check_output("stat -c '%U %n' /var/lib/nginx/*")
+    host.check_output(
+        f"mkdir -p /run/rave-test-key-nginx && printf %s {shlex.quote(conf)} > {path}"
+        f" && nginx -t -q -c {path}"
+    )
     host.check_output(f"nginx -c {path}")
     try:
 
@@ -285,7 +297,9 @@ def test_clients_are_keyed_on_their_ipv4_address_or_ipv6_64(host):
         assert get("/limited", "10.1.2.4") == "204"
     finally:
         host.run("kill $(cat /run/rave-test-key-nginx.pid)")
-        host.run(f"rm -f {path}")
+        host.run(f"rm -rf {path} /run/rave-test-key-nginx")
+    # the deployed nginx's temp directories are untouched
+    assert host.check_output("stat -c '%U %n' /var/lib/nginx/*") == before
 
 
 def test_concurrent_connections_are_limited_per_client(host):

@@ -227,4 +227,4 @@ def test_secrets_are_back_after_a_reboot(host, staging):
     assert rebooted.check_output(f"findmnt -n -o FSTYPE -T {SECRETS_ROOT}") == "tmpfs"
     assert _host_hashes(rebooted) == _expected_hashes(_values(staging))
     directory = rebooted.file(f"{SECRETS_ROOT}/webhook")
-    assert (directory.user, directory.mode) == ("rave-webhook", 0o500)
+    assert (directory.user, directory.group, directory.mode) == ("root", "rave-webhook", 0o550)
