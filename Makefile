@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 # Debian packages the control machine needs (one list: append, keep it sorted by purpose)
-SYSTEM_PACKAGES := python3-venv make git systemd-container debootstrap tinyproxy iproute2 \
+SYSTEM_PACKAGES := python3-venv make git systemd systemd-container debootstrap tinyproxy iproute2 \
 	openssh-client age openssl restic postgresql-client nftables curl \
 	postgresql-15 prometheus gpg qemu-system-x86 e2fsprogs
 

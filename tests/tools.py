@@ -25,6 +25,7 @@ TOOLS = {
     "nft": "nftables",
     "promtool": "prometheus",
     "restic": "restic",
+    "systemd-analyze": "systemd",
     "ssh-keygen": "openssh-client",
     "unshare": "util-linux",
 }

@@ -4,7 +4,6 @@ the exposure `systemd-analyze security --offline` gives Debian 12's units with t
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from tasks.backup import WAL_DIR
 from tasks.database import SANDBOX as POSTGRES
 from tasks.edge import SANDBOX as NGINX
 from tasks.hardening import FAIL2BAN_SANDBOX as FAIL2BAN
+from tests.tools import require_tool
 
 # the [Service] sections of Debian 12's units (nginx 1.22, postgresql-common 248, fail2ban 1.0.2)
 DEBIAN_UNITS = {
@@ -98,12 +98,9 @@ def test_fail2ban_may_ban_and_read_the_logs_only():
 
 @pytest.fixture(scope="module")
 def offline_root(tmp_path_factory) -> Path:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("no systemd-analyze here")
+    analyze = require_tool("systemd-analyze")
     help_text = subprocess.run([analyze, "security", "--help"], capture_output=True, text=True)
-    if "--offline" not in help_text.stdout:
-        pytest.skip("systemd-analyze has no --offline")
+    assert "--offline" in help_text.stdout, "systemd-analyze without --offline (Debian 12 has it)"
     root = tmp_path_factory.mktemp("root")
     units = root / "etc/systemd/system"
     units.mkdir(parents=True)
