@@ -78,6 +78,8 @@ def test_failed_ssh_logins_fire_the_ssh_failure_alert(host, staging):
         failures = textfile_value(host, "rave_ssh_auth_failures_recent")
         assert failures is not None and failures >= ATTEMPTS, failures
         assert textfile_value(host, "rave_fail2ban_up") == 1
+        # every port a deployed host listens on is declared by a component
+        assert textfile_value(host, "rave_undeclared_listening_ports") == 0
 
         def fired():
             return [
