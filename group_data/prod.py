@@ -13,3 +13,7 @@ rave_mode = "SAFE"
 # ssh-ed25519 public keys of the operators, one a line in secrets/prod.operator-keys
 # ("ssh-ed25519 AAAAC3Nz... alice"); rotated with `rave-secrets operator-keys rotate`
 operator_keys: list[str] = configured_keys("prod")
+# Backups go off the host (docs/DEPLOYMENT-GUIDE.md, step 1): set the remote repository here,
+# its credentials in the secrets. The local default is refused before connecting unless
+# backup_local_repository_acknowledged = True stands next to it (BackupRepositoryOnHost fires).
+# backup_repository = "sftp:backup@backup.example.org:/srv/restic/rave"

@@ -358,6 +358,8 @@ def healthcheck_config(settings: HostSettings) -> str:
         {"name": "tls_certificate", "path": secret_path("nginx", "tls_certificate")},
     ]
     backup = {"metric": BACKUP_METRIC, "max_age_seconds": backup_max_age_seconds(settings)}
+    declared: set[int] = {p.number for c in components for p in c.ports}
+    declared |= set(settings.firewall_extra_tcp_ports) | set(settings.healthcheck_declared_ports)
     config = {
         "textfile_dir": TEXTFILE_DIR,
         "units": units,
@@ -369,6 +371,11 @@ def healthcheck_config(settings: HostSettings) -> str:
             for path in settings.healthcheck_disk_paths
         ],
         "backup": backup,
+        # security signals (metrics only): the SSHAuthFailureBurst, Fail2banBanning and
+        # UndeclaredPortListening alerts
+        "declared_ports": sorted(declared),
+        "ssh": {"comm": "sshd", "window_seconds": settings.healthcheck_ssh_failure_window_seconds},
+        "fail2ban": True,  # tasks/hardening.py installs it on every host
     }
     if any(c.name == "webhook" for c in components):
         # the receiver's queue: the spool drains, no dead letters wait (its /healthz)

@@ -1123,14 +1123,49 @@ def cmd_status(inst: Instance, as_json: bool) -> int:
     return 0 if statuses and all(s["ssh"] for s in statuses) else 1
 
 
+# where the logins of the routes come from: the secret's name, never its value (the user of
+# the CCR page is rave.secrets.generate.CCR_UI_USER; tests/unit/test_staging.py checks it)
+ROUTE_LOGINS = {
+    "ccr": "basic auth: user rave, password `.venv/bin/rave-secrets get ccr_ui_password "
+    "--env staging` (secret ccr_ui_password; nginx checks ccr_ui_password_hash)",
+    "grafana": "user admin, password `.venv/bin/rave-secrets get grafana_admin_password "
+    "--env staging` (secret grafana_admin_password)",
+}
+
+
+def route_lines(address: str) -> list[str]:
+    """What a person opens next: the URL of every route on the TLS port (rave/components.py),
+    and where each login comes from."""
+    from rave.components import COMPONENTS, Exposure, component
+
+    port = next(p.number for p in component("nginx").ports if p.exposure is Exposure.PUBLIC)
+    lines = [f"https://{address}:{port}/  status page (self-signed certificate)"]
+    for c in COMPONENTS:
+        entries = [(c.route, "")] if c.route is not None else []
+        entries += [(route, f" (called by the {c.name} page)") for route in c.extra_routes]
+        for route, note in entries:
+            methods = f" ({', '.join(route.methods)} only)" if route.methods else ""
+            optional = " (if installed)" if c.optional else ""
+            lines.append(f"https://{address}:{port}{route.path}  {c.name}{methods}{optional}{note}")
+            if route is c.route and c.name in ROUTE_LOGINS:
+                lines.append(f"    login: {ROUTE_LOGINS[c.name]}")
+    return lines
+
+
 def print_info(inst: Instance) -> None:
     rel = os.path.relpath(inst.ssh_config)
     print(f"staging instance {inst.id} (state {inst.state}):")
-    for index in inst.known_indices():
+    indices = inst.known_indices()
+    for index in indices:
         host = inst.host(index)
         print(f"  {host.name}  {host.address}   ssh -F {rel} {host.name}")
     print(f"  egress proxy: {inst.proxy_url}")
     print("  deploy: .venv/bin/pyinfra -y inventories/staging.py deploy.py")
+    for index in indices:
+        host = inst.host(index)
+        print(f"  open on {host.name} (from this machine):")
+        for line in route_lines(host.address):
+            print(f"    {line}")
 
 
 def vm_command(inst: Instance, args: argparse.Namespace) -> int:

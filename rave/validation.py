@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rave.settings import PASSTHROUGH_PREFIXES, HostSettings
-from rave.settings.backup import missing_credentials
+from rave.settings.backup import missing_credentials, repository_backend
 from rave.topology import derived_data
 
 
@@ -65,10 +65,40 @@ def validate_host(name: str, layers: list[DataLayer]) -> HostSettings:
                 message = "unknown setting (a typo? every setting is declared in rave/settings/)"
             problems.append(f"host {name}: {field} in {source}: {message}")
         raise HostDataError(problems) from None
-    problems = credential_problems(name, settings, origin)
+    problems = local_repository_problems(name, settings, origin)
+    problems += credential_problems(name, settings, origin)
     if problems:
         raise HostDataError(problems)
     return settings
+
+
+def local_repository_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:
+    """Production keeps its backups off the host: a repository on the host's own disk is refused
+    unless backup_local_repository_acknowledged is set in the same file as backup_repository
+    (staging is exempt). Acknowledged, the BackupRepositoryOnHost alert stands."""
+    from rave.secrets.store import STAGING_ENVIRONMENT
+
+    if not s.backup_enabled or s.rave_environment == STAGING_ENVIRONMENT:
+        return []
+    if repository_backend(s.backup_repository) != "local":
+        return []
+    source = origin.get("backup_repository")
+    acknowledged = origin.get("backup_local_repository_acknowledged")
+    if s.backup_local_repository_acknowledged and (source is None or acknowledged == source):
+        return []
+    where = source or "defaults (no file sets it)"
+    put = source or acknowledged or "the production group data (group_data/<group>.py)"
+    if s.backup_local_repository_acknowledged and acknowledged != source:
+        detail = f"is acknowledged in {acknowledged}, not next to backup_repository"
+    else:
+        detail = "is not acknowledged"
+    return [
+        f"host {name}: backup_repository in {where} ({s.backup_repository}) is on the host's "
+        f"own disk in environment {s.rave_environment!r} and {detail}: set a remote "
+        "repository (sftp:, s3:, rest:, ...; docs/DEPLOYMENT-GUIDE.md), or set "
+        f"backup_local_repository_acknowledged = True in {put} (the BackupRepositoryOnHost "
+        "alert then stands)"
+    ]
 
 
 def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:

@@ -830,6 +830,16 @@ def backup_metrics(state: dict[str, Any]) -> dict[str, tuple[str, float]]:
     }
 
 
+def repository_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    """Where the repository is: the BackupRepositoryOnHost alert stands while it is local."""
+    return {
+        "rave_backup_repository_local": (
+            "1 if the restic repository is on the host's own disk, 0 if it is remote.",
+            int(is_local_repository(config["repository"])),
+        ),
+    }
+
+
 # --------------------------------------------------------------------------- WAL archiving
 
 
@@ -1236,6 +1246,7 @@ def cmd_run(config_path: str, config: dict[str, Any], args: argparse.Namespace) 
         )
     save_state(config, state)
     write_metrics(config, "rave_backup", backup_metrics(state))
+    write_metrics(config, "rave_backup_repository", repository_metrics(config))
     if wal_enabled(config):
         write_metrics(config, "rave_wal_archive", wal_metrics(config))
     return code
@@ -1256,6 +1267,7 @@ def cmd_init(config: dict[str, Any], args: argparse.Namespace) -> int:
             say(f"repository {config['repository']} already initialized")
         write_marker(config, restic)
     Path(config["cache_dir"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_metrics(config, "rave_backup_repository", repository_metrics(config))
     return 0
 
 

@@ -108,6 +108,12 @@ class BackupSettings(Concern):
         description="restic repository: an absolute local path (staging) or "
         "sftp:user@host:/path, s3:https://endpoint/bucket/path, rest:... (production)",
     )
+    backup_local_repository_acknowledged: bool = Field(
+        False,
+        description="a production host (rave_environment other than staging) may keep its "
+        "repository on its own disk only with this set, in the same file as backup_repository; "
+        "the BackupRepositoryOnHost alert then stands",
+    )
     backup_keep_hourly: int = Field(24, ge=0, le=1000, description="hourly snapshots kept")
     backup_keep_daily: int = Field(7, ge=0, le=1000, description="daily snapshots kept")
     backup_keep_weekly: int = Field(4, ge=0, le=1000, description="weekly snapshots kept")

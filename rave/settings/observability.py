@@ -113,6 +113,18 @@ class ObservabilitySettings(Concern):
         description="the last successful backup may be this old; none: two periods of "
         "backup_schedule plus an hour (hourly: 3 h, daily: 49 h; other expressions: 49 h)",
     )
+    healthcheck_declared_ports: list[int] = Field(
+        default_factory=list,
+        description="TCP ports that may listen besides the components' own and "
+        "firewall_extra_tcp_ports (any other fires UndeclaredPortListening)",
+    )
+    healthcheck_ssh_failure_window_seconds: int = Field(
+        600,
+        ge=60,
+        le=86400,
+        description="the health check counts sshd authentication failures over this window "
+        "(the SSHAuthFailureBurst alert)",
+    )
     healthcheck_extra_units: list[str] = Field(
         default_factory=lambda: ["rave-secrets.service"],
         description="units checked besides the components' services (must be active)",

@@ -63,6 +63,20 @@ def test_metrics_file_is_replaced_atomically_and_readable(rb, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["rave_backup.prom"]  # no temp file left
 
 
+@pytest.mark.parametrize(
+    ("repository", "local"),
+    [("/var/backups/rave/restic", 1), ("sftp:backup@backup.example.org:/srv/rave", 0)],
+)
+def test_repository_metric_says_whether_the_repository_is_on_the_host(
+    rb, tmp_path, repository, local
+):
+    config = {"textfile_dir": str(tmp_path), "repository": repository}
+    rb.write_metrics(config, "rave_backup_repository", rb.repository_metrics(config))
+    text = (tmp_path / "rave_backup_repository.prom").read_text()
+    assert f"rave_backup_repository_local {local}\n" in text
+    assert "# TYPE rave_backup_repository_local gauge" in text
+
+
 def _fake_restic(tmp_path: Path, stderr: str, code: int) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -291,7 +305,9 @@ def _rotation_config(tmp_path: Path) -> dict:
         password_marker=str(tmp_path / "state" / "repository-password.sha256"),
         state_dir=str(tmp_path / "state"),
         hostname="rave-test",
+        textfile_dir=str(tmp_path / "textfile"),
     )
+    (tmp_path / "textfile").mkdir()
     (tmp_path / "pw").write_text("old-password-0123456789")
     (tmp_path / "previous").write_text("")
     return config

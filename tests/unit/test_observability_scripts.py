@@ -377,3 +377,101 @@ def test_the_deploy_points_the_health_check_at_the_receiver():
         "stalled_max_seconds": SPOOL_STALLED_MAX_SECONDS,
     }
     assert hc.STALLED_MAX_SECONDS == SPOOL_STALLED_MAX_SECONDS
+
+
+# --- security signals (the SSHAuthFailureBurst, Fail2banBanning, UndeclaredPortListening alerts)
+
+SSHD_JOURNAL = """\
+Connection from 10.213.21.1 port 40000 on 10.213.21.11 port 22 rdomain ""
+Invalid user nobody-here from 10.213.21.1 port 40000
+Connection closed by invalid user nobody-here 10.213.21.1 port 40000 [preauth]
+Failed publickey for agent from 10.213.21.1 port 40002 ssh2: ED25519 SHA256:abc
+User root from 10.213.21.1 not allowed because not listed in AllowGroups
+Failed password for agent from 10.213.21.1 port 40004 ssh2
+pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=x
+Accepted publickey for agent from 10.213.21.1 port 40006 ssh2: ED25519 SHA256:abc
+"""
+
+
+def test_ssh_failures_are_counted_once_per_attempt():
+    assert hc.count_ssh_failures(SSHD_JOURNAL.splitlines()) == 5
+    assert hc.count_ssh_failures(["Accepted publickey for agent from 10.0.0.1"]) == 0
+
+
+def test_ssh_failures_come_from_sshds_journal_over_the_window(tmp_path, monkeypatch):
+    calls = []
+
+    class Done:
+        stdout = SSHD_JOURNAL
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return Done()
+
+    monkeypatch.setattr(hc.subprocess, "run", fake_run)
+    path = _config(tmp_path, ssh={"comm": "sshd", "window_seconds": 600})
+    hc.main(["--config", str(path), "--quiet"])
+    text = _metrics(tmp_path)
+    assert "rave_ssh_auth_failures_recent 5" in text
+    assert "rave_ssh_auth_failures_window_seconds 600" in text
+    (journal,) = [c for c in calls if c[0] == "journalctl"]
+    assert "_COMM=sshd" in journal
+    since = int(next(a for a in journal if a.startswith("--since=@")).split("@")[1])
+    assert abs(time.time() - 600 - since) < 60
+
+
+FAIL2BAN_STATUS = "Status\n|- Number of jail:\t2\n`- Jail list:\tnginx-http-auth, sshd\n"
+FAIL2BAN_JAIL = (
+    "Status for the jail: {jail}\n|- Filter\n|  |- Currently failed:\t1\n"
+    "|  |- Total failed:\t9\n|  `- Journal matches:\t_SYSTEMD_UNIT=ssh.service\n"
+    "`- Actions\n   |- Currently banned:\t{banned}\n   |- Total banned:\t{total}\n"
+    "   `- Banned IP list:\t\n"
+)
+
+
+def test_fail2ban_bans_per_jail(tmp_path, monkeypatch):
+    def fake_client(*args):
+        if args == ("status",):
+            return FAIL2BAN_STATUS
+        return FAIL2BAN_JAIL.format(jail=args[1], banned=2 if args[1] == "sshd" else 0, total=7)
+
+    monkeypatch.setattr(hc, "fail2ban_client", fake_client)
+    path = _config(tmp_path, fail2ban=True)
+    hc.main(["--config", str(path), "--quiet"])
+    text = _metrics(tmp_path)
+    assert "rave_fail2ban_up 1" in text
+    assert 'rave_fail2ban_banned{jail="sshd"} 2' in text
+    assert 'rave_fail2ban_banned{jail="nginx-http-auth"} 0' in text
+    assert 'rave_fail2ban_banned_total{jail="sshd"} 7' in text
+    promtool = require_tool("promtool")
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_fail2ban_not_answering_is_a_metric_not_a_crash(tmp_path, monkeypatch):
+    def broken(*args):
+        raise subprocess.CalledProcessError(255, ["fail2ban-client", *args])
+
+    monkeypatch.setattr(hc, "fail2ban_client", broken)
+    path = _config(tmp_path, fail2ban=True)
+    assert hc.main(["--config", str(path), "--quiet"]) == 0
+    assert "rave_fail2ban_up 0" in _metrics(tmp_path)
+
+
+def test_a_port_no_component_declares_is_reported(tmp_path):
+    import socket
+
+    with socket.socket() as declared, socket.socket() as stray:
+        for sock in (declared, stray):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        ours, theirs = declared.getsockname()[1], stray.getsockname()[1]
+        others = sorted(hc.listening_ports() - {theirs})
+        path = _config(tmp_path, declared_ports=others)
+        assert hc.main(["--config", str(path), "--quiet"]) == 0  # a metric, not a failed check
+    text = _metrics(tmp_path)
+    assert "rave_undeclared_listening_ports 1" in text
+    assert f'rave_undeclared_listening_port{{port="{theirs}"}} 1' in text
+    assert f'port="{ours}"' not in text

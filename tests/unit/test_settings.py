@@ -127,9 +127,52 @@ def test_remote_repository_without_its_credentials_is_refused(
             "sftp:backup@backup.example.org:/srv/rave",
             {"backup_sftp_private_key": True, "backup_sftp_known_hosts": True},
         ),
-        ("/var/backups/rave/restic", None),  # a local repository needs nothing
     ],
 )
 def test_remote_repository_with_its_credentials_validates(tmp_path, repository, present):
     settings = validate_host("h1", _remote_repository_layers(tmp_path, repository, present))
     assert settings.backup_repository == repository
+
+
+def _local_repository_layers(tmp_path, **prod_data):
+    layers = _remote_repository_layers(tmp_path, "/srv/restic", None)
+    layers[0] = DataLayer("group_data/prod.py", {**layers[0].data, **prod_data})
+    return layers
+
+
+def test_production_refuses_a_repository_on_the_host_unacknowledged(tmp_path):
+    with pytest.raises(HostDataError) as error:
+        validate_host("h1", _local_repository_layers(tmp_path))
+    message = str(error.value)
+    assert "host h1: backup_repository in group_data/prod.py (/srv/restic)" in message
+    assert "is not acknowledged" in message
+    assert "backup_local_repository_acknowledged = True in group_data/prod.py" in message
+
+
+def test_production_refuses_the_default_local_repository_too(tmp_path):
+    layers = _local_repository_layers(tmp_path)
+    data = {k: v for k, v in layers[0].data.items() if k != "backup_repository"}
+    with pytest.raises(HostDataError) as error:
+        validate_host("h1", [DataLayer("group_data/prod.py", data)])
+    assert "backup_repository in defaults (no file sets it)" in str(error.value)
+    acknowledged = {**data, "backup_local_repository_acknowledged": True}
+    validate_host("h1", [DataLayer("group_data/prod.py", acknowledged)])
+
+
+def test_production_accepts_a_local_repository_acknowledged_in_the_same_file(tmp_path):
+    layers = _local_repository_layers(tmp_path, backup_local_repository_acknowledged=True)
+    settings = validate_host("h1", layers)  # a local repository needs no credentials
+    assert settings.backup_repository == "/srv/restic"
+
+
+def test_the_acknowledgement_must_sit_next_to_the_repository(tmp_path):
+    layers = _local_repository_layers(tmp_path)
+    layers.append(DataLayer("group_data/all.py", {"backup_local_repository_acknowledged": True}))
+    with pytest.raises(HostDataError) as error:
+        validate_host("h1", layers)
+    assert "acknowledged in group_data/all.py, not next to backup_repository" in str(error.value)
+
+
+def test_staging_keeps_its_repository_on_the_host_unacknowledged(tmp_path):
+    layers = _local_repository_layers(tmp_path, rave_environment="staging")
+    assert validate_host("h1", layers).backup_repository == "/srv/restic"

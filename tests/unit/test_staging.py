@@ -116,3 +116,28 @@ def test_staging_group_data_follows_the_instance_state_dir(tmp_path, monkeypatch
     assert data["egress_proxy"] == "http://10.213.7.1:3128"
     assert data["operator_keys"] == [key]
     assert "10.213.7.1" in data["fail2ban_ignore_addresses"]
+
+
+def test_info_ends_with_every_route_and_where_its_login_comes_from(instance, capsys):
+    from rave.components import routes
+
+    (instance.state / "hosts" / "1").mkdir(parents=True)
+    staging.print_info(instance)
+    out = capsys.readouterr().out
+    address = instance.host(1).address
+    assert routes(), "no routes declared"
+    for route in routes():
+        assert f"https://{address}:3002{route.path} " in out
+    assert f"https://{address}:3002/ " in out
+    assert "rave-secrets get ccr_ui_password --env staging" in out
+    assert "rave-secrets get grafana_admin_password --env staging" in out
+    # the login lines name secrets, never values (print_info reads no secret at all)
+    lines = out.splitlines()
+    ccr = next(
+        i
+        for i, line in enumerate(lines)
+        if line.strip().startswith(f"https://{address}:3002/ccr-ui/")
+    )
+    from rave.secrets.generate import CCR_UI_USER
+
+    assert "login:" in lines[ccr + 1] and f"user {CCR_UI_USER}," in lines[ccr + 1]
