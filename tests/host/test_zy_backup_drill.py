@@ -76,8 +76,9 @@ def _send_webhook_events(staging, count: int) -> list[str]:
     deliveries = []
     with httpx.Client(verify=context, timeout=30) as client:
         for n in range(count):
-            body = json.dumps({"drill": n, "ref": "refs/heads/main"}).encode()
             delivery = str(uuid.uuid4())
+            # unique content too: the same signed body again is a replay (answered 200)
+            body = json.dumps({"drill": n, "ref": "refs/heads/main", "id": delivery}).encode()
             signature = hmac.new(key, body, hashlib.sha256).hexdigest()
             response = client.post(
                 url,
