@@ -367,6 +367,9 @@ def _sections(lines: list[str]) -> dict[str, list[str]]:
     return sections
 
 
+APT_LISTS = "/var/lib/apt/lists"
+
+
 class ValidationProbe(FactBase):
     """Everything the host-side validation stages look at, gathered in one round trip (sudo).
 
@@ -398,6 +401,11 @@ class ValidationProbe(FactBase):
             "listeners": "ss -Hltn",
             "release": f"cat {RELEASE_FILE} 2>/dev/null",
             "hardening_report": f"cat {HARDENING_REPORT} 2>/dev/null",
+            # mtime (epoch) and name of apt's security-suite Release files, and the host's clock
+            "apt_security": (
+                f"find {APT_LISTS} -maxdepth 1 -name '*_dists_*-security_*Release' "
+                "-printf '%T@ %f\\n'; echo now $(date +%s)"
+            ),
         }
         return "; ".join(
             f"echo {shlex.quote(_SECTION + name)}; {{ {command}; }} || true"
@@ -436,6 +444,7 @@ class ValidationProbe(FactBase):
             "listeners": sections.get("listeners", []),
             "release": release,
             "hardening_report": hardening if isinstance(hardening, dict) else {},
+            "apt_security": sections.get("apt_security", []),
         }
 
 
