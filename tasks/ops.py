@@ -18,7 +18,7 @@ from rave.deploykit import (
     put_text,
     settings,
 )
-from rave.facts import TEXTFILE_DIR
+from rave.facts import APT_LISTS, TEXTFILE_DIR
 from rave.ops.validate import EXPECTED_SSHD
 from rave.render import FILES
 from rave.settings import HostSettings
@@ -71,6 +71,8 @@ def validate_config(config: HostSettings) -> str:
         "public_ports": public_ports(),
         "sshd": EXPECTED_SSHD,
         "textfile_dir": TEXTFILE_DIR,
+        "apt_lists": APT_LISTS,
+        "apt_security_lists_max_age_days": config.apt_security_lists_max_age_days,
     }
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 

@@ -107,6 +107,12 @@ def test_validation_fails_on_stale_security_lists_and_recovers(host, staging):
         ]
         assert failing and "FAIL" in failing[0], stale.stdout
         assert "days old" in failing[0]
+        host_side = host.run("/usr/local/sbin/rave-validate-host")
+        assert host_side.rc == 1, host_side.stdout
+        assert any(
+            line.startswith("FAIL") and "security updates lists" in line
+            for line in host_side.stdout.splitlines()
+        ), host_side.stdout
     finally:
         # apt fetches the file again (If-Modified-Since is ten days back) and dates it
         refreshed = host.run("apt-get update -q")
