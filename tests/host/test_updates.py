@@ -82,6 +82,7 @@ def test_update_metrics_reach_the_node_exporter(host):
 
 def test_reboot_required_flips_the_metric(host):
     had = host.file("/run/reboot-required").exists
+    assert _metric(host, "rave_reboot_required") is not None, "no metric to flip"
     try:
         host.run("touch /run/reboot-required")
         _collect(host)
@@ -96,7 +97,8 @@ def test_reboot_required_flips_the_metric(host):
 
 def test_validation_fails_on_stale_security_lists_and_recovers(host, staging):
     name = staging.names[0]
-    assert host.run(f"touch -d '10 days ago' {SECURITY_RELEASE}").rc == 0
+    assert host.run(f"ls {SECURITY_RELEASE}").rc == 0, "no security lists to age"
+    assert host.run(f"touch -c -d '10 days ago' {SECURITY_RELEASE}").rc == 0
     try:
         stale = _validate(name)
         assert stale.returncode != 0, stale.stdout
@@ -114,9 +116,13 @@ def test_validation_fails_on_stale_security_lists_and_recovers(host, staging):
             for line in host_side.stdout.splitlines()
         ), host_side.stdout
     finally:
-        # apt fetches the file again (If-Modified-Since is ten days back) and dates it
+        # apt fetches the InRelease again (If-Modified-Since is ten days back) but keeps the
+        # file it has when the content is the same, with its backdated time: drop it first, so
+        # that apt stores the fetched one dated by the archive's Last-Modified
+        host.run(f"rm -f {SECURITY_RELEASE}")
         refreshed = host.run("apt-get update -q")
         assert refreshed.rc == 0, refreshed.stderr
+        assert host.run(f"ls {SECURITY_RELEASE}").rc == 0, refreshed.stdout
     time.sleep(1)
     fresh = _validate(name)
     lines = [
@@ -125,3 +131,23 @@ def test_validation_fails_on_stale_security_lists_and_recovers(host, staging):
         if "security updates lists" in line
     ]
     assert lines and "FAIL" not in lines[0], fresh.stdout
+
+
+def test_restart_pending_counts_a_service_on_a_replaced_library(host):
+    # a service that mapped a library which is then deleted, as an upgrade replaces it
+    lib = "/usr/lib/x86_64-linux-gnu/librave-nrtest.so.1"
+    loader = f"import ctypes, time; ctypes.CDLL('{lib}'); time.sleep(600)"
+    assert host.run(f"cp /usr/lib/x86_64-linux-gnu/libz.so.1 {lib}").rc == 0
+    try:
+        started = host.run(f'systemd-run --unit rave-nrtest python3 -c "{loader}"')
+        assert started.rc == 0, started.stderr
+        time.sleep(2)
+        host.run(f"rm -f {lib}")
+        assert "NEEDRESTART-SVC: rave-nrtest.service" in host.run("needrestart -b -r l").stdout
+        _collect(host)
+        assert (_metric(host, "rave_restart_pending") or 0) >= 1
+    finally:
+        host.run("systemctl stop rave-nrtest.service")
+        host.run(f"rm -f {lib}")
+    _collect(host)
+    assert _metric(host, "rave_restart_pending") == 0
