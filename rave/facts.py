@@ -367,6 +367,9 @@ def _sections(lines: list[str]) -> dict[str, list[str]]:
     return sections
 
 
+APT_LISTS = "/var/lib/apt/lists"
+
+
 class ValidationProbe(FactBase):
     """Everything the host-side validation stages look at, gathered in one round trip (sudo).
 
@@ -399,6 +402,11 @@ class ValidationProbe(FactBase):
             "release": f"cat {RELEASE_FILE} 2>/dev/null",
             "hardening_report": f"cat {HARDENING_REPORT} 2>/dev/null",
             "webhook_health": f"curl -sf --max-time 5 {webhook_health_url()}",
+            # mtime (epoch) and name of apt's security-suite Release files, and the host's clock
+            "apt_security": (
+                f"find {APT_LISTS} -maxdepth 1 -name '*_dists_*-security_*Release' "
+                "-printf '%T@ %f\\n'; echo now $(date +%s)"
+            ),
         }
         return "; ".join(
             f"echo {shlex.quote(_SECTION + name)}; {{ {command}; }} || true"
@@ -442,6 +450,7 @@ class ValidationProbe(FactBase):
             "release": release,
             "hardening_report": hardening if isinstance(hardening, dict) else {},
             "webhook_health": webhook_health if isinstance(webhook_health, dict) else None,
+            "apt_security": sections.get("apt_security", []),
         }
 
 

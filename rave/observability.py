@@ -41,6 +41,7 @@ ALERTMANAGER_BASE_CONFIG = "/etc/prometheus/alertmanager.base.json"
 ALERTMANAGER_RUNTIME_CONFIG = "/run/prometheus-alertmanager/alertmanager.yml"
 HEALTHCHECK_CONFIG = "/etc/rave/healthcheck.json"
 HEALTHCHECK_COMMAND = "/usr/local/sbin/rave-healthcheck"
+UPDATE_METRICS_COMMAND = "/usr/local/sbin/rave-update-metrics"
 GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards/rave"
 GRAFANA_DATASOURCE_UID = "prometheus"
 

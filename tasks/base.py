@@ -3,7 +3,8 @@
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import Hostname
-from pyinfra.operations import files, server
+from pyinfra.operations import apt, files, server
+from pyinfra.operations.util import any_changed
 
 from rave.deploykit import (
     ensure_directory,
@@ -20,6 +21,24 @@ from rave.deploykit import (
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/01rave-proxy"
 APT_SNAPSHOT_CONF = "/etc/apt/apt.conf.d/02rave-snapshot"
 NPM_GLOBAL_CONF = "/etc/npmrc"
+DEBIAN_SOURCES = "/etc/apt/sources.list.d/debian.sources"
+SOURCES_LIST = "/etc/apt/sources.list"
+SOURCES_LIST_TEXT = (
+    "# Managed by RAVE deploy (tasks/base.py): the Debian sources are in\n"
+    f"# {DEBIAN_SOURCES} (deb822); this file stays empty.\n"
+)
+DEBIAN_SUITE = "bookworm"
+ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def sources_context(config) -> dict[str, str]:
+    """debian.sources' values: the mirrors without a trailing slash (HttpUrl may add one)."""
+    return {
+        "mirror": str(config.debian_mirror).rstrip("/"),
+        "security_mirror": str(config.debian_security_mirror).rstrip("/"),
+        "suite": DEBIAN_SUITE,
+        "keyring": ARCHIVE_KEYRING,
+    }
 
 
 def templates(config):
@@ -29,6 +48,7 @@ def templates(config):
         "base/apt-proxy.conf.j2": {"proxy": proxy},
         "base/npmrc.j2": {"proxy": proxy},
         "base/timesyncd.conf.j2": {"ntp_servers": config.ntp_servers},
+        "base/debian.sources.j2": sources_context(config),
     }
 
 
@@ -64,6 +84,20 @@ def base():
             APT_SNAPSHOT_CONF,
             'Acquire::Check-Valid-Until "false";\n',
         )
+
+    # Debian sources: main, updates and security (unattended-upgrades takes from the latter)
+    sources = [
+        put_template(
+            "Debian sources: bookworm, bookworm-updates, bookworm-security",
+            "base/debian.sources.j2",
+            DEBIAN_SOURCES,
+            **sources_context(config),
+        ),
+        put_text(
+            "No sources in sources.list (debian.sources has them)", SOURCES_LIST, SOURCES_LIST_TEXT
+        ),
+    ]
+    apt.update(name="Refresh apt (the Debian sources changed)", _if=any_changed(*sources))
 
     ensure_packages("Install the base packages", config.base_packages)
 

@@ -332,6 +332,14 @@ IDENTITY_FILES = {
 SHM_OPTIONS = ("nodev", "nosuid", "noexec")
 
 
+NEEDRESTART_CONF = "/etc/needrestart/conf.d/rave.conf"
+NEEDRESTART_TEXT = (
+    "# Managed by RAVE deploy (tasks/hardening.py): restart outdated services automatically,\n"
+    "# never ask (unattended-upgrades runs it through its apt hook)\n"
+    "$nrconf{restart} = 'a';\n"
+)
+
+
 @deploy("Hardening: system")
 def system(report: dict[str, Any], container: bool) -> None:
     config = settings()
@@ -348,6 +356,14 @@ def system(report: dict[str, Any], container: bool) -> None:
             "unattended-upgrades: Debian-Security origin only",
             "/etc/apt/apt.conf.d/52rave-unattended-upgrades",
             h.render_file(config, "hardening/unattended-upgrades.conf.j2"),
+        )
+        # after an upgrade (unattended-upgrades included: needrestart's apt hook), daemons still
+        # using replaced libraries are restarted without asking
+        ensure_packages("Install needrestart", ["needrestart"])
+        put_text(
+            "needrestart: restart outdated services automatically",
+            NEEDRESTART_CONF,
+            NEEDRESTART_TEXT,
         )
     put_text(
         "Periodic apt runs",

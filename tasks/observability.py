@@ -36,6 +36,7 @@ DROPIN = "rave.conf"
 DEPS_DROPIN = "rave-deps.conf"
 ALERTMANAGER_MERGE = "/usr/local/lib/rave/rave-alertmanager-config"
 HEALTHCHECK_UNIT = "rave-healthcheck"
+UPDATE_METRICS_UNIT = "rave-update-metrics"
 GRAFANA_KEYRING = "/usr/share/keyrings/grafana.gpg"
 GRAFANA_SOURCES = "/etc/apt/sources.list.d/grafana.list"
 
@@ -115,6 +116,11 @@ def templates(config: HostSettings) -> dict[str, dict[str, object]]:
             "config_path": obs.HEALTHCHECK_CONFIG,
         },
         "healthcheck/rave-healthcheck.timer.j2": {"interval": config.healthcheck_interval},
+        "healthcheck/rave-update-metrics.service.j2": {
+            "command": obs.UPDATE_METRICS_COMMAND,
+            "textfile_dir": obs.TEXTFILE_DIR,
+        },
+        "healthcheck/rave-update-metrics.timer.j2": {"interval": config.update_metrics_interval},
         "alertmanager/rave-config.conf.j2": alertmanager_dropin_context(),
         "grafana/grafana.ini.j2": grafana_ini_context(config),
         "grafana/grafana.list.j2": {
@@ -357,10 +363,32 @@ def observability() -> None:
         interval=config.healthcheck_interval,
     )
 
+    # --- update metrics: reboot required, services still running replaced libraries -------
+    update_metrics = [
+        install_host_script(
+            "Update metrics command",
+            str(FILES / "updates" / "rave-update-metrics"),
+            obs.UPDATE_METRICS_COMMAND,
+        ),
+        put_template(
+            "Update metrics service",
+            "healthcheck/rave-update-metrics.service.j2",
+            f"/etc/systemd/system/{UPDATE_METRICS_UNIT}.service",
+            command=obs.UPDATE_METRICS_COMMAND,
+            textfile_dir=obs.TEXTFILE_DIR,
+        ),
+    ]
+    update_timer = put_template(
+        "Update metrics timer",
+        "healthcheck/rave-update-metrics.timer.j2",
+        f"/etc/systemd/system/{UPDATE_METRICS_UNIT}.timer",
+        interval=config.update_metrics_interval,
+    )
+
     # --- activate: restart what changed, reload Prometheus on new config -------------------
     systemd.daemon_reload(
-        name="Reload systemd (health check units changed)",
-        _if=any_changed(*healthcheck, timer),
+        name="Reload systemd (health check or update metrics units changed)",
+        _if=any_changed(*healthcheck, timer, *update_metrics, update_timer),
     )
     for name in here:
         unit = obs.component(name).unit
@@ -397,6 +425,17 @@ def observability() -> None:
         service=f"{HEALTHCHECK_UNIT}.timer",
         running=True,
         enabled=True,
+    )
+    ensure_service(
+        name="Update metrics timer",
+        service=f"{UPDATE_METRICS_UNIT}.timer",
+        running=True,
+        enabled=True,
+    )
+    server.shell(
+        name="Refresh the update metrics once (the collector changed)",
+        commands=[f"systemctl start {UPDATE_METRICS_UNIT}.service"],
+        _if=any_changed(*update_metrics),
     )
     # run once now, so its metrics exist right after a deploy (not only after the first tick)
     server.shell(

@@ -18,7 +18,7 @@ from rave.deploykit import (
     put_text,
     settings,
 )
-from rave.facts import TEXTFILE_DIR
+from rave.facts import APT_LISTS, TEXTFILE_DIR
 from rave.ops.validate import EXPECTED_SSHD, SPOOL_STALLED_MAX_SECONDS, webhook_health_url
 from rave.render import FILES
 from rave.settings import HostSettings
@@ -73,6 +73,8 @@ def validate_config(config: HostSettings) -> str:
         "textfile_dir": TEXTFILE_DIR,
         # checked where the webhook unit is installed: its queue drains, no dead letters wait
         "webhook": {"url": webhook_health_url(), "stalled_max_seconds": SPOOL_STALLED_MAX_SECONDS},
+        "apt_lists": APT_LISTS,
+        "apt_security_lists_max_age_days": config.apt_security_lists_max_age_days,
     }
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 

@@ -19,11 +19,13 @@ SNAPSHOT_DIR = "/var/lib/rave-ops/pre-update"
 # paths (relative to /) the deploy manages; missing ones are skipped
 MANAGED_PATHS = (
     "etc/apt/apt.conf.d",
+    "etc/apt/sources.list",
     "etc/apt/sources.list.d",
     "etc/default",
     "etc/fail2ban",
     "etc/grafana",
     "etc/nftables.conf",
+    "etc/needrestart",
     "etc/nginx",
     "etc/npmrc",
     "etc/postgresql",

@@ -209,6 +209,7 @@ def evaluate(
         return [_check(host, "connectivity", "ssh and facts", False, "no answer from the host")]
     checks += _connectivity(host, config, probe)
     checks += _security(host, probe)
+    checks += [security_lists_check(host, config, probe.get("apt_security", []))]
     checks += _services(host, probe)
     checks += _ports(host, probe, control)
     checks += _webhook_queue(host, probe)
@@ -329,6 +330,51 @@ def _security(host: str, probe: dict[str, Any]) -> list[Check]:
         )
     )
     return checks
+
+
+def parse_release_files(lines: list[str]) -> tuple[dict[str, float], float | None]:
+    """`<mtime> <name>` lines of apt's security Release files and `now <epoch>` (the probe)."""
+    files: dict[str, float] = {}
+    now = None
+    for line in lines:
+        first, _, rest = line.strip().partition(" ")
+        try:
+            if first == "now":
+                now = float(rest)
+            elif rest:
+                files[rest.strip()] = float(first)
+        except ValueError:
+            continue
+    return files, now
+
+
+SECURITY_LISTS_CHECK = "security updates lists"
+
+
+def security_lists_check(host: str, config: HostSettings, lines: list[str]) -> Check:
+    """apt fetched the security suite recently: unattended-upgrades takes updates from it."""
+    files, now = parse_release_files(lines)
+    limit = config.apt_security_lists_max_age_days
+    if not files or now is None:
+        return _check(
+            host,
+            "security",
+            SECURITY_LISTS_CHECK,
+            False,
+            "no bookworm-security Release file in /var/lib/apt/lists (is the suite in "
+            "debian.sources? run apt-get update)",
+        )
+    name, mtime = max(files.items(), key=lambda item: item[1])
+    age_days = (now - mtime) / 86400
+    ok = age_days <= limit
+    return _check(
+        host,
+        "security",
+        SECURITY_LISTS_CHECK,
+        ok,
+        f"{name} {age_days:.1f} days old (maximum {limit})"
+        + ("" if ok else ": stale, run apt-get update and check the egress"),
+    )
 
 
 _ENABLED_OK = {"enabled", "enabled-runtime", "static", "generated", "indirect", "alias"}

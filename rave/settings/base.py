@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from rave.modes import Mode
 
@@ -43,6 +43,20 @@ class BaseSettings(Concern):
         None,
         pattern=r"^https?://[^\s]+$",
         description="forward proxy for apt and npm (http://host:port); none means direct",
+    )
+    debian_mirror: HttpUrl = Field(
+        HttpUrl("http://deb.debian.org/debian"),
+        description="Debian archive for bookworm and bookworm-updates (debian.sources)",
+    )
+    debian_security_mirror: HttpUrl = Field(
+        HttpUrl("https://security.debian.org/debian-security"),
+        description="Debian security archive for bookworm-security (debian.sources)",
+    )
+    apt_security_lists_max_age_days: int = Field(
+        2,
+        ge=1,
+        le=30,
+        description="validation fails when apt's bookworm-security lists are older (days)",
     )
     apt_check_valid_until: bool = Field(
         True, description="false only for frozen snapshot mirrors (staging)"

@@ -99,6 +99,12 @@ class ObservabilitySettings(Concern):
     healthcheck_interval: str = Field(
         "5min", pattern=r"^[0-9]+(s|min|h)$", description="systemd OnUnitActiveSec of the timer"
     )
+    update_metrics_interval: str = Field(
+        "15min",
+        pattern=r"^[0-9]+(s|min|h)$",
+        description="how often rave-update-metrics refreshes rave_reboot_required and "
+        "rave_restart_pending",
+    )
     healthcheck_disk_paths: list[str] = Field(
         default_factory=lambda: ["/", "/var"],
         description="file systems whose free space is checked",

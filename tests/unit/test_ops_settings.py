@@ -80,3 +80,32 @@ def test_host_validation_expectations_follow_components_and_mode():
     assert safe["memory_max"]["webhook"] == 192 * 1024 * 1024
     assert full["memory_max"]["webhook"] == 384 * 1024 * 1024
     assert "grafana" in safe["optional"]
+
+
+def test_host_validation_fails_on_stale_security_lists(tmp_path):
+    import importlib.machinery
+    import importlib.util
+    import os
+    import time
+    from pathlib import Path
+
+    from tasks.ops import validate_config
+
+    source = Path(__file__).resolve().parents[2] / "files/ops/rave-validate-host"
+    loader = importlib.machinery.SourceFileLoader("rave_validate_host", str(source))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    config = json.loads(validate_config(make_settings()))
+    assert config["apt_security_lists_max_age_days"] == 2
+    assert config["apt_lists"] == "/var/lib/apt/lists"
+
+    now = time.time()
+    check = module.security_lists(str(tmp_path), 2, now)
+    assert check[:3] == ("security", "security updates lists", False)
+    release = tmp_path / "security.debian.org_debian-security_dists_bookworm-security_InRelease"
+    release.write_text("")
+    os.utime(release, (now - 10 * 86400, now - 10 * 86400))
+    stale = module.security_lists(str(tmp_path), 2, now)
+    assert stale[2] is False and "10.0 days old" in stale[3]
+    os.utime(release, (now - 3600, now - 3600))
+    assert module.security_lists(str(tmp_path), 2, now)[2] is True

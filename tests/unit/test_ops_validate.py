@@ -12,6 +12,8 @@ from rave.ops import validate as v
 from tests.unit.conftest import make_settings
 
 MB = 1024 * 1024
+NOW = 1_800_000_000.0
+SECURITY_INRELEASE = "security.debian.org_debian-security_dists_bookworm-security_InRelease"
 CONFIG = make_settings(hostname="rave-staging-1")
 
 NFT = """table inet filter {
@@ -96,6 +98,11 @@ def healthy_probe():
             "dead_letters": 0,
             "dead_letter_store_full": False,
         },
+        "apt_security": [
+            f"{NOW - 3600:.10f} {SECURITY_INRELEASE}",
+            f"{NOW - 40 * 86400:.10f} old.example_debian_dists_bullseye-security_Release",
+            f"now {NOW:.0f}",
+        ],
     }
 
 
@@ -388,3 +395,33 @@ def test_test_delivery_passes_the_webhooks_own_verifier():
     assert verified.event == v.TEST_EVENT
     with pytest.raises(verify.Rejected):
         verify.verify(headers, body, verify.ProviderSecrets(github=[b"other"]), now=0)
+
+
+def test_recent_security_lists_pass():
+    check = v.security_lists_check("h", CONFIG, healthy_probe()["apt_security"])
+    assert check.ok, check
+    assert check.name == "security updates lists"
+    assert SECURITY_INRELEASE in check.detail and "0.0 days old" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([f"{NOW - 10 * 86400} {SECURITY_INRELEASE}", f"now {NOW:.0f}"], "10.0 days old"),
+        ([f"now {NOW:.0f}"], "no bookworm-security Release file"),
+        ([], "no bookworm-security Release file"),
+    ],
+)
+def test_stale_or_missing_security_lists_fail_naming_the_check(lines, message):
+    probe = healthy_probe()
+    probe["apt_security"] = lines
+    found = failures(probe)
+    assert list(found) == ["security/security updates lists"], found
+    assert message in found["security/security updates lists"]
+
+
+def test_security_lists_age_limit_is_the_setting():
+    lines = [f"{NOW - 5 * 86400} {SECURITY_INRELEASE}", f"now {NOW:.0f}"]
+    assert not v.security_lists_check("h", CONFIG, lines).ok
+    relaxed = make_settings(hostname="rave-staging-1", apt_security_lists_max_age_days=7)
+    assert v.security_lists_check("h", relaxed, lines).ok
