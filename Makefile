@@ -65,20 +65,33 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# the multi-host suite runs on an instance of its own (never the single-host suites' hosts):
+# the next staging ID, its state in .staging-multihost/ (docs/staging.md)
+STAGING_ID := $(or $(RAVE_STAGING_ID),0)
+MULTIHOST_STAGING_ID ?= $(shell echo $$(( $(STAGING_ID) < 254 ? $(STAGING_ID) + 1 : 253 )))
+MULTIHOST_ENV := RAVE_STAGING_ID=$(MULTIHOST_STAGING_ID) RAVE_STAGING_DIR=$(CURDIR)/.staging-multihost \
+	RAVE_STAGING_HOSTS=3 RAVE_STAGING_MONITORING=1
+SINGLE_HOST := --ignore=tests/vm --ignore=tests/host/test_multihost.py
+
 host-tests: venv
-	$(BIN)/pytest tests/host $(PYTEST_ARGS)
+	$(BIN)/pytest tests/host $(SINGLE_HOST) $(PYTEST_ARGS)
 
-# lint and types first, then every suite under tests/ (unit, then host tests on fresh hosts);
-# the VM suite has its own target (make test-vm: minutes of TCG emulation, docs/staging.md)
+# what CI runs, in order: lint and types; unit tests and every single-host suite (one fresh
+# host); the multi-host suite (2 service hosts + 1 monitoring host, its own instance, torn down
+# after); the VM suite (auditd, AppArmor, kernel sysctls)
 test: lint typecheck
-	$(BIN)/pytest tests --ignore=tests/vm $(PYTEST_ARGS)
+	$(BIN)/pytest tests $(SINGLE_HOST) $(PYTEST_ARGS)
+	$(MAKE) test-multihost
+	$(MAKE) test-vm
 
-# 2 service hosts + 1 monitoring host: every host suite on the service hosts, plus
-# tests/host/test_multihost.py (skipped by `make test`); not part of `make test` (CI time)
+# tests/host/test_multihost.py on a fresh 3-host instance (up --fresh clears a previous run's
+# leftovers); the instance is stopped afterwards, whether the suite passed or not
 test-multihost: venv
-	RAVE_STAGING_HOSTS=3 RAVE_STAGING_MONITORING=1 $(BIN)/pytest tests/host $(PYTEST_ARGS)
+	$(MULTIHOST_ENV) $(BIN)/pytest tests/host/test_multihost.py $(PYTEST_ARGS); status=$$?; \
+		$(MULTIHOST_ENV) $(BIN)/rave-staging down; exit $$status
 
 # a QEMU VM on the staging bridge: auditd, AppArmor and kernel.* sysctls, which containers
-# cannot have (tests/vm/test_vm_hardening.py; -s prints the boot and deploy times)
+# cannot have (tests/vm/test_vm_hardening.py; -s prints the boot and deploy times); it boots
+# fresh and ends with `vm down`
 test-vm: venv
 	$(BIN)/pytest -s tests/vm $(PYTEST_ARGS)

@@ -22,9 +22,10 @@ from typing import Any
 
 SERVICE_GROUP = "rave"
 MONITORING_GROUP = "monitoring"
-# what a monitoring-only host runs (its deploy skips the service tasks)
+# what a monitoring-only host runs (its deploy skips the service tasks); its backup holds its
+# own files (no database: tasks/backup.py)
 MONITORING_HOST_COMPONENTS = frozenset(
-    {"sshd", "prometheus", "alertmanager", "node_exporter", "grafana"}
+    {"sshd", "prometheus", "alertmanager", "node_exporter", "grafana", "backup"}
 )
 
 

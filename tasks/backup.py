@@ -29,6 +29,7 @@ from rave.deploykit import (
     put_text,
     settings,
 )
+from rave.observability import enabled_names
 from rave.render import FILES
 from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.secrets.deploy import secrets_changed
@@ -83,6 +84,21 @@ def is_local(repository: str) -> bool:
     return repository.startswith("/")
 
 
+def runs_database(s: HostSettings) -> bool:
+    """Whether PostgreSQL runs here: not on a monitoring host (rave/topology.py), whose backup
+    holds its files only (no dumps, no WAL archiving, PostgreSQL never touched)."""
+    return component("postgresql").name in enabled_names(s)
+
+
+def databases(s: HostSettings) -> bool:
+    return s.backup_databases and runs_database(s)
+
+
+def host_paths(s: HostSettings) -> list[str]:
+    """Every component's backup paths; on a monitoring host only those of what it runs."""
+    return backup_paths(enabled_names(s) if s.monitoring_role else None)
+
+
 def db_client_units() -> list[str]:
     """Services stopped while a database is restored: every reader of a database secret."""
     postgres = component("postgresql").name
@@ -119,11 +135,11 @@ def host_config(s: HostSettings) -> dict[str, Any]:
         "cache_dir": CACHE_DIR,
         "state_dir": STATE_DIR,
         "dump_dir": DUMP_DIR,
-        "paths": minimal_paths([*backup_paths(), *ALWAYS, *s.backup_include_extra]),
+        "paths": minimal_paths([*host_paths(s), *ALWAYS, *s.backup_include_extra]),
         "exclude": list(s.backup_exclude),
         "textfile_dir": s.backup_textfile_dir,
         "hostname": s.hostname,
-        "databases": s.backup_databases,
+        "databases": databases(s),
         "database_exclude": list(s.backup_database_exclude),
         "pg_user": "postgres",
         "pg_home": "/var/lib/postgresql",
@@ -132,7 +148,7 @@ def host_config(s: HostSettings) -> dict[str, Any]:
         "pg_unit": component("postgresql").unit,
         "pg_data": f"/var/lib/postgresql/{s.postgres_version}/main",
         "pg_conf_dir": pg_conf_dir(s),
-        "wal_archiving": s.backup_wal_archiving and s.backup_databases,
+        "wal_archiving": wal_archiving(s),
         "wal_dir": WAL_DIR,
         "base_dir": BASE_DIR,
         "base_interval_hours": s.backup_base_interval_hours,
@@ -192,7 +208,7 @@ def unit_templates(s: HostSettings) -> dict[str, tuple[str, dict[str, Any]]]:
         "script": SCRIPT,
         "config": CONFIG,
         "secrets_unit": SECRETS_UNIT,
-        "postgres_unit": component("postgresql").unit,
+        "postgres_unit": component("postgresql").unit if runs_database(s) else "",
     }
     units = "/etc/systemd/system"
     wal_status = {
@@ -228,7 +244,7 @@ def unit_templates(s: HostSettings) -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def wal_archiving(s: HostSettings) -> bool:
-    return s.backup_wal_archiving and s.backup_databases
+    return s.backup_wal_archiving and databases(s)
 
 
 def wal_archive_context(s: HostSettings) -> dict[str, Any]:
@@ -305,6 +321,8 @@ def run_op(name: str, subcommand: str, *args: str) -> None:
 
 def wal_archive(s: HostSettings) -> None:
     """archive_command into the spool; PostgreSQL restarts only when this changed."""
+    if not runs_database(s):
+        return
     if wal_archiving(s):
         for path in (WAL_DIR, BASE_DIR):
             ensure_directory(

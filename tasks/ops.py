@@ -11,7 +11,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
-from rave.components import COMPONENTS, public_ports
+from rave.components import COMPONENTS, monitoring_ports, public_ports
 from rave.deploykit import (
     ensure_service,
     install_host_script,
@@ -22,6 +22,7 @@ from rave.facts import APT_LISTS, TEXTFILE_DIR
 from rave.ops.validate import EXPECTED_SSHD, SPOOL_STALLED_MAX_SECONDS, webhook_health_url
 from rave.render import FILES
 from rave.settings import HostSettings
+from rave.topology import MONITORING_HOST_COMPONENTS
 
 SCRIPT = "/usr/local/sbin/rave-validate-host"
 CONFIG = "/etc/rave/validate.json"
@@ -62,13 +63,21 @@ WantedBy=timers.target
 
 def validate_config(config: HostSettings) -> str:
     limits = config.profile.limits
+    # a monitoring host (rave/topology.py) runs only its share: the rest is not missing there
+    here = [
+        c for c in COMPONENTS if not config.monitoring_role or c.name in MONITORING_HOST_COMPONENTS
+    ]
+    # MONITORING ports listen beyond loopback when the firewall admits named monitoring
+    # sources (rave/observability.py listen_address): expected then, not exposed by mistake
+    sources = config.firewall_monitoring_sources or config.monitoring_addresses
+    ports = sorted(set(public_ports()) | (set(monitoring_ports()) if sources else set()))
     data = {
-        "units": {c.name: f"{c.unit}.service" for c in COMPONENTS},
-        "optional": sorted(c.name for c in COMPONENTS if c.optional),
+        "units": {c.name: f"{c.unit}.service" for c in here},
+        "optional": sorted(c.name for c in here if c.optional),
         "memory_max": {
             name: limit.memory_max_mb * 1024 * 1024 for name, limit in sorted(limits.items())
         },
-        "public_ports": public_ports(),
+        "public_ports": ports,
         "sshd": EXPECTED_SSHD,
         "textfile_dir": TEXTFILE_DIR,
         # checked where the webhook unit is installed: its queue drains, no dead letters wait

@@ -1,5 +1,8 @@
 """Service hosts plus a monitoring host (`make test-multihost`: 2 service + 1 monitoring).
 
+Run on its own instance (`make test` runs it after the single-host suites, which ignore this
+file); without the topology it fails rather than skips, so a run that misses it is noticed.
+
 The monitoring host's address is typed nowhere: the inventory's `monitoring` group
 (inventories/staging.py with RAVE_STAGING_MONITORING=1) is the only source; rave/topology.py
 derives the service hosts' firewall sources and the monitoring host's scrape targets from it.
@@ -16,14 +19,20 @@ import pytest
 from rave.components import COMPONENTS, Exposure
 from tests.host.conftest import HOST_NAMES, MONITORING, MONITORING_NAMES
 
-pytestmark = [
-    pytest.mark.multihost,
-    pytest.mark.skipif(
-        not MONITORING,
-        reason="needs a monitoring host: make test-multihost "
-        "(RAVE_STAGING_HOSTS=3 RAVE_STAGING_MONITORING=1)",
-    ),
-]
+pytestmark = pytest.mark.multihost
+
+
+@pytest.fixture(scope="session", autouse=True)
+def topology() -> None:
+    """Fail, never skip, without the topology: a suite skipped on every run proves nothing.
+    (Session scope and autouse: it runs before `staging` boots anything.)"""
+    if not MONITORING or len(HOST_NAMES) < 2:
+        pytest.fail(
+            "needs 2 service hosts and a monitoring host: `make test-multihost` "
+            "(RAVE_STAGING_HOSTS=3 RAVE_STAGING_MONITORING=1 on an instance of its own)",
+            pytrace=False,
+        )
+
 
 # the exporters a monitoring host scrapes: components whose metrics port is MONITORING-exposed
 MONITORING_JOBS = {
@@ -110,3 +119,23 @@ def test_the_monitoring_host_runs_no_service(monitor):
     for unit in ("rave-webhook", "nginx", "postgresql"):
         assert not monitor.service(unit).is_running, unit
     assert monitor.service("prometheus").is_running
+
+
+def test_the_monitoring_host_backs_up_its_own_files_without_a_database(monitor):
+    """Its backup runs (tasks/backup.py): no dumps, no WAL archiving, PostgreSQL untouched."""
+    config = json.loads(monitor.check_output("cat /etc/rave/backup.json"))
+    assert config["databases"] is False and config["wal_archiving"] is False
+    assert not monitor.file("/etc/postgresql").exists
+    assert monitor.service("rave-backup.timer").is_running
+    result = monitor.run("systemctl start rave-backup.service")
+    journal = monitor.run("journalctl -u rave-backup.service -n 30 --no-pager -o cat").stdout
+    assert result.rc == 0, f"rave-backup.service failed:\n{result.stderr}\n{journal}"
+    snapshot = json.loads(monitor.check_output("cat /var/lib/rave-backup/state.json"))
+    assert snapshot["last_exit_code"] == 0
+    listing = monitor.check_output(
+        "/usr/local/sbin/rave-backup ls --snapshot %s", snapshot["last_snapshot"]
+    ).splitlines()
+    assert "/etc/ssh/ssh_host_ed25519_key" in listing
+    assert "/etc/prometheus/prometheus.yml" in listing
+    dumps = [p for p in listing if p.startswith("/var/lib/rave-backup/dump/")]
+    assert not [p for p in dumps if p.endswith((".dump", "manifest.json", "globals.sql"))], dumps

@@ -9,6 +9,8 @@ from rave.render import render
 from tasks import backup as task
 from tests.unit.conftest import make_settings
 
+SERVICE = "backup/rave-backup.service.j2"
+
 
 def test_the_backup_component_reads_the_repository_password_as_root():
     backup = component("backup")
@@ -180,3 +182,30 @@ def test_remote_repository_fact_asks_the_installed_script_and_config_names_crede
     assert config["repository_env_file"] == "/run/rave/secrets/backup/backup_repository_env"
     assert config["sftp_key_file"] == "/run/rave/secrets/backup/backup_sftp_private_key"
     assert config["sftp_known_hosts_file"] == "/run/rave/secrets/backup/backup_sftp_known_hosts"
+
+
+def test_a_monitoring_host_backs_up_its_files_but_never_touches_postgresql():
+    """A monitoring host (rave/topology.py) runs no PostgreSQL: no dumps, no WAL archiving, no
+    PostgreSQL unit in its backup units, only the paths of the components it runs."""
+    s = make_settings(
+        monitoring_role=True,
+        host_address="10.0.0.9",
+        monitoring_scrape_hosts={"svc-1": "10.0.0.1"},
+    )
+    assert not task.runs_database(s)
+    config = task.host_config(s)
+    assert config["databases"] is False
+    assert config["wal_archiving"] is False
+    assert "/etc/nginx" not in config["paths"]
+    assert "/var/lib/rave-webhook" not in config["paths"]
+    assert {"/etc/rave", "/etc/ssh", "/etc/prometheus"} <= set(config["paths"])
+    assert not any("wal" in template for template in task.unit_templates(s))
+    for template, (_dest, context) in task.unit_templates(s).items():
+        assert "postgresql" not in render(template, **context), template
+    service = render("backup/rave-backup.service.j2", **task.unit_templates(s)[SERVICE][1])
+    assert "After=network-online.target rave-secrets.service\nWants=" in service
+    # a service host keeps all of it
+    single = make_settings()
+    assert task.runs_database(single) and task.wal_archiving(single)
+    service = render("backup/rave-backup.service.j2", **task.unit_templates(single)[SERVICE][1])
+    assert "rave-secrets.service postgresql@15-main.service\nWants=" in service

@@ -82,6 +82,36 @@ def test_host_validation_expectations_follow_components_and_mode():
     assert "grafana" in safe["optional"]
 
 
+def test_host_validation_expects_only_what_the_hosts_role_runs():
+    """A monitoring host does not miss the services it never runs; a service host scraped by
+    one expects its exporters beyond loopback (rave/topology.py)."""
+    from tasks.ops import validate_config
+
+    monitor = json.loads(
+        validate_config(
+            make_settings(
+                monitoring_role=True,
+                host_address="10.0.0.9",
+                monitoring_scrape_hosts={"svc-1": "10.0.0.1"},
+            )
+        )
+    )
+    assert set(monitor["units"]) == {
+        "sshd",
+        "prometheus",
+        "alertmanager",
+        "node_exporter",
+        "grafana",
+        "backup",
+    }
+    assert monitor["public_ports"] == [22, 3002]
+    service = json.loads(
+        validate_config(make_settings(host_address="10.0.0.1", monitoring_addresses=["10.0.0.9"]))
+    )
+    assert "postgresql" in service["units"]
+    assert service["public_ports"] == [22, 3002, 9100, 9113, 9187]
+
+
 def test_host_validation_fails_on_stale_security_lists(tmp_path):
     import importlib.machinery
     import importlib.util
