@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,18 +63,49 @@ class DeployResult:
 
     def summary(self) -> str:
         head = f"pyinfra exit {self.returncode} in {self.seconds:.1f}s"
-        if not self.parsed:
+        if self.parsed:
+            text = (
+                f"{head}: {self.changed} changed, {self.errors} failed operation(s), "
+                f"failed hosts: {list(self.failed_hosts) or 'none'}"
+            )
+        else:
             errors = [line.strip() for line in self.stderr.splitlines() if "rror" in line]
-            return f"{head}, no results printed; errors: {errors[-5:] or 'see the log'}"
-        return (
-            f"{head}: {self.changed} changed, {self.errors} failed operation(s), "
-            f"failed hosts: {list(self.failed_hosts) or 'none'}"
-        )
+            text = f"{head}, no results printed; errors: {errors[-5:] or 'see the log'}"
+        found = failures_from_log(self.stderr + "\n" + self.stdout)
+        if found:
+            text += "\nwhat failed (operation on host: error):\n" + "\n".join(
+                f"  {line}" for line in found[:10]
+            )
+        return text
 
     def log_tail(self, lines: int = 60) -> str:
         """The end of pyinfra's log (stderr) and of whatever else it printed (not the JSON)."""
         other = [line for line in self.stdout.splitlines() if not line.startswith("{")]
         return "\n".join([*self.stderr.splitlines(), *other][-lines:])
+
+
+_STARTING = re.compile(r"--> Starting operation: (?P<name>.*?)\s*$")
+_HOST_ERROR = re.compile(
+    r"^\s*\[(?P<host>[^\]]+)\] (?P<error>.*\b(?:[Ee]rror|Exception|failed)\b.*)$"
+)
+
+
+def failures_from_log(log: str) -> list[str]:
+    """'<operation> on <host>: <error>' for each host error pyinfra printed, in order, from
+    its log: the summary then says what broke, not only how many operations did."""
+    found: list[str] = []
+    operation = "(before any operation)"
+    for line in log.splitlines():
+        starting = _STARTING.search(line)
+        if starting:
+            operation = starting.group("name")
+            continue
+        error = _HOST_ERROR.match(line)
+        if error:
+            entry = f"{operation} on {error.group('host')}: {error.group('error').strip()[:300]}"
+            if entry not in found:
+                found.append(entry)
+    return found
 
 
 def parse_results(stdout: str) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
 import json
 
-from rave.deployrun import parse_results, run_deploy
+from rave.deployrun import failures_from_log, parse_results, run_deploy
 
 
 def test_counts_changed_operations_of_a_real_local_run(tmp_path):
@@ -45,3 +45,34 @@ def test_parse_results_takes_the_results_document_among_other_output():
     assert parse_results(stdout) == payload["results"]
     assert parse_results("nothing here\n") is None
     assert parse_results(json.dumps({"plan": [], "results": None})) is None
+
+
+def test_a_failed_run_names_the_operation_the_host_and_the_error(tmp_path):
+    (tmp_path / "deploy.py").write_text(
+        "from pyinfra.operations import server\n"
+        "server.shell(name='Works', commands=['true'])\n"
+        "server.shell(name='Breaks here', commands=['echo the-cause >&2; exit 3'])\n"
+    )
+    result = run_deploy("@local", ["deploy.py"], cwd=tmp_path, timeout=120)
+    assert not result.ok
+    summary = result.summary()
+    assert "Breaks here on @local: Error" in summary, summary
+    assert "Works on @local" not in summary
+
+
+def test_failures_from_log_keeps_order_and_skips_repeats():
+    log = (
+        "--> Starting operation: Restore database\n"
+        "    [h2] Unexpected error in Python callback: RuntimeError('restore failed')\n"
+        "    [h2] Error: executed 0 commands\n"
+        "    [h1] Success\n"
+        "--> Starting operation: Next\n"
+        "    [h3] Error: executed 0 commands\n"
+        "    [h3] Error: executed 0 commands\n"
+    )
+    assert failures_from_log(log) == [
+        "Restore database on h2: Unexpected error in Python callback: "
+        "RuntimeError('restore failed')",
+        "Restore database on h2: Error: executed 0 commands",
+        "Next on h3: Error: executed 0 commands",
+    ]
