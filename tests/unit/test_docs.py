@@ -208,3 +208,31 @@ def test_tested_commands_are_safe():
         if not c.production_only and UNSAFE.search(c.command)
     ]
     assert not bad, "destructive commands belong in ```console prod blocks:\n" + "\n".join(bad)
+
+
+# a doc that names a file or a command that no longer exists says what is not true
+REPO_PATH = re.compile(
+    r"`((?:files|tasks|templates|tests|rave|ops|bench|group_data|inventories|docs)/[\w./-]+)`"
+)
+PLACEHOLDER = re.compile(r"NNNN|<|\*")
+
+
+@pytest.mark.parametrize("path", [*DOC_FILES, ROOT / "README.md"], ids=lambda p: p.name)
+def test_every_repository_path_a_doc_names_exists(path):
+    named = {m.group(1) for m in REPO_PATH.finditer(path.read_text())}
+    missing = [p for p in sorted(named) if not PLACEHOLDER.search(p) and not (ROOT / p).exists()]
+    assert missing == [], f"{path.name} names what is not in the repository: {missing}"
+
+
+def test_every_rave_ops_command_a_doc_names_exists():
+    from rave.ops.cli import parser
+
+    actions = [a for a in parser()._actions if getattr(a, "choices", None)]
+    commands = set(actions[0].choices)
+    named = {
+        m.group(1)
+        for path in [*DOC_FILES, ROOT / "README.md"]
+        for m in re.finditer(r"rave-ops ([a-z][a-z-]*)", path.read_text())
+    }
+    assert named, "no rave-ops command found in the docs (the pattern is broken)"
+    assert named - commands == set(), f"docs name rave-ops commands that do not exist: {named}"
