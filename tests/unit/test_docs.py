@@ -235,4 +235,5 @@ def test_every_rave_ops_command_a_doc_names_exists():
         for m in re.finditer(r"rave-ops ([a-z][a-z-]*)", path.read_text())
     }
     assert named, "no rave-ops command found in the docs (the pattern is broken)"
-    assert named - commands == set(), f"docs name rave-ops commands that do not exist: {named}"
+    unknown = named - commands
+    assert unknown == set(), f"docs name rave-ops commands that do not exist: {sorted(unknown)}"
