@@ -687,6 +687,9 @@ def mount_overlay(host: Host, lower: Path) -> None:
         host.upper.mkdir()
         host.work.mkdir()
     recipe.write_text(ROOT_RECIPE + "\n")
+    # the merged root takes the upper directory's mode: 0755 whatever the caller's umask (0700
+    # would lock every account out of /, and sshd with it)
+    host.upper.chmod(0o755)
     options = f"lowerdir={lower},upperdir={host.upper},workdir={host.work}"
     run("mount", "-t", "overlay", "overlay", "-o", options, str(host.root))
 

@@ -1,4 +1,5 @@
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,3 +60,13 @@ def healthz() -> Iterator[tuple[str, dict[str, Any]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_the_umask():
+    """Host programs run in-process (rave-secrets-install sets 077) must not leave their umask
+    to later tests, or to a staging host set up in the same pytest process."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
