@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .spool import fsync_dir
+
 SUFFIX = ".letter"
 
 
@@ -39,14 +41,6 @@ class Letter:
 
 def letter_id(record: bytes) -> str:
     return hashlib.sha256(record).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DeadLetters:
@@ -95,7 +89,7 @@ class DeadLetters:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self.count += 1
         self.bytes += len(data)
         self.full = False
@@ -124,7 +118,7 @@ class DeadLetters:
 
     def remove(self, identifier: str) -> None:
         (self.directory / f"{identifier}{SUFFIX}").unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self.rescan()
         self.full = False
 
