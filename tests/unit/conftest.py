@@ -70,3 +70,12 @@ def _restore_the_umask():
     os.umask(before)
     yield
     os.umask(before)
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A private PostgreSQL 15 cluster per test module (tests/unit/webhook_support.py)."""
+    from tests.unit.webhook_support import cluster
+
+    with cluster() as running:
+        yield running

@@ -1,34 +1,23 @@
 """The host-side scripts (Python standard library only), run here against temporary files."""
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.tools import require_tool
+from tests.unit.host_programs import load_host_program
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTHCHECK = ROOT / "files" / "healthcheck" / "rave-healthcheck"
 MERGE = ROOT / "files" / "alertmanager" / "rave-alertmanager-config"
 
 
-def _load(path: Path, name: str):
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-hc = _load(HEALTHCHECK, "rave_healthcheck")
-merge = _load(MERGE, "rave_alertmanager_config")
+hc = load_host_program(HEALTHCHECK, "rave_healthcheck")
+merge = load_host_program(MERGE, "rave_alertmanager_config")
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ The expectations are the ones the deploy renders (tasks/ops.py validate_config);
 shown passing on a healthy host and failing on the fault it is there for.
 """
 
-import importlib.machinery
-import importlib.util
 import json
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from rave.render import FILES
 from tasks.ops import validate_config
 from tests.unit.conftest import make_settings
+from tests.unit.host_programs import load_host_program
 
 SCRIPT = FILES / "ops" / "rave-validate-host"
 CONFIG = json.loads(validate_config(make_settings()))
@@ -20,12 +19,7 @@ MB = 1024 * 1024
 
 
 def load_script():
-    loader = importlib.machinery.SourceFileLoader("rave_validate_host", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_host_program(SCRIPT, "rave_validate_host")
 
 
 class FakeHost:

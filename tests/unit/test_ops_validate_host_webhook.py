@@ -1,30 +1,19 @@
 """files/ops/rave-validate-host: the webhook checks (stalled spool, dead letters), with fakes."""
 
-import importlib.machinery
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from rave.ops.validate import SPOOL_STALLED_MAX_SECONDS
 from tests.unit.conftest import make_settings
+from tests.unit.host_programs import load_host_program
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "files" / "ops" / "rave-validate-host"
 
 
-def _load(path: Path, name: str):
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-vh = _load(SCRIPT, "rave_validate_host")
+vh = load_host_program(SCRIPT, "rave_validate_host")
 
 SSHD = {"permitrootlogin": "no"}
 
@@ -151,7 +140,9 @@ def test_the_deploy_points_the_host_validation_at_the_receiver():
 def test_validation_the_host_validator_and_the_health_check_agree(health, monkeypatch):
     from rave.ops import validate
 
-    hc = _load(ROOT / "files" / "healthcheck" / "rave-healthcheck", "rave_healthcheck_parity")
+    hc = load_host_program(
+        ROOT / "files" / "healthcheck" / "rave-healthcheck", "rave_healthcheck_parity"
+    )
     monkeypatch.setattr(hc, "fetch_health", lambda url: health)
     webhook = {"url": "http://127.0.0.1:8001/healthz"}
     control = [(ok, detail) for _, ok, detail in validate.webhook_queue_checks(health)]

@@ -16,7 +16,6 @@ from tests.unit.webhook_support import (
     Cluster,
     Server,
     app_config,
-    cluster,
     github_headers,
     rows,
     wait_until,
@@ -26,12 +25,6 @@ SECRET = b"unit-test-secret"
 OLD_SECRET = b"unit-test-old-secret"
 STANDARD_SECRET = b"unit-test-standard-webhooks-secret"
 TOKEN = b"unit-test-gitlab-token"
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Cluster]:
-    with cluster() as running:
-        yield running
 
 
 @pytest.fixture

@@ -3,29 +3,17 @@ stores as it is (the same value read back), and whatever jsonb refuses, the door
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 
 from rave.webhook.document import MAX_DEPTH, Unstorable, parse
-from tests.unit.webhook_strategies import EDGE_NUMBERS, EDGE_STRINGS, bodies
-from tests.unit.webhook_support import Cluster, cluster
+from tests.unit.webhook_strategies import EDGE_NUMBERS, EDGE_STRINGS, bodies, property_settings
+from tests.unit.webhook_support import Cluster
 
-PROPERTY = settings(
-    max_examples=int(os.environ.get("RAVE_HYPOTHESIS_EXAMPLES", "600")),
-    deadline=None,
-    derandomize=bool(os.environ.get("CI")),
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Cluster]:
-    with cluster() as running:
-        yield running
+PROPERTY = property_settings("RAVE_HYPOTHESIS_EXAMPLES", 600)
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rave.webhook.deadletter import DeadLetters, DeadLetterStoreFull
 from rave.webhook.spool import Spool, SpoolFull, list_segments
 from rave.webhook.store import Drainer, Event
 from tests.tools import cannot_run_here
-from tests.unit.webhook_strategies import bodies
+from tests.unit.webhook_strategies import bodies, property_settings
 from tests.unit.webhook_support import (
     Cluster,
     Server,
     app_config,
-    cluster,
     github_headers,
     rows,
     wait_until,
@@ -40,18 +39,7 @@ from tests.unit.webhook_support import (
 SECRET = b"resilience-test-secret"
 ALLOWED = {200, 202, 400, 401, 405, 413, 503}
 VARIANTS = ["signed", "signed", "no content type", "wrong secret", "unsigned", "form"]
-PROPERTY = settings(
-    max_examples=int(os.environ.get("RAVE_HYPOTHESIS_HTTP_EXAMPLES", "150")),
-    deadline=None,
-    derandomize=bool(os.environ.get("CI")),
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Cluster]:
-    with cluster() as running:
-        yield running
+PROPERTY = property_settings("RAVE_HYPOTHESIS_HTTP_EXAMPLES", 150)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ Python's json and PostgreSQL's jsonb disagree, in several byte encodings."""
 from __future__ import annotations
 
 import json
+import os
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 EDGE_NUMBERS = [
@@ -74,4 +76,15 @@ def bodies() -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.builds(_encode, json_texts(), encodings),
         st.binary(max_size=64),
+    )
+
+
+def property_settings(examples_variable: str, default: int) -> settings:
+    """Hypothesis against a live cluster: no deadline, a fixed seed in CI (a red run is
+    repeatable), the example count overridable by `examples_variable`."""
+    return settings(
+        max_examples=int(os.environ.get(examples_variable, str(default))),
+        deadline=None,
+        derandomize=bool(os.environ.get("CI")),
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
