@@ -96,3 +96,44 @@ def test_failed_ssh_logins_fire_the_ssh_failure_alert(host, staging):
         host.run("fail2ban-client unban --all")
     # the operator still gets in afterwards
     assert staging.ssh(name, "true").returncode == 0
+
+
+def test_a_port_no_component_declares_fires_the_undeclared_port_alert(host):
+    """A listener started behind the deploy's back (a debug server, a backdoor) is seen by the
+    health check and raises UndeclaredPortListening; gone again once it stops."""
+    settings = host_settings(host)
+    port = 47000 + uuid.uuid4().int % 1000
+    unit = f"rave-probe-listener-{port}"
+
+    def alerts():
+        return [
+            a
+            for a in api(host, "/api/v1/alerts")["alerts"]
+            if a["labels"].get("alertname") == "UndeclaredPortListening"
+            and a["labels"].get("port") == str(port)
+        ]
+
+    host.check_output(
+        f"systemd-run --unit {unit} python3 -m http.server {port} "
+        "--bind 127.0.0.1 --directory /var/empty"
+    )
+    try:
+        poll(
+            f"port {port} listening",
+            lambda: host.socket(f"tcp://127.0.0.1:{port}").is_listening,
+            timeout=30,
+        )
+        host.check_output("systemctl start rave-healthcheck.service")
+        assert textfile_value(host, "rave_undeclared_listening_ports") == 1
+        # `for: 10m`: pending is the rule matching the live series
+        seen = poll("UndeclaredPortListening", alerts, timeout=4 * scrape_seconds(settings) + 60)
+        assert seen[0]["state"] in ("pending", "firing")
+    finally:
+        host.run(f"systemctl stop {unit}")
+    host.check_output("systemctl start rave-healthcheck.service")
+    assert textfile_value(host, "rave_undeclared_listening_ports") == 0
+    poll(
+        "UndeclaredPortListening resolved",
+        lambda: not alerts(),
+        timeout=4 * scrape_seconds(settings) + 60,
+    )

@@ -94,6 +94,15 @@ def test_a_refused_record_is_dead_lettered_reported_and_handled_by_the_operator(
         )
         assert f"bogus delivery {delivery}" in journal and "23514" in journal
         assert marker not in journal  # the payload is never logged
+        # nor by PostgreSQL, which refused it: the error is there, without the row
+        # (log_error_verbosity=terse drops "Failing row contains (...)", bound parameters are
+        # never logged)
+        pg_log = box.check_output("cat /var/log/postgresql/postgresql-15-main.log")
+        assert "23514" in pg_log or "violates check constraint" in pg_log, pg_log[-2000:]
+        assert marker not in pg_log
+        # the whole journal (searched here: a grep on the host would log the marker through sudo)
+        whole_journal = box.check_output("journalctl --since '15 min ago' --no-pager -o cat")
+        assert marker not in whole_journal, "the payload reached the journal"
 
         # the operator's checks see it, naming the cause
         validation = rave_ops("--limit", name, "validate", timeout=180)
