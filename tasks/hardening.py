@@ -80,6 +80,10 @@ def ssh_hardening() -> None:
         groups=[login_group],
         append=True,
     )
+    # the staged access change's files (below) join the host keys' question: one command
+    for path in (h.SSHD_APPLY, h.keys_candidate(config.operator_user), h.SSHD_CANDIDATE):
+        runstate.plan("path", path)
+
     # Ed25519 host key only
     for kind in ("rsa", "ecdsa", "dsa"):
         for suffix in ("", ".pub"):
