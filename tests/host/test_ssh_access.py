@@ -357,7 +357,7 @@ def test_stream_local_forwarding_is_refused(host, host_name):
     on the host, so the refusal is sshd's.)"""
     sh(
         host,
-        f"runuser -u {OPERATOR} -- python3 -c \"import socket; "
+        f'runuser -u {OPERATOR} -- python3 -c "import socket; '
         "socket.socket(socket.AF_UNIX).connect('/run/postgresql/.s.PGSQL.5432')\"",
     )
     local = Path(tempfile.mkdtemp(prefix="rave-sl-")) / "pg.sock"
