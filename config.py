@@ -9,7 +9,7 @@ import sys
 from pyinfra.api.state import State
 
 from rave import speedups
-from rave.validation import HostDataError, validate_inventory
+from rave.validation import HostDataError, login_checks_apply, validate_inventory
 
 speedups.apply()  # ~40 ms less per command, ~10 ms less per operation (rave/speedups.py)
 
@@ -17,9 +17,10 @@ _original_init = State.init
 
 
 def _validating_init(self, inventory, config, *args, **kwargs):
-    inventory_file = next((arg for arg in sys.argv[1:] if arg.endswith(".py")), "the inventory")
+    files = [arg for arg in sys.argv[1:] if arg.endswith(".py")]
+    inventory_file = files[0] if files else "the inventory"
     try:
-        validate_inventory(inventory, inventory_file)
+        validate_inventory(inventory, inventory_file, login_checks=login_checks_apply(files[1:]))
     except HostDataError as error:
         sys.stderr.write(f"--> Refusing to connect: {error}\n")
         raise SystemExit(2) from None

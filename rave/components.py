@@ -24,6 +24,15 @@ class Port(BaseModel):
     number: int = Field(ge=1, le=65535)
     exposure: Exposure
     purpose: str
+    # a web UI operators open through an SSH tunnel (`ssh -L`): sshd's PermitOpen is exactly
+    # these ports on 127.0.0.1, for the operator group only (templates/hardening/sshd_config.j2)
+    operator_ui: bool = False
+
+    @model_validator(mode="after")
+    def _ui_not_public(self) -> Port:
+        if self.operator_ui and self.exposure is Exposure.PUBLIC:
+            raise ValueError(f"port {self.number}: a public port needs no SSH tunnel")
+        return self
 
 
 class Route(BaseModel):
@@ -147,7 +156,9 @@ COMPONENTS: tuple[Component, ...] = (
         unit="prometheus",
         packages=("prometheus",),
         user="prometheus",
-        ports=(Port(number=9090, exposure=Exposure.LOOPBACK, purpose="Prometheus"),),
+        ports=(
+            Port(number=9090, exposure=Exposure.LOOPBACK, purpose="Prometheus", operator_ui=True),
+        ),
         metrics=Metrics(port=9090, job="prometheus"),
         backup_paths=("/etc/prometheus",),
     ),
@@ -156,7 +167,9 @@ COMPONENTS: tuple[Component, ...] = (
         unit="prometheus-alertmanager",
         packages=("prometheus-alertmanager",),
         user="prometheus",
-        ports=(Port(number=9093, exposure=Exposure.LOOPBACK, purpose="Alertmanager"),),
+        ports=(
+            Port(number=9093, exposure=Exposure.LOOPBACK, purpose="Alertmanager", operator_ui=True),
+        ),
         metrics=Metrics(port=9093, job="alertmanager"),
         secrets=("alertmanager_receivers",),
     ),
@@ -190,7 +203,7 @@ COMPONENTS: tuple[Component, ...] = (
         unit="grafana-server",
         packages=("grafana",),
         user="grafana",
-        ports=(Port(number=3030, exposure=Exposure.LOOPBACK, purpose="Grafana"),),
+        ports=(Port(number=3030, exposure=Exposure.LOOPBACK, purpose="Grafana", operator_ui=True),),
         # Grafana serves its own Prometheus metrics under its sub-path: scraped on loopback only
         route=Route(path="/grafana/", upstream_port=3030, refused=("/grafana/metrics",)),
         metrics=Metrics(port=3030, job="grafana"),
@@ -248,6 +261,12 @@ def loopback_ports() -> list[int]:
     return sorted(
         {p.number for c in COMPONENTS for p in c.ports if p.exposure is not Exposure.PUBLIC}
     )
+
+
+def operator_ui_ports() -> list[int]:
+    """Every declared internal UI port (a host forwards only those of the components it runs:
+    rave.hardening.tunnel_ports)."""
+    return sorted({p.number for c in COMPONENTS for p in c.ports if p.operator_ui})
 
 
 def routes() -> list[Route]:

@@ -21,6 +21,7 @@ from rave.settings import HostSettings
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
 SSHD_CANDIDATE = "/etc/ssh/sshd_config.rave-candidate"
+SSHD_APPLY = "/usr/local/sbin/rave-sshd-apply"  # staged sshd/authorized_keys change, timed revert
 NFT_CONFIG = "/etc/nftables.conf"
 NFT_CANDIDATE = "/etc/nftables.rave-candidate.conf"
 NFT_APPLY = "/usr/local/sbin/rave-nft-apply"
@@ -40,6 +41,29 @@ def ssh_port() -> int:
 
 def web_ports() -> list[int]:
     return sorted(p.number for p in component("nginx").ports if p.exposure is Exposure.PUBLIC)
+
+
+def keys_candidate(user: str) -> str:
+    """Where the operator's next authorized_keys waits (root-only) until it is staged."""
+    return f"/etc/ssh/authorized_keys.{user}.rave-candidate"
+
+
+def operator_group(s: HostSettings) -> str:
+    """The operators' login group: AllowGroups' first, which operator_user is made a member of."""
+    return s.sshd_allow_groups[0]
+
+
+def tunnel_ports(s: HostSettings) -> list[int]:
+    """Loopback ports of the internal UIs this host runs (declared `operator_ui` in
+    rave/components.py): the only ones an operator may forward to over SSH (PermitOpen)."""
+    from rave.observability import enabled_components  # imports rave.ops: not at module load
+
+    return sorted({p.number for c in enabled_components(s) for p in c.ports if p.operator_ui})
+
+
+def authorized_keys_text(s: HostSettings) -> str:
+    """operator_user's authorized_keys: exactly operator_keys (as pyinfra's operation wrote it)."""
+    return "".join(f"{key.strip()}\n" for key in s.operator_keys)
 
 
 def sha256(text: str) -> str:
@@ -71,7 +95,12 @@ def template_contexts(s: HostSettings) -> dict[str, dict[str, Any]]:
     sources = monitoring_sources(s)
     enabled = "1" if s.unattended_upgrades_enabled else "0"
     return {
-        "hardening/sshd_config.j2": {"s": s, "ssh_port": ssh_port()},
+        "hardening/sshd_config.j2": {
+            "s": s,
+            "ssh_port": ssh_port(),
+            "operator_group": operator_group(s),
+            "tunnel_ports": tunnel_ports(s),
+        },
         "hardening/nftables.conf.j2": {
             "s": s,
             "marker": "@MARKER@",
@@ -176,6 +205,53 @@ class NftRaveMarker(FactBase[str | None]):
     def process(self, output: list[str]) -> str | None:
         value = "\n".join(output).strip()
         return value or None
+
+
+class SshAccessState(FactBase[dict[str, str | None]]):
+    """What decides who logs in: sha256 of sshd_config, and the operator's authorized_keys (its
+    sha256, owner, group and mode, and its directory's) next to the user's primary group. One
+    command; symlinks are reported as such (stat without -L), never followed."""
+
+    def command(self, user: str) -> str:
+        quoted = shlex.quote(user)
+        return (
+            f"home=$(getent passwd {quoted} | cut -d: -f6); "
+            f"echo \"config=$(sha256sum {SSHD_CONFIG} 2>/dev/null | cut -d' ' -f1)\"; "
+            f'echo "group=$(id -gn {quoted} 2>/dev/null)"; '
+            'echo "dir=$(stat -c \'%U %G %a %F\' "$home/.ssh" 2>/dev/null)"; '
+            'echo "keys=$(stat -c \'%U %G %a %F\' "$home/.ssh/authorized_keys" 2>/dev/null)"; '
+            'if [ -f "$home/.ssh/authorized_keys" ] && [ ! -L "$home/.ssh/authorized_keys" ]; '
+            'then echo "keys_sha=$(sha256sum "$home/.ssh/authorized_keys" | cut -d\' \' -f1)"; '
+            "fi; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        values: dict[str, str | None] = {
+            "config": None,
+            "group": None,
+            "dir": None,
+            "keys": None,
+            "keys_sha": None,
+        }
+        for line in output:
+            key, _, value = line.partition("=")
+            if key in values:
+                values[key] = value.strip() or None
+        return values
+
+
+def ssh_access_current(
+    state: dict[str, str | None], s: HostSettings, config_text: str | None
+) -> bool:
+    """sshd_config (unless None: not managed by this run) and the operator's authorized_keys
+    are already what the deploy wants."""
+    user, group = s.operator_user, state["group"]
+    return (
+        (config_text is None or state["config"] == sha256(config_text))
+        and state["dir"] == f"{user} {group} 700 directory"
+        and state["keys"] == f"{user} {group} 600 regular file"
+        and state["keys_sha"] == sha256(authorized_keys_text(s))
+    )
 
 
 class ShortModuli(FactBase[int]):

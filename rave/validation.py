@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -122,6 +125,141 @@ def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> l
     ]
 
 
+# how pyinfra connects: read from the same layers, never validated as settings
+LOGIN_KEYS = ("ssh_user", "ssh_key", "ssh_key_password", "ssh_allow_agent", "ssh_look_for_keys")
+# the files ssh and paramiko try when no key is named (ssh_look_for_keys)
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+# a run that logs in as someone the hardened sshd will not admit: ops/bootstrap.py connects as
+# root to hand a host over to operator_user, and proves the operator's login itself
+LOGIN_HANDOVER = "ops/bootstrap.py"
+
+
+def login_checks_apply(operations: Iterable[str]) -> bool:
+    """Whether the deploy-login checks apply to a run of these operation files (every run but
+    the bootstrap hand-over)."""
+    files = [Path(op).resolve() for op in operations]
+    return not files or any(op != Path(LOGIN_HANDOVER).resolve() for op in files)
+
+
+def connection_input(layers: Iterable[DataLayer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The login data of the layers (first wins), remembering where each key came from."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer in layers:
+        for key in LOGIN_KEYS:
+            if key in layer.data and key not in merged and layer.data[key] is not None:
+                merged[key] = layer.data[key]
+                origin[key] = layer.source
+    return merged, origin
+
+
+def _key_id(key: str) -> tuple[str, ...]:
+    """An OpenSSH public key line without its comment."""
+    return tuple(key.split()[:2])
+
+
+def deploy_public_keys(login: Mapping[str, Any]) -> set[tuple[str, ...]] | None:
+    """The public keys pyinfra may log in with (None: ssh_key is set but its public key cannot
+    be read here). ssh_key: its .pub next to it, else derived from the private key; no ssh_key:
+    the agent's keys and the default identities' .pub files, as paramiko tries them."""
+    import paramiko
+
+    path = login.get("ssh_key")
+    if path:
+        private = Path(str(path)).expanduser()
+        public = Path(f"{private}.pub")
+        if public.is_file():
+            return {_key_id(public.read_text())}
+        try:
+            key = paramiko.PKey.from_path(private, passphrase=login.get("ssh_key_password"))
+        except (OSError, paramiko.SSHException, ValueError):
+            return None
+        return {(key.get_name(), key.get_base64())}
+    found: set[tuple[str, ...]] = set()
+    if login.get("ssh_allow_agent", True) and os.environ.get("SSH_AUTH_SOCK"):
+        with contextlib.suppress(paramiko.SSHException):
+            found |= {(k.get_name(), k.get_base64()) for k in paramiko.Agent().get_keys()}
+    if login.get("ssh_look_for_keys", True):
+        for name in DEFAULT_IDENTITIES:
+            public = Path.home() / ".ssh" / f"{name}.pub"
+            if public.is_file():
+                found.add(_key_id(public.read_text()))
+    return found
+
+
+def deploy_login_problems(
+    name: str,
+    s: HostSettings,
+    origin: dict[str, str],
+    login: Mapping[str, Any],
+    where: dict[str, str],
+) -> list[str]:
+    """The deploy's own login must survive the sshd_config and authorized_keys it installs:
+    sshd admits only members of sshd_allow_groups (the deploy makes operator_user one, and no
+    one else), root only with sshd_permit_root_login = prohibit-password, and operator_user's
+    authorized_keys is exactly operator_keys. Checked before connecting; the staged change on
+    the host (tasks/hardening.py) is the second line."""
+    if name.startswith("@"):  # @local, @docker...: not an SSH login
+        return []
+    user = login.get("ssh_user")
+    user_source = where.get("ssh_user", "")
+    if user is None:
+        return [
+            f"host {name}: ssh_user is not set: the deploy cannot prove before connecting that "
+            f"its own login survives the SSH settings it installs; set ssh_user = "
+            f"{s.operator_user!r} (operator_user) in the inventory"
+        ]
+    if user == "root":
+        problems = []
+        if s.sshd_permit_root_login != "prohibit-password":
+            problems.append(
+                f"host {name}: sshd_permit_root_login in "
+                f"{origin.get('sshd_permit_root_login', 'defaults (no file sets it)')} is "
+                f"{s.sshd_permit_root_login!r} but the deploy logs in as root (ssh_user in "
+                f"{user_source}): it would lock itself out; deploy as {s.operator_user!r} "
+                "(operator_user; ops/bootstrap.py hands a root-only host over to it)"
+            )
+        if "root" not in s.sshd_allow_groups:
+            problems.append(
+                f"host {name}: sshd_allow_groups in "
+                f"{origin.get('sshd_allow_groups', 'defaults (no file sets it)')} "
+                f"({' '.join(s.sshd_allow_groups)}) does not admit root, as which the deploy "
+                f"logs in (ssh_user in {user_source}): it would lock itself out; deploy as "
+                f"{s.operator_user!r} (operator_user)"
+            )
+        return problems
+    if user != s.operator_user:
+        return [
+            f"host {name}: ssh_user in {user_source} is {user!r}, but sshd_allow_groups "
+            f"({' '.join(s.sshd_allow_groups)}) admits only members, and the deploy makes only "
+            f"operator_user ({s.operator_user!r}, in "
+            f"{origin.get('operator_user', 'defaults (no file sets it)')}) one: it would lock "
+            f"itself out; set ssh_user = {s.operator_user!r}"
+        ]
+    keys = deploy_public_keys(login)
+    key_source = (
+        f"ssh_key in {where['ssh_key']} ({login['ssh_key']})"
+        if "ssh_key" in login
+        else "no ssh_key (the agent's keys and ~/.ssh/id_*.pub)"
+    )
+    if keys is None:
+        return [
+            f"host {name}: {key_source}: its public key cannot be read here, so the deploy "
+            f"cannot prove that operator_keys keeps it; put the .pub next to it"
+        ]
+    if not keys & {_key_id(key) for key in s.operator_keys}:
+        return [
+            f"host {name}: operator_keys in "
+            f"{origin.get('operator_keys', 'defaults (no file sets it)')} does not hold the key "
+            f"the deploy logs in with ({key_source}): authorized_keys of {user} would lock the "
+            "deploy out; keep that key in the list (secrets/<env>.operator-keys), or connect with "
+            "one of the listed keys (`rave-secrets operator-keys rotate` changes keys safely)"
+        ]
+    return []
+
+
 def inventory_layers(inventory: Any, host: Any, inventory_file: str) -> list[DataLayer]:
     """The data layers of a pyinfra host, in pyinfra's own lookup order."""
     layers = [
@@ -141,16 +279,25 @@ def inventory_layers(inventory: Any, host: Any, inventory_file: str) -> list[Dat
     return layers
 
 
-def validate_inventory(inventory: Any, inventory_file: str) -> dict[str, HostSettings]:
+def validate_inventory(
+    inventory: Any, inventory_file: str, login_checks: bool = False
+) -> dict[str, HostSettings]:
+    """Every host's settings, or HostDataError listing every problem. login_checks: also refuse
+    settings that would lock the deploy's own login out (deploy_login_problems; config.py sets it
+    for every run but the root-to-operator hand-over of ops/bootstrap.py)."""
     problems: list[str] = []
     settings: dict[str, HostSettings] = {}
     for host in inventory:
         try:
-            settings[host.name] = validate_host(
-                host.name, inventory_layers(inventory, host, inventory_file)
-            )
+            layers = inventory_layers(inventory, host, inventory_file)
+            settings[host.name] = validate_host(host.name, layers)
         except HostDataError as error:
             problems += error.problems
+            continue
+        if login_checks:
+            _, origin = settings_input(layers)
+            login, where = connection_input(layers)
+            problems += deploy_login_problems(host.name, settings[host.name], origin, login, where)
     if problems:
         raise HostDataError(problems)
     return settings

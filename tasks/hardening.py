@@ -12,6 +12,7 @@ in the deploy output and in /var/lib/rave-hardening/report.json, never silently 
 from __future__ import annotations
 
 import shlex
+import time
 from typing import Any
 
 from pyinfra import host, logger
@@ -23,7 +24,6 @@ from pyinfra.operations.util import any_changed
 from rave import hardening as h
 from rave import runstate
 from rave.deploykit import (
-    authorise_operator_keys,
     ensure_directory,
     ensure_file,
     ensure_group,
@@ -80,7 +80,9 @@ def ssh_hardening() -> None:
         groups=[login_group],
         append=True,
     )
-    authorise_operator_keys(config)
+    # the staged access change's files (below) join the host keys' question: one command
+    for path in (h.SSHD_APPLY, h.keys_candidate(config.operator_user), h.SSHD_CANDIDATE):
+        runstate.plan("path", path)
 
     # Ed25519 host key only
     for kind in ("rsa", "ecdsa", "dsa"):
@@ -106,22 +108,10 @@ def ssh_hardening() -> None:
             ],
         )
 
-    text = h.sshd_config_text(config)
-    put_text("sshd config candidate", h.SSHD_CANDIDATE, text, mode="600")
-    installed = None
-    if host.get_fact(Sha256File, path=h.SSHD_CONFIG) != h.sha256(text):
-        # `sshd -t` refuses a bad config: the install (and the reload) never happens then.
-        installed = server.shell(
-            name="Check the sshd config candidate with sshd -t, then install it",
-            commands=[
-                f"sshd -t -f {h.SSHD_CANDIDATE} && "
-                f"install -m 600 -o root -g root {h.SSHD_CANDIDATE} {h.SSHD_CONFIG}"
-            ],
-        )
-
     socket = host.get_fact(h.UnitActive, unit="ssh.socket")
     if socket["active"] == "active" or socket["enabled"] == "enabled":
         # socket activation ignores sshd_config's listeners: run the daemon as ssh.service
+        # (still with the config it has; the staged change below then reloads it)
         server.shell(
             name="Serve SSH from ssh.service (disable socket activation)",
             commands=[
@@ -132,13 +122,40 @@ def ssh_hardening() -> None:
         )
     else:
         ensure_service(name="sshd runs", service="ssh.service", running=True, enabled=True)
-        if installed is not None:
-            ensure_service(
-                name="Reload sshd (its config changed)",
-                service="ssh.service",
-                reloaded=True,
-                _if=installed.did_change,
-            )
+
+    staged_ssh_access(config, h.sshd_config_text(config))
+
+
+def staged_ssh_access(config: HostSettings, sshd_text: str | None) -> None:
+    """sshd_config (None: left as it is) and the operator's authorized_keys, changed only when
+    they differ, and then like the firewall: `sshd -t`, a host-side revert timer, install and
+    reload, a NEW login as the deploy's own user with its own key, and only then confirm. A
+    refused login reverts at once; a deploy that dies in between is reverted by the timer."""
+    install_host_script("SSH access apply/revert helper", _file("rave-sshd-apply"), h.SSHD_APPLY)
+    user = config.operator_user
+    keys = h.keys_candidate(user)
+    put_text(
+        f"authorized_keys candidate of {user}", keys, h.authorized_keys_text(config), mode="600"
+    )
+    if sshd_text is not None:
+        put_text("sshd config candidate", h.SSHD_CANDIDATE, sshd_text, mode="600")
+    if h.ssh_access_current(host.get_fact(h.SshAccessState, user=user), config, sshd_text):
+        return
+    seconds = config.sshd_revert_seconds
+    config_argument = "" if sshd_text is None else f" {h.SSHD_CANDIDATE}"
+    server.shell(
+        name=f"Check (sshd -t) and stage the SSH access change; it reverts in {seconds}s unless "
+        "confirmed",
+        commands=[f"{h.SSHD_APPLY} stage {seconds} {shlex.quote(user)} {keys}{config_argument}"],
+    )
+    python.call(
+        name="Log in anew as the deploy's user with its key through the new SSH access",
+        function=_login_or_revert,
+    )
+    server.shell(
+        name="Confirm the SSH access change: cancel the revert",
+        commands=[f"{h.SSHD_APPLY} confirm"],
+    )
 
 
 # --- firewall --------------------------------------------------------------------------------
@@ -157,6 +174,45 @@ def _reconnect(state: Any, host: Any) -> None:
     ok, output = host.run_shell_command(command="true")
     if not ok:
         raise RuntimeError(f"new SSH connection cannot run commands: {output.stderr}")
+
+
+# a reloading sshd re-executes itself: its listener is away for a moment
+LOGIN_ATTEMPTS = 3
+LOGIN_RETRY_SECONDS = 2.0
+
+
+def _login_or_revert(state: Any, host: Any) -> None:
+    """A NEW login with the deploy's own user and key (the inventory's connection data) through
+    the staged sshd_config and authorized_keys. Refused: revert at once over the old connection
+    (still open: sshd keeps established sessions across a reload) and fail the host."""
+    connector = host.connector
+    old = getattr(connector, "client", None)
+    if old is None:  # not an SSH connector (@local, tests): nothing to prove
+        return
+    error: Exception | None = None
+    for attempt in range(LOGIN_ATTEMPTS):
+        if attempt:
+            time.sleep(LOGIN_RETRY_SECONDS)
+        try:
+            connector.connect()
+        except Exception as failed:  # pyinfra raises ConnectError for every kind
+            error = failed
+            continue
+        connector.disconnect()  # forget file-transfer channels of the old connection
+        ok, output = host.run_shell_command(command="true")
+        if ok:
+            old.close()
+            return
+        connector.client.close()
+        error = RuntimeError(f"the new login cannot run commands: {output.stderr}")
+        break
+    connector.client = old
+    ok, output = host.run_shell_command(command=f"{h.SSHD_APPLY} abort", _sudo=True)
+    reverted = "reverted at once" if ok else f"revert failed ({output.stderr}); the timer reverts"
+    raise RuntimeError(
+        f"{host.data.get('ssh_user')} could not log in anew after the SSH access change "
+        f"({error}): {reverted}"
+    )
 
 
 @deploy("Hardening: firewall")

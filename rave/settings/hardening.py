@@ -105,6 +105,13 @@ class HardeningSettings(Concern):
         min_length=1,
         description="sshd MACs (encrypt-then-MAC only)",
     )
+    sshd_revert_seconds: int = Field(
+        60,
+        ge=20,
+        le=600,
+        description="an sshd_config or authorized_keys change is rolled back after this many "
+        "seconds unless the deploy logs in anew and confirms it",
+    )
     sshd_max_auth_tries: int = Field(3, ge=1, le=10, description="sshd MaxAuthTries")
     sshd_login_grace_time: int = Field(30, ge=5, le=300, description="sshd LoginGraceTime, seconds")
     sshd_max_startups: str = Field(

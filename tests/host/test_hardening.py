@@ -351,11 +351,13 @@ def test_a_broken_sshd_setting_is_refused_by_sshd_t_and_the_daemon_is_untouched(
         assert result.returncode != 0, "a config sshd -t rejects must fail the deploy"
         log = result.stdout + result.stderr
         refused = re.search(
-            r"sshd -t, then install it.*?\n(.*Bad SSH2 cipher spec[^\n]*)", log, re.S
+            r"stage the SSH access change.*?\n(.*Bad SSH2 cipher spec[^\n]*)", log, re.S
         )
         assert refused, result.log_tail()
         print(refused.group(1))
-        assert "Reload sshd" not in log
+        # sshd -t refused it before anything was staged: no login tried, no revert armed
+        assert "Log in anew" not in log
+        assert host.run("systemctl is-active rave-sshd-revert.timer").stdout.strip() != "active"
         # the candidate holds the bad value; the installed config and the daemon do not
         assert "aes512-gcm@openssh.com" in sh(host, f"cat {h.SSHD_CANDIDATE}")
         assert sh(host, f"sha256sum {h.SSHD_CONFIG}").split()[0] == before_sha
