@@ -17,3 +17,5 @@ operator_keys: list[str] = configured_keys("prod")
 # its credentials in the secrets. The local default is refused before connecting unless
 # backup_local_repository_acknowledged = True stands next to it (BackupRepositoryOnHost fires).
 # backup_repository = "sftp:backup@backup.example.org:/srv/restic/rave"
+# Debug mode (verbose logs, docs/operations.md) stays off here. For a troubleshooting session:
+# debug_mode = True together with debug_mode_acknowledged = True, in this file (DebugModeOn fires).

@@ -29,6 +29,11 @@ TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 # the login role tasks/database.py creates for the exporter (pg_monitor, database postgres)
 POSTGRES_EXPORTER_ROLE = "rave_exporter"
 BACKUP_METRIC = "rave_backup_last_success_timestamp_seconds"
+# written by the deploy on every host: 1 while debug_mode is on (the DebugModeOn alert), else 0
+DEBUG_MODE_METRIC = "rave_debug_mode"
+DEBUG_MODE_TEXTFILE = f"{TEXTFILE_DIR}/{DEBUG_MODE_METRIC}.prom"
+# the exporters' log level in debug mode (the Go exporters' promlog flag)
+EXPORTER_DEBUG_ARG = "--log.level=debug"
 
 FS_TYPES_EXCLUDE = (
     "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
@@ -181,7 +186,21 @@ def node_exporter_args(settings: HostSettings) -> str:
             "--collector.systemd",
             # Debian's default minus overlay: a staging host's root file system is an overlay
             f"--collector.filesystem.fs-types-exclude={FS_TYPES_EXCLUDE}",
+            *debug_args(settings),
         ]
+    )
+
+
+def debug_args(settings: HostSettings) -> list[str]:
+    return [EXPORTER_DEBUG_ARG] if settings.debug_mode else []
+
+
+def debug_mode_textfile(settings: HostSettings) -> str:
+    value = 1 if settings.debug_mode else 0
+    return (
+        f"# HELP {DEBUG_MODE_METRIC} 1 while debug mode (verbose logs, debug_mode) is on\n"
+        f"# TYPE {DEBUG_MODE_METRIC} gauge\n"
+        f"{DEBUG_MODE_METRIC} {value}\n"
     )
 
 
@@ -203,7 +222,12 @@ def postgres_exporter_environment(settings: HostSettings) -> dict[str, str]:
         "DATA_SOURCE_URI": f"{loopback(port_of('postgresql'))}/postgres?sslmode=disable",
         "DATA_SOURCE_USER": POSTGRES_EXPORTER_ROLE,
         "DATA_SOURCE_PASS_FILE": secret_path("postgres_exporter", "postgres_exporter_password"),
-        "ARGS": f"--web.listen-address={listen_address(settings, 'postgres_exporter')}",
+        "ARGS": " ".join(
+            [
+                f"--web.listen-address={listen_address(settings, 'postgres_exporter')}",
+                *debug_args(settings),
+            ]
+        ),
     }
 
 

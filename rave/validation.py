@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,40 +68,81 @@ def validate_host(name: str, layers: list[DataLayer]) -> HostSettings:
                 message = "unknown setting (a typo? every setting is declared in rave/settings/)"
             problems.append(f"host {name}: {field} in {source}: {message}")
         raise HostDataError(problems) from None
-    problems = local_repository_problems(name, settings, origin)
+    problems = acknowledgement_problems(name, settings, origin)
     problems += credential_problems(name, settings, origin)
     if problems:
         raise HostDataError(problems)
     return settings
 
 
-def local_repository_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:
-    """Production keeps its backups off the host: a repository on the host's own disk is refused
-    unless backup_local_repository_acknowledged is set in the same file as backup_repository
-    (staging is exempt). Acknowledged, the BackupRepositoryOnHost alert stands."""
+@dataclass(frozen=True)
+class AcknowledgedRisk:
+    """A setting production refuses unless its acknowledgement is set in the same file (the
+    same data layer): whoever turns the risk on in that file also signs for it there, and a
+    shared file (group_data/all.py) cannot sign for every environment. Staging is exempt;
+    acknowledged, the alert stands."""
+
+    setting: str  # the setting that brings the risk
+    acknowledgement: str  # the bool setting that accepts it
+    applies: Callable[[HostSettings], bool]
+    risk: str  # what is wrong with it, after "<setting> in <file> (<value>)"
+    instead: str  # what to do rather than acknowledge it
+    alert: str  # stands while the risk does
+
+
+def _backup_repository_on_host(s: HostSettings) -> bool:
+    return s.backup_enabled and repository_backend(s.backup_repository) == "local"
+
+
+ACKNOWLEDGED_RISKS = (
+    AcknowledgedRisk(
+        setting="backup_repository",
+        acknowledgement="backup_local_repository_acknowledged",
+        applies=_backup_repository_on_host,
+        risk="is on the host's own disk",
+        instead="set a remote repository (sftp:, s3:, rest:, ...; docs/DEPLOYMENT-GUIDE.md)",
+        alert="BackupRepositoryOnHost",
+    ),
+    AcknowledgedRisk(
+        setting="debug_mode",
+        acknowledgement="debug_mode_acknowledged",
+        applies=lambda s: s.debug_mode,
+        risk="turns on verbose logs",
+        instead='turn it off again (docs/operations.md, "Debug mode")',
+        alert="DebugModeOn",
+    ),
+)
+
+
+def acknowledgement_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:
+    """Every ACKNOWLEDGED_RISKS entry a production host carries without its acknowledgement
+    next to it."""
     from rave.secrets.store import STAGING_ENVIRONMENT
 
-    if not s.backup_enabled or s.rave_environment == STAGING_ENVIRONMENT:
+    if s.rave_environment == STAGING_ENVIRONMENT:
         return []
-    if repository_backend(s.backup_repository) != "local":
-        return []
-    source = origin.get("backup_repository")
-    acknowledged = origin.get("backup_local_repository_acknowledged")
-    if s.backup_local_repository_acknowledged and (source is None or acknowledged == source):
-        return []
-    where = source or "defaults (no file sets it)"
-    put = source or acknowledged or "the production group data (group_data/<group>.py)"
-    if s.backup_local_repository_acknowledged and acknowledged != source:
-        detail = f"is acknowledged in {acknowledged}, not next to backup_repository"
-    else:
-        detail = "is not acknowledged"
-    return [
-        f"host {name}: backup_repository in {where} ({s.backup_repository}) is on the host's "
-        f"own disk in environment {s.rave_environment!r} and {detail}: set a remote "
-        "repository (sftp:, s3:, rest:, ...; docs/DEPLOYMENT-GUIDE.md), or set "
-        f"backup_local_repository_acknowledged = True in {put} (the BackupRepositoryOnHost "
-        "alert then stands)"
-    ]
+    problems = []
+    for rule in ACKNOWLEDGED_RISKS:
+        if not rule.applies(s):
+            continue
+        source = origin.get(rule.setting)
+        acknowledged = origin.get(rule.acknowledgement)
+        given = bool(getattr(s, rule.acknowledgement))
+        # a risk that is the default (no file sets it) is signed for wherever it is acknowledged
+        if given and (source is None or acknowledged == source):
+            continue
+        where = source or "defaults (no file sets it)"
+        put = source or acknowledged or "the production group data (group_data/<group>.py)"
+        if given:
+            detail = f"is acknowledged in {acknowledged}, not next to {rule.setting}"
+        else:
+            detail = "is not acknowledged"
+        problems.append(
+            f"host {name}: {rule.setting} in {where} ({getattr(s, rule.setting)}) {rule.risk} "
+            f"in environment {s.rave_environment!r} and {detail}: {rule.instead}, or set "
+            f"{rule.acknowledgement} = True in {put} (the {rule.alert} alert then stands)"
+        )
+    return problems
 
 
 def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:

@@ -78,6 +78,7 @@ def nginx_context(config: HostSettings) -> dict[str, object]:
         "htpasswd": secret_path("nginx", "ccr_ui_password_hash"),
         "status_root": STATUS_ROOT,
         "routes": routes(),
+        "debug": config.debug_mode,
     }
 
 
@@ -92,6 +93,7 @@ def status_context(config: HostSettings) -> dict[str, Any]:
         "environment": config.rave_environment,
         "rave_mode": config.rave_mode.value,
         "routes": listed,
+        "debug": config.debug_mode,
     }
 
 

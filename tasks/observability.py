@@ -334,6 +334,11 @@ def observability() -> None:
         group="root",
         mode="755",
     )
+    put_text(
+        f"Debug mode metric ({obs.DEBUG_MODE_METRIC})",
+        obs.DEBUG_MODE_TEXTFILE,
+        obs.debug_mode_textfile(config),
+    )
     healthcheck = [
         install_host_script(
             "Health check command",

@@ -84,6 +84,7 @@ def app_config(config: HostSettings) -> dict[str, object]:
         "db_port": component("postgresql").ports[0].number,
         "db_name": DATABASE,
         "db_user": WRITER_ROLE,
+        "debug": config.debug_mode,
     }
 
 

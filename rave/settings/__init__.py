@@ -12,6 +12,7 @@ from rave.modes import PROFILES, ResourceProfile
 from rave.settings.backup import BackupSettings
 from rave.settings.base import BaseSettings
 from rave.settings.ccr import CcrSettings
+from rave.settings.debug import DebugSettings
 from rave.settings.edge import EdgeSettings
 from rave.settings.hardening import HardeningSettings
 from rave.settings.observability import ObservabilitySettings
@@ -35,6 +36,7 @@ class HostSettings(
     CcrSettings,
     VulnscanSettings,
     OpsSettings,
+    DebugSettings,
 ):
     @cached_property
     def profile(self) -> ResourceProfile:

@@ -147,6 +147,7 @@ class Receiver:
         self.metrics.db_events.labels("inserted").inc(new)
         self.metrics.db_events.labels("duplicate").inc(total - new)
         self.metrics.db_up.set(1)
+        log.debug("drained %d deliveries into PostgreSQL (%d new)", total, new)
 
     def _db_error(self, error: BaseException) -> None:
         self.metrics.db_write_errors.inc()
@@ -215,6 +216,10 @@ class Receiver:
             extra = [(b"allow", b"POST")] if status == 405 else []
             if status >= 500:
                 log.error("refused a delivery: %s", rejected.reason)
+            else:  # the reasons name headers, never their values (rave_webhook/verify.py)
+                log.debug(
+                    "refused a %s delivery: %d %s", _provider(headers), status, rejected.reason
+                )
         except Exception as error:  # never a 500: a bug here must not read as "try elsewhere"
             log.exception("unexpected %s handling a delivery", type(error).__name__)
             outcome, status, extra = "unavailable", 503, []
@@ -283,6 +288,7 @@ class Receiver:
             (verified.provider, "content", verified.content_sha256.hex()),
         )
         if any(key in self.recent for key in keys):
+            log.debug("duplicate %s delivery %r", verified.provider, verified.delivery_id)
             return 200, _encode({"status": "duplicate", "delivery": verified.delivery_id})
         record = Event(
             verified.provider,
@@ -302,6 +308,15 @@ class Receiver:
             self.recent[key] = None
         while len(self.recent) > 2 * RECENT_DELIVERIES:
             self.recent.popitem(last=False)
+        if log.isEnabledFor(logging.DEBUG):  # the hot path: no formatting work unless on
+            log.debug(
+                "accepted %s delivery %r (event %r, %d bytes, sha256 %s)",
+                verified.provider,
+                verified.delivery_id,
+                event,
+                len(body),
+                verified.content_sha256.hex()[:16],
+            )
         return 202, _encode({"status": "accepted", "delivery": verified.delivery_id})
 
     # -- the rest: Starlette ---------------------------------------------------------------------

@@ -36,6 +36,9 @@ class Config:
     db_port: int = 5432
     db_name: str = "rave_webhook"
     db_user: str = "rave_webhook"
+    # debug mode (rave/settings/debug.py): a log line per delivery and per connection, never a
+    # header value or a body (they carry signatures, tokens and whatever the sender put in)
+    debug: bool = False
     # tests only: a literal password instead of db_password_file
     db_password: str | None = None
 
