@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
 from pyinfra.operations.util import any_changed
@@ -18,18 +19,21 @@ from pyinfra.operations.util import any_changed
 from rave import observability as obs
 from rave.deploykit import (
     ensure_directory,
+    ensure_group,
     ensure_packages,
     ensure_service,
+    ensure_user,
     install_host_script,
     put_file,
     put_template,
     put_text,
     settings,
 )
+from rave.facts import StatOverrides
 from rave.render import FILES
 from rave.runstate import is_kind
 from rave.sandbox import Sandbox, dropin_text
-from rave.secrets.deploy import secret_path, secrets_changed
+from rave.secrets.deploy import NOLOGIN, secret_path, secrets_changed
 from rave.settings import HostSettings
 
 DROPIN = "rave.conf"
@@ -58,10 +62,11 @@ SANDBOXES: dict[str, Sandbox] = {
     "grafana": Sandbox(read_write_paths=("/var/lib/grafana", "/var/log/grafana"), extra=_EPERM),
 }
 
-# root, but only allowed to read what it checks (the TLS certificate in the secrets tmpfs)
+# its own account, no capabilities: the certificate comes as a credential, the journal through
+# its group; only fail2ban's status (a root-only socket) is asked by an ExecStartPre=! step,
+# root without capabilities under the same sandbox (templates/healthcheck)
 HEALTHCHECK_SANDBOX = Sandbox(
     read_write_paths=(obs.TEXTFILE_DIR,),
-    capabilities=("CAP_DAC_READ_SEARCH",),
     protect_proc="default",
     extra=(("MemoryMax", "96M"), ("CPUQuota", "50%")),
 )
@@ -78,9 +83,21 @@ def dropin_path(name: str, file: str = DROPIN) -> str:
 
 
 def sandbox_dropin(name: str, config: HostSettings) -> str:
-    return dropin_text(
-        SANDBOXES[name], config.profile.limits_for(name), f"sandbox and limits of {name}"
-    )
+    """Sandbox, limits and, for a component with an account of its own, User=/Group= (and its
+    state directory) over the package's shared `prometheus` user."""
+    account = obs.component(name).account
+    reason = f"sandbox and limits of {name}" + (f", runs as {account.name}" if account else "")
+    return dropin_text(SANDBOXES[name], config.profile.limits_for(name), reason, account)
+
+
+def healthcheck_unit_context(config: HostSettings) -> dict[str, Any]:
+    return {
+        "command": obs.HEALTHCHECK_COMMAND,
+        "config_path": obs.HEALTHCHECK_CONFIG,
+        "user": obs.HEALTHCHECK_USER,
+        "groups": " ".join(obs.HEALTHCHECK_GROUPS),
+        "credentials": [f"{c['name']}:{c['path']}" for c in obs.healthcheck_certificates(config)],
+    }
 
 
 def deps_dropin(name: str) -> str:
@@ -111,10 +128,7 @@ def grafana_ini_context(config: HostSettings) -> dict[str, Any]:
 def templates(config: HostSettings) -> dict[str, dict[str, object]]:
     """Every template this task renders, for the unit tests (name → context)."""
     return {
-        "healthcheck/rave-healthcheck.service.j2": {
-            "command": obs.HEALTHCHECK_COMMAND,
-            "config_path": obs.HEALTHCHECK_CONFIG,
-        },
+        "healthcheck/rave-healthcheck.service.j2": healthcheck_unit_context(config),
         "healthcheck/rave-healthcheck.timer.j2": {"interval": config.healthcheck_interval},
         "healthcheck/rave-update-metrics.service.j2": {
             "command": obs.UPDATE_METRICS_COMMAND,
@@ -196,6 +210,18 @@ def default_files(config: HostSettings) -> dict[str, tuple[str, str, str]]:
     }
 
 
+def textfile_directory(name: str) -> Any:
+    """The textfile collector directory, as every task that writes metrics wants it (its group
+    is created by this task, which deploy.py runs before the backup and the scan)."""
+    return ensure_directory(
+        name=name,
+        path=obs.TEXTFILE_DIR,
+        user="root",
+        group=obs.TEXTFILE_GROUP,
+        mode=obs.TEXTFILE_MODE,
+    )
+
+
 @deploy("Observability")
 def observability() -> None:
     config = settings()
@@ -243,6 +269,15 @@ def observability() -> None:
     changed["alertmanager"].append(op)
 
     systemd.daemon_reload(name="Reload systemd (drop-ins changed)", _if=any_changed(*dropins))
+
+    # before the packages: their postinst must leave these directories as wanted
+    overrides = host.get_fact(StatOverrides)
+    for path, wanted in obs.stat_overrides().items():
+        if overrides.get(path) != wanted:
+            server.shell(
+                name=f"dpkg keeps {path} {':'.join(wanted[:2])} {wanted[2]}",
+                commands=[obs.stat_override_command(path, wanted)],
+            )
 
     # --- packages -----------------------------------------------------------------------
     ensure_packages(
@@ -327,12 +362,20 @@ def observability() -> None:
         )
 
     # --- health check ---------------------------------------------------------------------
-    ensure_directory(
-        name="Textfile collector directory (root writes, the exporter reads)",
-        path=obs.TEXTFILE_DIR,
-        user="root",
-        group="root",
-        mode="755",
+    ensure_group(name=f"Create group {obs.TEXTFILE_GROUP}", group=obs.TEXTFILE_GROUP, system=True)
+    textfile_directory("Textfile collector directory (root's; the metric writers' group)")
+    ensure_group(
+        name=f"Create group {obs.HEALTHCHECK_USER}", group=obs.HEALTHCHECK_USER, system=True
+    )
+    ensure_user(
+        name=f"Create the health check's account {obs.HEALTHCHECK_USER}",
+        user=obs.HEALTHCHECK_USER,
+        group=obs.HEALTHCHECK_USER,
+        home="/nonexistent",
+        shell=NOLOGIN,
+        system=True,
+        create_home=False,
+        ensure_home=False,
     )
     healthcheck = [
         install_host_script(
@@ -344,11 +387,10 @@ def observability() -> None:
             "Health check configuration", obs.HEALTHCHECK_CONFIG, obs.healthcheck_config(config)
         ),
         put_template(
-            "Health check service",
+            "Health check service (its own account)",
             "healthcheck/rave-healthcheck.service.j2",
             f"/etc/systemd/system/{HEALTHCHECK_UNIT}.service",
-            command=obs.HEALTHCHECK_COMMAND,
-            config_path=obs.HEALTHCHECK_CONFIG,
+            **healthcheck_unit_context(config),
         ),
         put_text(
             "Health check sandbox",
@@ -436,6 +478,15 @@ def observability() -> None:
         name="Refresh the update metrics once (the collector changed)",
         commands=[f"systemctl start {UPDATE_METRICS_UNIT}.service"],
         _if=any_changed(*update_metrics),
+    )
+    # a host upgraded from the root health check: its root-owned file in the sticky directory
+    # would refuse the account's rename (find -delete never follows a link)
+    server.shell(
+        name="Remove the health check's metrics written as root (its unit changed)",
+        commands=[
+            f"find {obs.TEXTFILE_DIR} -maxdepth 1 -name rave_healthcheck.prom -user root -delete"
+        ],
+        _if=any_changed(*healthcheck),
     )
     # run once now, so its metrics exist right after a deploy (not only after the first tick)
     server.shell(

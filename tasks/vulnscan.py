@@ -17,8 +17,10 @@ from pyinfra.operations.util import any_changed
 from rave import observability as obs
 from rave.deploykit import (
     ensure_directory,
+    ensure_group,
     ensure_packages,
     ensure_service,
+    ensure_user,
     install_host_script,
     put_file,
     put_template,
@@ -28,10 +30,13 @@ from rave.deploykit import (
 from rave.modes import ServiceLimits
 from rave.render import FILES
 from rave.sandbox import Sandbox, dropin_text
+from rave.secrets.deploy import NOLOGIN
 from rave.settings import HostSettings
 from rave.settings.vulnscan import REPO_ROOT
+from tasks.observability import textfile_directory
 
 UNIT = "rave-vulnscan"
+USER = "rave-vulnscan"
 SCRIPT = "/usr/local/sbin/rave-vulnscan-scan"
 CONFIG_PATH = "/etc/rave/vulnscan.json"
 STATE_DIR = "/var/lib/rave/vulnscan"
@@ -83,6 +88,9 @@ def templates(config: HostSettings) -> dict[str, dict[str, Any]]:
             "script": SCRIPT,
             "config_path": CONFIG_PATH,
             "state_dir": STATE_DIR,
+            "state_directory": STATE_DIR.removeprefix("/var/lib/"),
+            "user": USER,
+            "groups": obs.TEXTFILE_GROUP,
             "timeout_seconds": config.vulnscan_timeout_seconds,
         },
         "vulnscan/rave-vulnscan.timer.j2": {
@@ -136,16 +144,20 @@ def vulnscan() -> None:
     if config.vulnscan_source == "trivy":
         _trivy(config)
 
-    ensure_directory(
-        name="Vulnerability scan state", path=STATE_DIR, user="root", group="root", mode="750"
+    # its own account; the state directory is systemd's StateDirectory= (created, and chowned
+    # recursively on a host upgraded from the root scan, at the scan's start)
+    ensure_group(name=f"Create group {USER}", group=USER, system=True)
+    ensure_user(
+        name=f"Create the scan's account {USER}",
+        user=USER,
+        group=USER,
+        home="/nonexistent",
+        shell=NOLOGIN,
+        system=True,
+        create_home=False,
+        ensure_home=False,
     )
-    ensure_directory(
-        name="node exporter textfile directory",
-        path=TEXTFILE_DIR,
-        user="root",
-        group="root",
-        mode="755",
-    )
+    textfile_directory("node exporter textfile directory")
     uploaded = None
     if config.vulnscan_data_upload and config.vulnscan_data_file:
         uploaded = put_file(
@@ -193,6 +205,13 @@ def vulnscan() -> None:
         service=f"{UNIT}.timer",
         running=True,
         enabled=True,
+    )
+    # a host upgraded from the root scan: its root-owned file in the sticky textfile directory
+    # would refuse the account's rename (find -delete never follows a link)
+    server.shell(
+        name="Remove the scan's metrics written as root (its unit changed)",
+        commands=[f"find {TEXTFILE_DIR} -maxdepth 1 -name rave_vulnscan.prom -user root -delete"],
+        _if=unit.did_change,
     )
     # a first scan right after (re)configuring, so the metrics exist before the first timer run
     server.shell(
