@@ -422,6 +422,7 @@ def healthcheck_config(settings: HostSettings) -> str:
     declared |= set(settings.firewall_extra_tcp_ports) | set(settings.healthcheck_declared_ports)
     config = {
         "textfile_dir": TEXTFILE_DIR,
+        "metrics_owner": HEALTHCHECK_USER,  # a run as root by hand gives the file to the unit
         "units": units,
         "ports": ports,
         "certificates": certificates,

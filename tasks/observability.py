@@ -27,6 +27,7 @@ from rave.deploykit import (
     put_file,
     put_template,
     put_text,
+    remove_file_owned_by,
     settings,
 )
 from rave.facts import StatOverrides
@@ -479,18 +480,16 @@ def observability() -> None:
         commands=[f"systemctl start {UPDATE_METRICS_UNIT}.service"],
         _if=any_changed(*update_metrics),
     )
-    # a host upgraded from the root health check: its root-owned file in the sticky directory
-    # would refuse the account's rename (find -delete never follows a link)
-    server.shell(
-        name="Remove the health check's metrics written as root (its unit changed)",
-        commands=[
-            f"find {obs.TEXTFILE_DIR} -maxdepth 1 -name rave_healthcheck.prom -user root -delete"
-        ],
-        _if=any_changed(*healthcheck),
+    # a host upgraded from the root health check (or a root run by hand before it had an
+    # account): the account could not replace a root-owned file in the sticky directory
+    stale_metrics = remove_file_owned_by(
+        name="The health check's metrics are not root's",
+        path=f"{obs.TEXTFILE_DIR}/rave_healthcheck.prom",
+        owner="root",
     )
     # run once now, so its metrics exist right after a deploy (not only after the first tick)
     server.shell(
         name="Run the health check once (it changed)",
         commands=[f"systemctl start {HEALTHCHECK_UNIT}.service"],
-        _if=any_changed(*healthcheck),
+        _if=any_changed(*healthcheck, stale_metrics),
     )

@@ -25,6 +25,7 @@ from rave.deploykit import (
     put_file,
     put_template,
     put_text,
+    remove_file_owned_by,
     settings,
 )
 from rave.modes import ServiceLimits
@@ -206,16 +207,18 @@ def vulnscan() -> None:
         running=True,
         enabled=True,
     )
-    # a host upgraded from the root scan: its root-owned file in the sticky textfile directory
-    # would refuse the account's rename (find -delete never follows a link)
-    server.shell(
-        name="Remove the scan's metrics written as root (its unit changed)",
-        commands=[f"find {TEXTFILE_DIR} -maxdepth 1 -name rave_vulnscan.prom -user root -delete"],
-        _if=unit.did_change,
+    # a host upgraded from the root scan: the account could not replace a root-owned file in
+    # the sticky textfile directory
+    stale_metrics = remove_file_owned_by(
+        name="The scan's metrics are not root's",
+        path=f"{TEXTFILE_DIR}/rave_vulnscan.prom",
+        owner="root",
     )
     # a first scan right after (re)configuring, so the metrics exist before the first timer run
     server.shell(
         name="Start a vulnerability scan (its code or settings changed)",
         commands=[f"systemctl start --no-block {UNIT}.service"],
-        _if=any_changed(*[op for op in (script, scan_settings, unit, dropin, uploaded) if op]),
+        _if=any_changed(
+            *[op for op in (script, scan_settings, unit, dropin, uploaded, stale_metrics) if op]
+        ),
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -493,21 +494,21 @@ def test_certificate_is_read_from_the_units_credential(tmp_path, certificate, mo
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_a_root_run_keeps_the_accounts_file_replaceable(tmp_path):
+def test_a_root_run_leaves_the_file_to_the_units_account(tmp_path):
     """An operator's run as root must not leave a root-owned file the unit's account (in the
-    sticky textfile directory) could no longer replace."""
+    sticky textfile directory) could no longer replace; a link planted there is replaced, never
+    followed or chowned."""
     directory = tmp_path / "textfile"
     directory.mkdir()
     os.chmod(directory, 0o1777)
     target = directory / "rave_healthcheck.prom"
-    target.write_text("old\n")
-    os.chown(target, 65534, 65534)
-    hc.write_atomically(str(directory), "rave_healthcheck.prom", "new\n")
-    assert (target.stat().st_uid, target.read_text()) == (65534, "new\n")
-    target.unlink()
-    os.symlink("/etc/passwd", target)  # a link is replaced, never followed or chowned
-    hc.write_atomically(str(directory), "rave_healthcheck.prom", "new\n")
-    assert not target.is_symlink() and target.stat().st_uid == 0
+    os.symlink("/etc/passwd", target)
+    before = os.stat("/etc/passwd")
+    hc.write_atomically(str(directory), target.name, "new\n", owner="nobody")
+    assert not target.is_symlink() and target.read_text() == "new\n"
+    assert target.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    after = os.stat("/etc/passwd")
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
 
 
 def test_a_port_no_component_declares_is_reported(tmp_path):
