@@ -343,7 +343,7 @@ def wal_archive(s: HostSettings) -> None:
             "PostgreSQL WAL archiving (archive_mode, archive_command, archive_timeout)",
             "backup/wal-archive.conf.j2",
             wal_archive_conf(s),
-            user="postgres",
+            user="root",  # a root-owned directory (tasks/database.py)
             group="postgres",
             **wal_archive_context(s),
         )

@@ -116,6 +116,7 @@ ROOT_WRITES_INTO = (
     "/etc/systemd/system",
     SECRETS_ROOT,
     "/var/lib/rave",
+    "/etc/postgresql/15/main/conf.d",  # pg_createcluster made it postgres's
 )
 
 
