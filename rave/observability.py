@@ -35,8 +35,12 @@ TEXTFILE_GROUP = "rave-metrics"
 TEXTFILE_MODE = "1775"
 # Debian's exporter packages chown /var/lib/prometheus to the shared `prometheus` user on every
 # configure unless dpkg-statoverride lists it: kept root's, so no service account can swap the
-# textfile directory inside it that root writes into
-ROOT_OWNED_PACKAGE_DIRS = ("/var/lib/prometheus",)
+# textfile directory inside it that root writes into. /var/log/prometheus: logrotate (root)
+# acts there; the postgres exporter's postinst chowns it whatever the override says, so the
+# deploy also puts it back after the packages. Nothing logs there (the journal does).
+ROOT_OWNED_PACKAGE_DIRS = ("/var/lib/prometheus", "/var/log/prometheus")
+# the grafana account's home is Grafana's package tree (an older deploy made it the account's)
+GRAFANA_HOME = "/usr/share/grafana"
 HEALTHCHECK_USER = "rave-healthcheck"
 # sshd's failures are read from the journal (the group of journal readers)
 HEALTHCHECK_GROUPS = ("systemd-journal", TEXTFILE_GROUP)

@@ -286,6 +286,10 @@ def observability() -> None:
         [*(p for n in here for p in obs.component(n).packages), "dbus"],
     )
 
+    # a postinst may chown them whatever dpkg's override says: root's again (nothing if so)
+    for path in obs.ROOT_OWNED_PACKAGE_DIRS:
+        ensure_directory(name=f"{path} is root's", path=path, user="root", group="root", mode="755")
+
     # some maintainer scripts rewrite their /etc/default file on first install: put ours back
     for name, (description, path, text) in defaults.items():
         changed[name].append(put_text(f"{description}, after the install", path, text))
@@ -330,6 +334,14 @@ def observability() -> None:
         )
         apt.update(name="Read Grafana's repository", _if=source.did_change)
         ensure_packages("Install Grafana", obs.component("grafana").packages)
+    if is_kind(obs.GRAFANA_HOME, "directory"):
+        ensure_directory(
+            name=f"{obs.GRAFANA_HOME} is root's (the package's tree, the account's home)",
+            path=obs.GRAFANA_HOME,
+            user="root",
+            group="root",
+            mode="755",
+        )
     changed["grafana"].append(
         put_template(
             "Grafana settings (loopback, sub-path, no anonymous access)",

@@ -44,7 +44,8 @@ class Account:
 ACCOUNTS: dict[str, Account] = {
     "postgres": Account("postgres", "/var/lib/postgresql", "/bin/bash"),
     "prometheus": Account("prometheus", "/var/lib/prometheus"),
-    "grafana": Account("grafana", "/usr/share/grafana", "/bin/false"),
+    # its home is the package's tree, which dpkg (root) fills: never the account's
+    "grafana": Account("grafana", "/usr/share/grafana", "/bin/false", ensure_home=False),
     "rave-webhook": Account("rave-webhook", "/var/lib/rave-webhook"),
     "rave-ccr": Account("rave-ccr", "/var/lib/rave-ccr"),
 }

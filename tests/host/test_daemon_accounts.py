@@ -117,6 +117,8 @@ ROOT_WRITES_INTO = (
     SECRETS_ROOT,
     "/var/lib/rave",
     "/etc/postgresql/15/main/conf.d",  # pg_createcluster made it postgres's
+    "/var/log/prometheus",  # logrotate; the postgres exporter's postinst made it prometheus's
+    obs.GRAFANA_HOME,  # dpkg fills it; an older deploy made it the grafana account's home
 )
 
 

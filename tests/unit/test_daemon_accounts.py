@@ -93,6 +93,14 @@ def test_dpkg_keeps_the_state_directory_the_accounts_and_var_lib_prometheus_root
     )
 
 
+def test_no_account_home_is_a_tree_root_fills():
+    from rave.secrets.deploy import accounts_to_create
+
+    grafana = next(a for a in accounts_to_create(set()) if a.name == "grafana")
+    assert grafana.home == obs.GRAFANA_HOME and not grafana.ensure_home
+    assert set(obs.ROOT_OWNED_PACKAGE_DIRS) <= set(obs.stat_overrides())
+
+
 def test_the_textfile_directory_is_roots_and_sticky():
     assert obs.TEXTFILE_MODE == "1775" and obs.TEXTFILE_GROUP in obs.HEALTHCHECK_GROUPS
 
