@@ -95,7 +95,7 @@ def healthcheck_unit_context(config: HostSettings) -> dict[str, Any]:
     return {
         "command": obs.HEALTHCHECK_COMMAND,
         "config_path": obs.HEALTHCHECK_CONFIG,
-        "user": obs.HEALTHCHECK_USER,
+        "account": obs.HEALTHCHECK_USER,
         "groups": " ".join(obs.HEALTHCHECK_GROUPS),
         "credentials": [f"{c['name']}:{c['path']}" for c in obs.healthcheck_certificates(config)],
     }

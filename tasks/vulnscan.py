@@ -90,7 +90,7 @@ def templates(config: HostSettings) -> dict[str, dict[str, Any]]:
             "config_path": CONFIG_PATH,
             "state_dir": STATE_DIR,
             "state_directory": STATE_DIR.removeprefix("/var/lib/"),
-            "user": USER,
+            "account": USER,
             "groups": obs.TEXTFILE_GROUP,
             "timeout_seconds": config.vulnscan_timeout_seconds,
         },

@@ -133,3 +133,12 @@ def test_the_scan_runs_as_its_account():
     assert "User=rave-vulnscan" in lines
     assert "SupplementaryGroups=rave-metrics" in lines
     assert "StateDirectory=rave/vulnscan" in lines
+
+
+def test_template_contexts_leave_put_templates_owner_arguments_alone():
+    """put_template takes user/group/mode as the file's owner and mode: a context key of that
+    name would be swallowed (and the unit file rendered without it)."""
+    config = _settings()
+    contexts = {**obs_task.templates(config), **vulnscan_task.templates(config)}
+    for template, context in contexts.items():
+        assert not {"user", "group", "mode"} & set(context), template
