@@ -9,6 +9,7 @@ and dpkg's statoverrides put back as they were) is fixed by the next deploy.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 
@@ -18,6 +19,7 @@ from rave import observability as obs
 from rave.components import component
 from rave.secrets.deploy import SECRETS_ROOT, secret_path
 from tests.host.conftest import host_settings
+from tests.host.test_security_alerts import failed_logins
 
 DAEMONS = tuple(name for name in obs.OBSERVABILITY_COMPONENTS if component(name).account)
 ALERTMANAGER_STATE = component("alertmanager").account.state_directory  # type: ignore[union-attr]
@@ -177,9 +179,11 @@ def _started(host, unit: str, timeout: float = 300) -> None:
     assert result == "success", f"{unit}: {result}"
 
 
-def test_the_health_check_runs_as_its_account_and_writes_its_metrics(host):
+def test_the_health_check_runs_as_its_account_and_writes_its_metrics(host, staging):
     prom = f"{obs.TEXTFILE_DIR}/rave_healthcheck.prom"
     before = host.file(prom).mtime if host.file(prom).exists else None
+    # a failed login it must find in the journal (read through its group, not as root)
+    assert failed_logins(staging, host.check_output("hostname").strip(), 2)
     _started(host, HEALTHCHECK)
     props = sh(host, f"systemctl show -p User -p CapabilityBoundingSet {HEALTHCHECK}")
     assert "User=rave-healthcheck" in props and "CapabilityBoundingSet=\n" in props
@@ -188,7 +192,8 @@ def test_the_health_check_runs_as_its_account_and_writes_its_metrics(host):
     text = written.content_string
     # the certificate (a credential), the journal (its group) and the units were all read
     assert 'rave_healthcheck_check_ok{check="certificate",target="tls_certificate"} 1' in text
-    assert "rave_ssh_auth_failures_recent " in text
+    failures = re.search(r"^rave_ssh_auth_failures_recent (\S+)$", text, re.MULTILINE)
+    assert failures and float(failures.group(1)) >= 2, "the journal was not read"
     assert 'rave_healthcheck_check_ok{check="unit",target="nginx.service"} 1' in text
     fail2ban = host.file(f"{obs.TEXTFILE_DIR}/rave_fail2ban.prom")
     assert fail2ban.user == "root" and "rave_fail2ban_up 1" in fail2ban.content_string
