@@ -131,11 +131,14 @@ def role_password_states(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
     return {role: state for (role, _), state in zip(pairs, states, strict=True)}
 
 
-CONF_DIRS = ("{}", "{}/conf.d")  # the cluster's configuration directories
-
-
 def conf_dir(config: HostSettings) -> str:
     return f"/etc/postgresql/{config.postgres_version}/main"
+
+
+def conf_dirs(config: HostSettings) -> list[str]:
+    """The cluster's configuration directory, its parents below /etc and its conf.d."""
+    main = conf_dir(config)
+    return ["/etc/postgresql", main.rsplit("/", 1)[0], main, f"{main}/conf.d"]
 
 
 def unit_name(config: HostSettings) -> str:
@@ -178,10 +181,10 @@ def database() -> None:
     # pg_createcluster makes these postgres's; root writes into them on every deploy (and the
     # upload's chown/chmod go by path), so they are root's: postgres reads, cannot swap a file
     # for a link there (pg_ctlcluster accepts a root-owned configuration)
-    for directory in CONF_DIRS:
+    for directory in conf_dirs(config):
         ensure_directory(
-            name=f"{directory.format(conf_dir(config))} is root's (postgres reads it)",
-            path=directory.format(conf_dir(config)),
+            name=f"{directory} is root's (postgres reads it)",
+            path=directory,
             user="root",
             group="postgres",
             mode="755",
