@@ -132,19 +132,19 @@ def _file(
     yield from files.file._inner(path=path, present=present, user=user, group=group, mode=mode)
 
 
-def remove_file_owned_by(*, path: str, **arguments: Any) -> Any:
-    """Delete path when it is a regular file of `owner` (e.g. one a service wrote as root before
-    it had an account of its own, in a sticky directory where the account could not replace
-    it); anything else is left alone. Its state is batched like ensure_file's."""
+def remove_file_not_owned_by(*, path: str, **arguments: Any) -> Any:
+    """Delete path when it is a regular file of anyone but `owner` (e.g. one a service wrote as
+    root before it had an account of its own, in a sticky directory where the account could not
+    replace it); absent or `owner`'s: nothing. Its state is batched like ensure_file's."""
     runstate.plan("path", path)
-    return _remove_owned(path=path, **arguments)
+    return _remove_not_owned(path=path, **arguments)
 
 
 @operation()
-def _remove_owned(path: str, owner: str) -> Generator[Any, None, None]:
+def _remove_not_owned(path: str, owner: str) -> Generator[Any, None, None]:
     state = runstate.path_state(path)
-    if state is None or state["kind"] != "file" or state["user"] != owner:
-        host.noop(f"{path} is not a file of {owner}")
+    if state is None or state["kind"] != "file" or state["user"] == owner:
+        host.noop(f"{path} is absent or {owner}'s")
         return
     yield from files.file._inner(path=path, present=False)
 

@@ -27,7 +27,7 @@ from rave.deploykit import (
     put_file,
     put_template,
     put_text,
-    remove_file_owned_by,
+    remove_file_not_owned_by,
     settings,
 )
 from rave.facts import StatOverrides
@@ -492,12 +492,12 @@ def observability() -> None:
         commands=[f"systemctl start {UPDATE_METRICS_UNIT}.service"],
         _if=any_changed(*update_metrics),
     )
-    # a host upgraded from the root health check (or a root run by hand before it had an
-    # account): the account could not replace a root-owned file in the sticky directory
-    stale_metrics = remove_file_owned_by(
-        name="The health check's metrics are not root's",
+    # a host upgraded from the root health check: the account could not replace a file of
+    # another owner in the sticky directory
+    stale_metrics = remove_file_not_owned_by(
+        name="The health check's metrics are its account's (else removed)",
         path=f"{obs.TEXTFILE_DIR}/rave_healthcheck.prom",
-        owner="root",
+        owner=obs.HEALTHCHECK_USER,
     )
     # run once now, so its metrics exist right after a deploy (not only after the first tick)
     server.shell(

@@ -25,7 +25,7 @@ from rave.deploykit import (
     put_file,
     put_template,
     put_text,
-    remove_file_owned_by,
+    remove_file_not_owned_by,
     settings,
 )
 from rave.modes import ServiceLimits
@@ -207,12 +207,12 @@ def vulnscan() -> None:
         running=True,
         enabled=True,
     )
-    # a host upgraded from the root scan: the account could not replace a root-owned file in
-    # the sticky textfile directory
-    stale_metrics = remove_file_owned_by(
-        name="The scan's metrics are not root's",
+    # a host upgraded from the root scan: the account could not replace a file of another
+    # owner in the sticky textfile directory
+    stale_metrics = remove_file_not_owned_by(
+        name="The scan's metrics are its account's (else removed)",
         path=f"{TEXTFILE_DIR}/rave_vulnscan.prom",
-        owner="root",
+        owner=USER,
     )
     # a first scan right after (re)configuring, so the metrics exist before the first timer run
     server.shell(
