@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -65,13 +66,40 @@ class Metrics(BaseModel):
     job: str
 
 
+class Account(BaseModel):
+    """A system account (and group of the same name) the deploy creates for one component alone:
+    its unit runs as it (a drop-in's User=/Group= over the package's shared user), its secrets
+    are readable by its group only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    # a directory below /var/lib systemd keeps owned by the account (StateDirectory=, chowned
+    # recursively when it is not: a host upgraded from a shared account); dpkg-statoverride
+    # keeps the package's postinst from giving it back to the shared account
+    state_directory: str | None = None
+
+    @model_validator(mode="after")
+    def _state_below_var_lib(self) -> Account:
+        state = self.state_directory
+        if state is not None and not re.fullmatch(r"/var/lib/[a-z0-9][a-z0-9_/-]*[a-z0-9]", state):
+            raise ValueError(f"state_directory {state!r}: not a plain path below /var/lib")
+        return self
+
+    @property
+    def home(self) -> str:
+        return self.state_directory or "/nonexistent"
+
+
 class Component(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     unit: str  # systemd unit name, without .service
     packages: tuple[str, ...] = ()
-    user: str | None = None  # service account that owns its secrets
+    # the account it runs as and that reads its secrets; derived from `account` when that is set
+    user: str | None = None
+    account: Account | None = None  # an account of its own, created by the deploy
     ports: tuple[Port, ...] = ()
     route: Route | None = None  # its entry point (listed on the status page)
     extra_routes: tuple[Route, ...] = ()  # further locations it needs, e.g. the API its UI calls
@@ -84,6 +112,17 @@ class Component(BaseModel):
     owned_unit: bool = False  # the project writes this unit file itself
     optional: bool = False  # may be left out (e.g. a package source this host cannot reach)
     scheduled: bool = False  # a oneshot run by <unit>.timer; the timer is what must stay active
+
+    @model_validator(mode="before")
+    @classmethod
+    def _user_from_account(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("account") is not None:
+            account = data["account"]
+            name = account.name if isinstance(account, Account) else account["name"]
+            if data.get("user") not in (None, name):
+                raise ValueError(f"user {data['user']!r} is not its account {name!r}")
+            data = {**data, "user": name}
+        return data
 
     @model_validator(mode="after")
     def _root_only_are_secrets(self) -> Component:
@@ -166,7 +205,9 @@ COMPONENTS: tuple[Component, ...] = (
         name="alertmanager",
         unit="prometheus-alertmanager",
         packages=("prometheus-alertmanager",),
-        user="prometheus",
+        account=Account(
+            name="rave-alertmanager", state_directory="/var/lib/prometheus/alertmanager"
+        ),
         ports=(
             Port(number=9093, exposure=Exposure.LOOPBACK, purpose="Alertmanager", operator_ui=True),
         ),
@@ -177,7 +218,7 @@ COMPONENTS: tuple[Component, ...] = (
         name="node_exporter",
         unit="prometheus-node-exporter",
         packages=("prometheus-node-exporter",),
-        user="prometheus",
+        account=Account(name="rave-node-exporter"),
         ports=(Port(number=9100, exposure=Exposure.MONITORING, purpose="node exporter"),),
         metrics=Metrics(port=9100, job="node"),
     ),
@@ -185,7 +226,7 @@ COMPONENTS: tuple[Component, ...] = (
         name="postgres_exporter",
         unit="prometheus-postgres-exporter",
         packages=("prometheus-postgres-exporter",),
-        user="prometheus",
+        account=Account(name="rave-postgres-exporter"),
         ports=(Port(number=9187, exposure=Exposure.MONITORING, purpose="postgres exporter"),),
         metrics=Metrics(port=9187, job="postgres"),
         secrets=("postgres_exporter_password",),
@@ -194,7 +235,7 @@ COMPONENTS: tuple[Component, ...] = (
         name="nginx_exporter",
         unit="prometheus-nginx-exporter",
         packages=("prometheus-nginx-exporter",),
-        user="prometheus",
+        account=Account(name="rave-nginx-exporter"),
         ports=(Port(number=9113, exposure=Exposure.MONITORING, purpose="nginx exporter"),),
         metrics=Metrics(port=9113, job="nginx"),
     ),
@@ -294,6 +335,11 @@ def backup_paths(enabled: set[str] | None = None) -> list[str]:
             if enabled is None or c.name in enabled
         }
     )
+
+
+def own_accounts() -> list[tuple[Component, Account]]:
+    """The components that run as an account of their own, created by the deploy."""
+    return [(c, c.account) for c in COMPONENTS if c.account is not None]
 
 
 def secret_readers(secret: str) -> list[Component]:

@@ -132,6 +132,23 @@ def _file(
     yield from files.file._inner(path=path, present=present, user=user, group=group, mode=mode)
 
 
+def remove_file_not_owned_by(*, path: str, **arguments: Any) -> Any:
+    """Delete path when it is a regular file of anyone but `owner` (e.g. one a service wrote as
+    root before it had an account of its own, in a sticky directory where the account could not
+    replace it); absent or `owner`'s: nothing. Its state is batched like ensure_file's."""
+    runstate.plan("path", path)
+    return _remove_not_owned(path=path, **arguments)
+
+
+@operation()
+def _remove_not_owned(path: str, owner: str) -> Generator[Any, None, None]:
+    state = runstate.path_state(path)
+    if state is None or state["kind"] != "file" or state["user"] == owner:
+        host.noop(f"{path} is absent or {owner}'s")
+        return
+    yield from files.file._inner(path=path, present=False)
+
+
 def _owned(state: dict[str, Any], user: str | None, group: str | None, mode: str | None) -> bool:
     return (
         (user is None or state["user"] == user)

@@ -522,3 +522,15 @@ class SecretsRecipientStatus(FactBase):
             "service_result": service.get("Result"),
             "secret_files": int(files) if files.isdigit() else 0,
         }
+
+
+class StatOverrides(FactBase):
+    """`dpkg-statoverride --list`: path → (user, group, mode)."""
+
+    def command(self) -> str:
+        return "dpkg-statoverride --list 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, tuple[str, str, str]]:
+        from rave.observability import parse_stat_overrides
+
+        return parse_stat_overrides(output)

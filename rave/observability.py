@@ -6,6 +6,7 @@ Pure functions (no pyinfra) so that unit tests can check every generated file.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import yaml
@@ -16,6 +17,7 @@ from rave.components import (
     Exposure,
     component,
     monitoring_ports,
+    own_accounts,
     scrape_targets,
 )
 from rave.ops.validate import SPOOL_STALLED_MAX_SECONDS, webhook_health_url
@@ -26,6 +28,22 @@ from rave.topology import MONITORING_HOST_COMPONENTS
 # The node exporter's textfile collector directory (Debian's default, set explicitly).
 # Writers (health check, backup) replace <name>.prom atomically (write a dot-file, rename).
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# root's, writable by the group of the writers that run as their own accounts (health check,
+# vulnerability scan); sticky, so none of them can rename or delete another writer's files
+# (root's temporary files included) while root writes there
+TEXTFILE_GROUP = "rave-metrics"
+TEXTFILE_MODE = "1775"
+# Debian's exporter packages chown /var/lib/prometheus to the shared `prometheus` user on every
+# configure unless dpkg-statoverride lists it: kept root's, so no service account can swap the
+# textfile directory inside it that root writes into. /var/log/prometheus: logrotate (root)
+# acts there; the postgres exporter's postinst chowns it whatever the override says, so the
+# deploy also puts it back after the packages. Nothing logs there (the journal does).
+ROOT_OWNED_PACKAGE_DIRS = ("/var/lib/prometheus", "/var/log/prometheus")
+# the grafana account's home is Grafana's package tree (an older deploy made it the account's)
+GRAFANA_HOME = "/usr/share/grafana"
+HEALTHCHECK_USER = "rave-healthcheck"
+# sshd's failures are read from the journal (the group of journal readers)
+HEALTHCHECK_GROUPS = ("systemd-journal", TEXTFILE_GROUP)
 # the login role tasks/database.py creates for the exporter (pg_monitor, database postgres)
 POSTGRES_EXPORTER_ROLE = "rave_exporter"
 BACKUP_METRIC = "rave_backup_last_success_timestamp_seconds"
@@ -170,6 +188,44 @@ def prometheus_config(settings: HostSettings) -> str:
     }
     return "# Managed by RAVE deploy (rave/observability.py)\n" + yaml.safe_dump(
         config, sort_keys=False, default_flow_style=False
+    )
+
+
+# --- Accounts ----------------------------------------------------------------------------
+
+
+def stat_overrides() -> dict[str, tuple[str, str, str]]:
+    """path → (user, group, octal mode) that dpkg must keep (dpkg-statoverride): each own
+    account's state directory (no package postinst gives it back to the shared account) and the
+    package directories that must stay root's."""
+    overrides = {path: ("root", "root", "755") for path in ROOT_OWNED_PACKAGE_DIRS}
+    for _, account in own_accounts():
+        if account.state_directory:
+            overrides[account.state_directory] = (account.name, account.name, "750")
+    return overrides
+
+
+def parse_stat_overrides(lines: list[str]) -> dict[str, tuple[str, str, str]]:
+    """`dpkg-statoverride --list`: "user group mode path" per line."""
+    result = {}
+    for line in lines:
+        fields = line.split(maxsplit=3)
+        if len(fields) == 4:
+            user, group, mode, path = fields
+            result[path] = (user, group, mode.lstrip("0") or "0")
+    return result
+
+
+def stat_override_command(path: str, wanted: tuple[str, str, str]) -> str:
+    """Replace the override of `path`. A state directory is not chowned now (--update): systemd's
+    StateDirectory= chowns it recursively at the next start only while its top is not the
+    account's; /var/lib/prometheus holds no one's files, it is chowned to root right away."""
+    user, group, mode = wanted
+    update = "--update " if path in ROOT_OWNED_PACKAGE_DIRS else ""
+    quoted = shlex.quote(path)
+    return (
+        f"dpkg-statoverride --remove {quoted} 2>/dev/null || true; "
+        f"dpkg-statoverride {update}--add {user} {group} {mode} {quoted}"
     )
 
 
@@ -370,6 +426,15 @@ def backup_max_age_seconds(settings: HostSettings) -> int:
     return 2 * SCHEDULE_PERIODS.get(schedule, 86400) + 3600
 
 
+def healthcheck_certificates(settings: HostSettings) -> list[dict[str, str]]:
+    """The certificates the health check reads (where nginx runs). Its unit hands each one over
+    as a systemd credential (LoadCredential=<name>:<path>): the check's account needs no access
+    to the nginx secrets directory."""
+    if "nginx" not in enabled_names(settings):
+        return []
+    return [{"name": "tls_certificate", "path": secret_path("nginx", "tls_certificate")}]
+
+
 def healthcheck_config(settings: HostSettings) -> str:
     components = enabled_components(settings)
     units = [unit_name(c) for c in components]
@@ -379,14 +444,13 @@ def healthcheck_config(settings: HostSettings) -> str:
         for c in components
         for p in c.ports
     ]
-    certificates = [
-        {"name": "tls_certificate", "path": secret_path("nginx", "tls_certificate")},
-    ]
+    certificates = healthcheck_certificates(settings)
     backup = {"metric": BACKUP_METRIC, "max_age_seconds": backup_max_age_seconds(settings)}
     declared: set[int] = {p.number for c in components for p in c.ports}
     declared |= set(settings.firewall_extra_tcp_ports) | set(settings.healthcheck_declared_ports)
     config = {
         "textfile_dir": TEXTFILE_DIR,
+        "metrics_owner": HEALTHCHECK_USER,  # a run as root by hand gives the file to the unit
         "units": units,
         "ports": ports,
         "certificates": certificates,

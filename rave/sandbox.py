@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from rave.components import Account
 from rave.modes import ServiceLimits
 
 # Syscall groups no network daemon of ours needs.
@@ -71,8 +72,22 @@ def directives(sandbox: Sandbox, limits: ServiceLimits | None) -> list[tuple[str
     return lines
 
 
-def dropin_text(sandbox: Sandbox, limits: ServiceLimits | None, reason: str) -> str:
-    body = "\n".join(f"{key}={value}" for key, value in directives(sandbox, limits))
+def account_directives(account: Account) -> list[tuple[str, str]]:
+    """Run as the component's own account instead of the package's shared one."""
+    lines = [("User", account.name), ("Group", account.name)]
+    if account.state_directory:
+        lines += [
+            ("StateDirectory", account.state_directory.removeprefix("/var/lib/")),
+            ("StateDirectoryMode", "0750"),
+        ]
+    return lines
+
+
+def dropin_text(
+    sandbox: Sandbox, limits: ServiceLimits | None, reason: str, account: Account | None = None
+) -> str:
+    lines = (account_directives(account) if account else []) + directives(sandbox, limits)
+    body = "\n".join(f"{key}={value}" for key, value in lines)
     return f"# Managed by RAVE deploy: {reason}\n[Service]\n{body}\n"
 
 

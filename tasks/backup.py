@@ -18,6 +18,7 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import python, server, systemd
 from pyinfra.operations.util import any_changed
 
+from rave import observability as obs
 from rave.components import COMPONENTS, backup_paths, component, secret_readers
 from rave.deploykit import (
     ensure_directory,
@@ -34,6 +35,7 @@ from rave.render import FILES
 from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.secrets.deploy import secrets_changed
 from rave.settings import HostSettings
+from tasks.observability import textfile_directory
 
 SCRIPT = "/usr/local/sbin/rave-backup"
 CONFIG = "/etc/rave/backup.json"
@@ -341,7 +343,7 @@ def wal_archive(s: HostSettings) -> None:
             "PostgreSQL WAL archiving (archive_mode, archive_command, archive_timeout)",
             "backup/wal-archive.conf.j2",
             wal_archive_conf(s),
-            user="postgres",
+            user="root",  # a root-owned directory (tasks/database.py)
             group="postgres",
             **wal_archive_context(s),
         )
@@ -380,13 +382,16 @@ def backup() -> None:
             group="root",
             mode="700",
         )
-    ensure_directory(  # as Debian's prometheus-node-exporter ships it (root 755)
-        name="Node exporter textfile directory (backup metrics)",
-        path=s.backup_textfile_dir,
-        user="root",
-        group="root",
-        mode="755",
-    )
+    if s.backup_textfile_dir == obs.TEXTFILE_DIR:  # as the observability task keeps it
+        textfile_directory("Node exporter textfile directory (backup metrics)")
+    else:
+        ensure_directory(
+            name="Textfile directory of the backup metrics",
+            path=s.backup_textfile_dir,
+            user="root",
+            group="root",
+            mode="755",
+        )
     install_host_script("Install rave-backup", str(FILES / "backup" / "rave_backup.py"), SCRIPT)
     put_text("Backup configuration", CONFIG, config_text(s), mode="600")
 

@@ -18,6 +18,7 @@ from pyinfra.operations.util import any_changed
 
 from rave.components import component
 from rave.deploykit import (
+    ensure_directory,
     ensure_packages,
     ensure_service,
     install_host_script,
@@ -134,6 +135,12 @@ def conf_dir(config: HostSettings) -> str:
     return f"/etc/postgresql/{config.postgres_version}/main"
 
 
+def conf_dirs(config: HostSettings) -> list[str]:
+    """The cluster's configuration directory, its parents below /etc and its conf.d."""
+    main = conf_dir(config)
+    return ["/etc/postgresql", main.rsplit("/", 1)[0], main, f"{main}/conf.d"]
+
+
 def unit_name(config: HostSettings) -> str:
     return f"postgresql@{config.postgres_version}-main"
 
@@ -171,11 +178,22 @@ def database() -> None:
     unit = unit_name(config)
     ensure_packages("Install PostgreSQL", component("postgresql").packages)
 
+    # pg_createcluster makes these postgres's; root writes into them on every deploy (and the
+    # upload's chown/chmod go by path), so they are root's: postgres reads, cannot swap a file
+    # for a link there (pg_ctlcluster accepts a root-owned configuration)
+    for directory in conf_dirs(config):
+        ensure_directory(
+            name=f"{directory} is root's (postgres reads it)",
+            path=directory,
+            user="root",
+            group="postgres",
+            mode="755",
+        )
     conf = put_template(
         "PostgreSQL settings (localhost, scram-sha-256, sized by the mode)",
         "postgresql/rave.conf.j2",
         f"{conf_dir(config)}/conf.d/rave.conf",
-        user="postgres",
+        user="root",
         group="postgres",
         mode="644",
         **conf_context(config),
@@ -184,7 +202,7 @@ def database() -> None:
         "PostgreSQL client authentication (one role per service, scram-sha-256)",
         "postgresql/pg_hba.conf.j2",
         f"{conf_dir(config)}/pg_hba.conf",
-        user="postgres",
+        user="root",
         group="postgres",
         mode="640",
         **hba_context(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
 from pyinfra.operations.util import any_changed
@@ -18,18 +19,22 @@ from pyinfra.operations.util import any_changed
 from rave import observability as obs
 from rave.deploykit import (
     ensure_directory,
+    ensure_group,
     ensure_packages,
     ensure_service,
+    ensure_user,
     install_host_script,
     put_file,
     put_template,
     put_text,
+    remove_file_not_owned_by,
     settings,
 )
+from rave.facts import StatOverrides
 from rave.render import FILES
 from rave.runstate import is_kind
 from rave.sandbox import Sandbox, dropin_text
-from rave.secrets.deploy import secret_path, secrets_changed
+from rave.secrets.deploy import NOLOGIN, secret_path, secrets_changed
 from rave.settings import HostSettings
 
 DROPIN = "rave.conf"
@@ -58,10 +63,11 @@ SANDBOXES: dict[str, Sandbox] = {
     "grafana": Sandbox(read_write_paths=("/var/lib/grafana", "/var/log/grafana"), extra=_EPERM),
 }
 
-# root, but only allowed to read what it checks (the TLS certificate in the secrets tmpfs)
+# its own account, no capabilities: the certificate comes as a credential, the journal through
+# its group; only fail2ban's status (a root-only socket) is asked by an ExecStartPre=! step,
+# root without capabilities under the same sandbox (templates/healthcheck)
 HEALTHCHECK_SANDBOX = Sandbox(
     read_write_paths=(obs.TEXTFILE_DIR,),
-    capabilities=("CAP_DAC_READ_SEARCH",),
     protect_proc="default",
     extra=(("MemoryMax", "96M"), ("CPUQuota", "50%")),
 )
@@ -78,9 +84,21 @@ def dropin_path(name: str, file: str = DROPIN) -> str:
 
 
 def sandbox_dropin(name: str, config: HostSettings) -> str:
-    return dropin_text(
-        SANDBOXES[name], config.profile.limits_for(name), f"sandbox and limits of {name}"
-    )
+    """Sandbox, limits and, for a component with an account of its own, User=/Group= (and its
+    state directory) over the package's shared `prometheus` user."""
+    account = obs.component(name).account
+    reason = f"sandbox and limits of {name}" + (f", runs as {account.name}" if account else "")
+    return dropin_text(SANDBOXES[name], config.profile.limits_for(name), reason, account)
+
+
+def healthcheck_unit_context(config: HostSettings) -> dict[str, Any]:
+    return {
+        "command": obs.HEALTHCHECK_COMMAND,
+        "config_path": obs.HEALTHCHECK_CONFIG,
+        "account": obs.HEALTHCHECK_USER,
+        "groups": " ".join(obs.HEALTHCHECK_GROUPS),
+        "credentials": [f"{c['name']}:{c['path']}" for c in obs.healthcheck_certificates(config)],
+    }
 
 
 def deps_dropin(name: str) -> str:
@@ -111,10 +129,7 @@ def grafana_ini_context(config: HostSettings) -> dict[str, Any]:
 def templates(config: HostSettings) -> dict[str, dict[str, object]]:
     """Every template this task renders, for the unit tests (name → context)."""
     return {
-        "healthcheck/rave-healthcheck.service.j2": {
-            "command": obs.HEALTHCHECK_COMMAND,
-            "config_path": obs.HEALTHCHECK_CONFIG,
-        },
+        "healthcheck/rave-healthcheck.service.j2": healthcheck_unit_context(config),
         "healthcheck/rave-healthcheck.timer.j2": {"interval": config.healthcheck_interval},
         "healthcheck/rave-update-metrics.service.j2": {
             "command": obs.UPDATE_METRICS_COMMAND,
@@ -196,6 +211,18 @@ def default_files(config: HostSettings) -> dict[str, tuple[str, str, str]]:
     }
 
 
+def textfile_directory(name: str) -> Any:
+    """The textfile collector directory, as every task that writes metrics wants it (its group
+    is created by this task, which deploy.py runs before the backup and the scan)."""
+    return ensure_directory(
+        name=name,
+        path=obs.TEXTFILE_DIR,
+        user="root",
+        group=obs.TEXTFILE_GROUP,
+        mode=obs.TEXTFILE_MODE,
+    )
+
+
 @deploy("Observability")
 def observability() -> None:
     config = settings()
@@ -244,11 +271,24 @@ def observability() -> None:
 
     systemd.daemon_reload(name="Reload systemd (drop-ins changed)", _if=any_changed(*dropins))
 
+    # before the packages: their postinst must leave these directories as wanted
+    overrides = host.get_fact(StatOverrides)
+    for path, wanted in obs.stat_overrides().items():
+        if overrides.get(path) != wanted:
+            server.shell(
+                name=f"dpkg keeps {path} {':'.join(wanted[:2])} {wanted[2]}",
+                commands=[obs.stat_override_command(path, wanted)],
+            )
+
     # --- packages -----------------------------------------------------------------------
     ensure_packages(
         "Install Prometheus, Alertmanager and the exporters (Debian's)",
         [*(p for n in here for p in obs.component(n).packages), "dbus"],
     )
+
+    # a postinst may chown them whatever dpkg's override says: root's again (nothing if so)
+    for path in obs.ROOT_OWNED_PACKAGE_DIRS:
+        ensure_directory(name=f"{path} is root's", path=path, user="root", group="root", mode="755")
 
     # some maintainer scripts rewrite their /etc/default file on first install: put ours back
     for name, (description, path, text) in defaults.items():
@@ -294,6 +334,14 @@ def observability() -> None:
         )
         apt.update(name="Read Grafana's repository", _if=source.did_change)
         ensure_packages("Install Grafana", obs.component("grafana").packages)
+    if is_kind(obs.GRAFANA_HOME, "directory"):
+        ensure_directory(
+            name=f"{obs.GRAFANA_HOME} is root's (the package's tree, the account's home)",
+            path=obs.GRAFANA_HOME,
+            user="root",
+            group="root",
+            mode="755",
+        )
     changed["grafana"].append(
         put_template(
             "Grafana settings (loopback, sub-path, no anonymous access)",
@@ -327,12 +375,20 @@ def observability() -> None:
         )
 
     # --- health check ---------------------------------------------------------------------
-    ensure_directory(
-        name="Textfile collector directory (root writes, the exporter reads)",
-        path=obs.TEXTFILE_DIR,
-        user="root",
-        group="root",
-        mode="755",
+    ensure_group(name=f"Create group {obs.TEXTFILE_GROUP}", group=obs.TEXTFILE_GROUP, system=True)
+    textfile_directory("Textfile collector directory (root's; the metric writers' group)")
+    ensure_group(
+        name=f"Create group {obs.HEALTHCHECK_USER}", group=obs.HEALTHCHECK_USER, system=True
+    )
+    ensure_user(
+        name=f"Create the health check's account {obs.HEALTHCHECK_USER}",
+        user=obs.HEALTHCHECK_USER,
+        group=obs.HEALTHCHECK_USER,
+        home="/nonexistent",
+        shell=NOLOGIN,
+        system=True,
+        create_home=False,
+        ensure_home=False,
     )
     put_text(
         f"Debug mode metric ({obs.DEBUG_MODE_METRIC})",
@@ -349,11 +405,10 @@ def observability() -> None:
             "Health check configuration", obs.HEALTHCHECK_CONFIG, obs.healthcheck_config(config)
         ),
         put_template(
-            "Health check service",
+            "Health check service (its own account)",
             "healthcheck/rave-healthcheck.service.j2",
             f"/etc/systemd/system/{HEALTHCHECK_UNIT}.service",
-            command=obs.HEALTHCHECK_COMMAND,
-            config_path=obs.HEALTHCHECK_CONFIG,
+            **healthcheck_unit_context(config),
         ),
         put_text(
             "Health check sandbox",
@@ -442,9 +497,16 @@ def observability() -> None:
         commands=[f"systemctl start {UPDATE_METRICS_UNIT}.service"],
         _if=any_changed(*update_metrics),
     )
+    # a host upgraded from the root health check: the account could not replace a file of
+    # another owner in the sticky directory
+    stale_metrics = remove_file_not_owned_by(
+        name="The health check's metrics are its account's (else removed)",
+        path=f"{obs.TEXTFILE_DIR}/rave_healthcheck.prom",
+        owner=obs.HEALTHCHECK_USER,
+    )
     # run once now, so its metrics exist right after a deploy (not only after the first tick)
     server.shell(
         name="Run the health check once (it changed)",
         commands=[f"systemctl start {HEALTHCHECK_UNIT}.service"],
-        _if=any_changed(*healthcheck),
+        _if=any_changed(*healthcheck, stale_metrics),
     )

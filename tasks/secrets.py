@@ -88,11 +88,11 @@ def secrets() -> None:
     if problems:
         raise DeployError("; ".join(problems))
     versions = env.versions()
-    existing_users = host.get_fact(ExistingUsers, names=tuple(sd.reader_users()))
+    existing_users = host.get_fact(ExistingUsers, names=tuple(sd.account_names()))
 
     ensure_packages("Install age and python3 (decryption on the host)", ["age", "python3"])
 
-    # every reader's account, so its directory can be owned before its package is installed
+    # every reader's account and each component's own one, before its package is installed
     for account in sd.accounts_to_create(existing_users):
         ensure_group(name=f"Create group {account.name}", group=account.name, system=True)
         ensure_user(
@@ -103,6 +103,7 @@ def secrets() -> None:
             shell=account.shell,
             system=True,
             create_home=False,
+            ensure_home=account.ensure_home,
         )
 
     ensure_directory(

@@ -17,21 +17,27 @@ from pyinfra.operations.util import any_changed
 from rave import observability as obs
 from rave.deploykit import (
     ensure_directory,
+    ensure_group,
     ensure_packages,
     ensure_service,
+    ensure_user,
     install_host_script,
     put_file,
     put_template,
     put_text,
+    remove_file_not_owned_by,
     settings,
 )
 from rave.modes import ServiceLimits
 from rave.render import FILES
 from rave.sandbox import Sandbox, dropin_text
+from rave.secrets.deploy import NOLOGIN
 from rave.settings import HostSettings
 from rave.settings.vulnscan import REPO_ROOT
+from tasks.observability import textfile_directory
 
 UNIT = "rave-vulnscan"
+USER = "rave-vulnscan"
 SCRIPT = "/usr/local/sbin/rave-vulnscan-scan"
 CONFIG_PATH = "/etc/rave/vulnscan.json"
 STATE_DIR = "/var/lib/rave/vulnscan"
@@ -83,6 +89,9 @@ def templates(config: HostSettings) -> dict[str, dict[str, Any]]:
             "script": SCRIPT,
             "config_path": CONFIG_PATH,
             "state_dir": STATE_DIR,
+            "state_directory": STATE_DIR.removeprefix("/var/lib/"),
+            "account": USER,
+            "groups": obs.TEXTFILE_GROUP,
             "timeout_seconds": config.vulnscan_timeout_seconds,
         },
         "vulnscan/rave-vulnscan.timer.j2": {
@@ -136,16 +145,20 @@ def vulnscan() -> None:
     if config.vulnscan_source == "trivy":
         _trivy(config)
 
-    ensure_directory(
-        name="Vulnerability scan state", path=STATE_DIR, user="root", group="root", mode="750"
+    # its own account; the state directory is systemd's StateDirectory= (created, and chowned
+    # recursively on a host upgraded from the root scan, at the scan's start)
+    ensure_group(name=f"Create group {USER}", group=USER, system=True)
+    ensure_user(
+        name=f"Create the scan's account {USER}",
+        user=USER,
+        group=USER,
+        home="/nonexistent",
+        shell=NOLOGIN,
+        system=True,
+        create_home=False,
+        ensure_home=False,
     )
-    ensure_directory(
-        name="node exporter textfile directory",
-        path=TEXTFILE_DIR,
-        user="root",
-        group="root",
-        mode="755",
-    )
+    textfile_directory("node exporter textfile directory")
     uploaded = None
     if config.vulnscan_data_upload and config.vulnscan_data_file:
         uploaded = put_file(
@@ -194,9 +207,18 @@ def vulnscan() -> None:
         running=True,
         enabled=True,
     )
+    # a host upgraded from the root scan: the account could not replace a file of another
+    # owner in the sticky textfile directory
+    stale_metrics = remove_file_not_owned_by(
+        name="The scan's metrics are its account's (else removed)",
+        path=f"{TEXTFILE_DIR}/rave_vulnscan.prom",
+        owner=USER,
+    )
     # a first scan right after (re)configuring, so the metrics exist before the first timer run
     server.shell(
         name="Start a vulnerability scan (its code or settings changed)",
         commands=[f"systemctl start --no-block {UNIT}.service"],
-        _if=any_changed(*[op for op in (script, scan_settings, unit, dropin, uploaded) if op]),
+        _if=any_changed(
+            *[op for op in (script, scan_settings, unit, dropin, uploaded, stale_metrics) if op]
+        ),
     )

@@ -5,7 +5,7 @@ Host layout:
   /etc/rave/secrets.d/<component>.json   manifest: the component's user and {secret: version}
   /usr/local/sbin/rave-secrets-install   decrypts with the host's SSH key, splits into files
   rave-secrets.service                   oneshot at boot; `systemctl reload` re-runs it
-  /run/rave/secrets/<component>/<name>   tmpfs; dir 0500 and files 0400 owned by the user
+  /run/rave/secrets/<component>/<name>   tmpfs; root's dir 0550 and files 0440, group the user's
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rave.components import COMPONENTS, Component
+from rave.components import COMPONENTS, Component, own_accounts
 from rave.secrets.model import SECRET_NAMES, default_file_content, is_optional
 from rave.secrets.store import Environment
 
@@ -35,6 +35,7 @@ class Account:
     name: str
     home: str
     shell: str = NOLOGIN
+    ensure_home: bool = True  # False: systemd's StateDirectory= (or nobody) makes the home
 
 
 # Accounts a package creates when installed: created here first (same name, system, same home
@@ -43,7 +44,8 @@ class Account:
 ACCOUNTS: dict[str, Account] = {
     "postgres": Account("postgres", "/var/lib/postgresql", "/bin/bash"),
     "prometheus": Account("prometheus", "/var/lib/prometheus"),
-    "grafana": Account("grafana", "/usr/share/grafana", "/bin/false"),
+    # its home is the package's tree, which dpkg (root) fills: never the account's
+    "grafana": Account("grafana", "/usr/share/grafana", "/bin/false", ensure_home=False),
     "rave-webhook": Account("rave-webhook", "/var/lib/rave-webhook"),
     "rave-ccr": Account("rave-ccr", "/var/lib/rave-ccr"),
 }
@@ -97,9 +99,19 @@ def reader_users() -> list[str]:
     return sorted({c.user for c in readers() if c.user is not None})
 
 
+def account_names() -> list[str]:
+    """The accounts the secrets task makes sure exist (readers and components' own accounts)."""
+    return sorted(set(reader_users()) | {own.name for _, own in own_accounts()})
+
+
 def accounts_to_create(existing_users: set[str]) -> list[Account]:
-    missing = [name for name in reader_users() if name not in existing_users]
-    return [ACCOUNTS.get(name, Account(name, f"/var/lib/{name}")) for name in missing]
+    """Every reader's account and every component's own account (components.py) not yet there."""
+    wanted = {
+        name: ACCOUNTS.get(name, Account(name, f"/var/lib/{name}")) for name in reader_users()
+    }
+    for _, own in own_accounts():
+        wanted[own.name] = Account(own.name, own.home, ensure_home=False)
+    return [account for name, account in sorted(wanted.items()) if name not in existing_users]
 
 
 def consumer_units() -> list[str]:

@@ -48,7 +48,10 @@ def failed_logins(staging, name: str, attempts: int) -> list[int]:
 
 
 def textfile_value(host, metric: str) -> float | None:
-    text = host.file(f"{obs.TEXTFILE_DIR}/rave_healthcheck.prom").content_string
+    """From the health check's files: its own, and fail2ban's (its unit's root step)."""
+    text = host.check_output(
+        f"cat {obs.TEXTFILE_DIR}/rave_healthcheck.prom {obs.TEXTFILE_DIR}/rave_fail2ban.prom"
+    )
     for line in text.splitlines():
         if line.startswith(metric + " "):
             return float(line.split()[1])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -70,6 +71,10 @@ def _config(tmp_path, **overrides) -> Path:
 
 def _metrics(tmp_path) -> str:
     return (tmp_path / "textfile" / "rave_healthcheck.prom").read_text()
+
+
+def _fail2ban_metrics(tmp_path) -> str:
+    return (tmp_path / "textfile" / hc.FAIL2BAN_OUTPUT_NAME).read_text()
 
 
 def test_all_passing_exits_0_and_writes_metrics(tmp_path, certificate):
@@ -427,7 +432,8 @@ def test_fail2ban_bans_per_jail(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "fail2ban_client", fake_client)
     path = _config(tmp_path, fail2ban=True)
     hc.main(["--config", str(path), "--quiet"])
-    text = _metrics(tmp_path)
+    assert "rave_fail2ban" not in _metrics(tmp_path)  # one file per writer, never both
+    text = _fail2ban_metrics(tmp_path)
     assert "rave_fail2ban_up 1" in text
     assert 'rave_fail2ban_banned{jail="sshd"} 2' in text
     assert 'rave_fail2ban_banned{jail="nginx-http-auth"} 0' in text
@@ -446,7 +452,63 @@ def test_fail2ban_not_answering_is_a_metric_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "fail2ban_client", broken)
     path = _config(tmp_path, fail2ban=True)
     assert hc.main(["--config", str(path), "--quiet"]) == 0
-    assert "rave_fail2ban_up 0" in _metrics(tmp_path)
+    assert "rave_fail2ban_up 0" in _fail2ban_metrics(tmp_path)
+
+
+def test_the_units_two_steps_split_fail2ban_from_the_checks(tmp_path, monkeypatch):
+    """The unit's root step writes only fail2ban's file; its main step (the check's account)
+    never asks fail2ban (its socket is root's) and leaves that file alone."""
+    asked = []
+
+    def fake_client(*args):
+        asked.append(args)
+        return (
+            FAIL2BAN_STATUS
+            if args == ("status",)
+            else FAIL2BAN_JAIL.format(jail=args[1], banned=1, total=1)
+        )
+
+    monkeypatch.setattr(hc, "fail2ban_client", fake_client)
+    path = _config(tmp_path, fail2ban=True)
+    assert hc.main(["--config", str(path), "--fail2ban-only"]) == 0
+    assert "rave_fail2ban_up 1" in _fail2ban_metrics(tmp_path)
+    assert not (tmp_path / "textfile" / "rave_healthcheck.prom").exists()
+    asked.clear()
+    before = _fail2ban_metrics(tmp_path)
+    assert hc.main(["--config", str(path), "--quiet", "--no-fail2ban"]) == 0
+    assert asked == []
+    assert _fail2ban_metrics(tmp_path) == before
+    assert "rave_healthcheck_failed_checks 0" in _metrics(tmp_path)
+
+
+def test_certificate_is_read_from_the_units_credential(tmp_path, certificate, monkeypatch):
+    """Run by systemd as the check's account, the certificate is $CREDENTIALS_DIRECTORY/<name>
+    (the configured path is not readable to it); the metric still names the path."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "tls").write_bytes(certificate(90).read_bytes())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    path = _config(tmp_path, certificates=[{"name": "tls", "path": "/nonexistent/cert.pem"}])
+    assert hc.main(["--config", str(path), "--quiet"]) == 0
+    assert 'path="/nonexistent/cert.pem"' in _metrics(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_root_run_leaves_the_file_to_the_units_account(tmp_path):
+    """An operator's run as root must not leave a root-owned file the unit's account (in the
+    sticky textfile directory) could no longer replace; a link planted there is replaced, never
+    followed or chowned."""
+    directory = tmp_path / "textfile"
+    directory.mkdir()
+    os.chmod(directory, 0o1777)
+    target = directory / "rave_healthcheck.prom"
+    os.symlink("/etc/passwd", target)
+    before = os.stat("/etc/passwd")
+    hc.write_atomically(str(directory), target.name, "new\n", owner="nobody")
+    assert not target.is_symlink() and target.read_text() == "new\n"
+    assert target.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    after = os.stat("/etc/passwd")
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
 
 
 def test_a_port_no_component_declares_is_reported(tmp_path):

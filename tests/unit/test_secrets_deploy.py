@@ -157,7 +157,21 @@ def test_unit_orders_itself_before_every_reader_and_reloads_without_restarting_t
 def test_accounts_are_created_only_when_missing():
     names = [a.name for a in accounts_to_create({"www-data", "postgres"})]
     assert "postgres" not in names and "www-data" not in names
-    assert {"prometheus", "rave-webhook", "grafana", "rave-ccr"} <= set(names)
+    assert {"rave-webhook", "grafana", "rave-ccr"} <= set(names)
+    # each daemon's own account (components.py), its home made by systemd or nobody
+    own = {
+        a.name: a
+        for a in accounts_to_create(set())
+        if a.name.startswith("rave-") and a.name.endswith(("exporter", "alertmanager"))
+    }
+    assert set(own) == {
+        "rave-alertmanager",
+        "rave-node-exporter",
+        "rave-postgres-exporter",
+        "rave-nginx-exporter",
+    }
+    assert not any(a.ensure_home for a in own.values())
+    assert own["rave-alertmanager"].home == "/var/lib/prometheus/alertmanager"
     postgres = next(a for a in accounts_to_create(set()) if a.name == "postgres")
     assert (postgres.home, postgres.shell) == ("/var/lib/postgresql", "/bin/bash")
 
