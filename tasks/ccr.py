@@ -28,7 +28,7 @@ from rave.settings import HostSettings
 from rave.settings.ccr import NodeSource
 
 PACKAGE = "@musistudio/claude-code-router"
-PREFIX = "/opt/rave/ccr"
+PREFIX = component("ccr").npm_tree or ""  # where npm installs it; rave-vulnscan audits it
 PACKAGE_JSON = f"{PREFIX}/node_modules/{PACKAGE}/package.json"
 SETTINGS_FILE = "/etc/rave-ccr/settings.json"
 CONFIG_SCRIPT = "/usr/local/sbin/rave-ccr-config"

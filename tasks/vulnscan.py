@@ -43,6 +43,14 @@ TRIVY_KEY = "/etc/apt/keyrings/rave-trivy.asc"
 TRIVY_LIST = "/etc/apt/sources.list.d/rave-trivy.list"
 
 
+def npm_trees(config: HostSettings) -> list[str]:
+    """The npm trees to audit: the setting, or the npm_tree the host's components declare (the
+    same declaration their tasks install into, so the two cannot drift apart)."""
+    if config.vulnscan_npm_trees is not None:
+        return list(config.vulnscan_npm_trees)
+    return [c.npm_tree for c in obs.enabled_components(config) if c.npm_tree]
+
+
 def scan_config(config: HostSettings) -> dict[str, Any]:
     """What the host script reads (/etc/rave/vulnscan.json): settings only, no secrets."""
     return {
@@ -55,7 +63,7 @@ def scan_config(config: HostSettings) -> dict[str, Any]:
         "timeout_seconds": config.vulnscan_timeout_seconds,
         "state_dir": STATE_DIR,
         "textfile_dir": TEXTFILE_DIR,
-        "npm_trees": list(config.vulnscan_npm_trees),
+        "npm_trees": npm_trees(config),
         "trivy": {"command": "trivy", "db_repository": config.vulnscan_trivy_db_repository},
     }
 
@@ -64,7 +72,7 @@ def sandbox(config: HostSettings) -> Sandbox:
     return Sandbox(
         read_write_paths=(STATE_DIR, TEXTFILE_DIR),
         # node (npm audit) needs W+X memory for its JIT; the Python scan alone does not
-        memory_deny_write_execute=not config.vulnscan_npm_trees,
+        memory_deny_write_execute=not npm_trees(config),
     )
 
 

@@ -437,10 +437,19 @@ def npm_findings(tree: str, audit: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
-def audit_npm(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def lock_packages(lock: Path) -> int:
+    """How many packages the tree's package-lock.json installs (what `npm audit` looked at)."""
+    try:
+        packages = json.loads(lock.read_text()).get("packages", {})
+    except (OSError, ValueError, AttributeError) as error:
+        raise ScanError(f"cannot read {lock}: {error}") from error
+    return sum(1 for path in packages if path)  # "" is the tree's own package.json
+
+
+def audit_npm(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Audit each configured npm tree; an absent tree is reported explicitly ("no npm tree")."""
     findings: list[dict[str, Any]] = []
-    trees: list[dict[str, str]] = []
+    trees: list[dict[str, Any]] = []
     configured = config.get("npm_trees") or []
     if not configured:
         trees.append({"path": "", "status": "no npm tree", "detail": "no npm trees configured"})
@@ -465,7 +474,15 @@ def audit_npm(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[s
             raise ScanError(f"npm audit in {tree} failed: {error}") from error
         found = npm_findings(tree, audit)
         findings += found
-        trees.append({"path": tree, "status": "audited", "detail": f"{len(found)} findings"})
+        packages = lock_packages(lock)
+        trees.append(
+            {
+                "path": tree,
+                "status": "audited",
+                "detail": f"{packages} packages, {len(found)} findings",
+                "packages": packages,
+            }
+        )
     return findings, trees
 
 

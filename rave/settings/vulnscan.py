@@ -57,10 +57,12 @@ class VulnscanSettings(Concern):
     vulnscan_cpu_quota_percent: int = Field(
         50, gt=0, le=400, description="CPUQuota of the scan (it runs once a day)"
     )
-    vulnscan_npm_trees: list[str] = Field(
-        default_factory=lambda: ["/opt/rave-ccr"],
-        description="npm project directories (with package-lock.json) to `npm audit`; a "
-        "missing one is reported as 'no npm tree', not skipped silently",
+    vulnscan_npm_trees: list[str] | None = Field(
+        None,
+        description="npm project directories (with package-lock.json) to `npm audit`; unset: "
+        "the npm_tree of each component this host runs (rave/components.py: the Claude Code "
+        "Router's when ccr_install), [] audits none; a missing one is reported as 'no npm tree', "
+        "not skipped silently",
     )
     vulnscan_trivy_apt_url: str = Field(
         "https://aquasecurity.github.io/trivy-repo/deb",

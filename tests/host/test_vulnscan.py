@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from rave.components import component
+
 ROOT = Path(__file__).resolve().parents[2]
 SARIF_SCHEMA = ROOT / "tests" / "data" / "sarif-schema-2.1.0.json"
 UNIT = "rave-vulnscan.service"
@@ -245,6 +247,24 @@ def test_a_vulnerable_package_shows_everywhere_and_clears(scan_host):
         "RaveVulnscanNewCriticalFinding to resolve",
         lambda: not firing(host, "RaveVulnscanNewCriticalFinding"),
     )
+
+
+def test_the_routers_npm_tree_is_audited_and_its_packages_counted(scan_host):
+    """The scan audits the directory the router is installed in (its declaration in
+    rave/components.py), and the report counts the packages of its package-lock.json."""
+    host = scan_host
+    tree = component("ccr").npm_tree
+    assert tree
+    lock = read_json(host, f"{tree}/package-lock.json")
+    installed = [path for path in lock["packages"] if path]
+    assert "node_modules/@musistudio/claude-code-router" in installed
+    put(host, f"{TEST_DIR}/clean.json", tracker({}))
+    assert scan_with(host, f"RAVE_VULNSCAN_DATA_FILE={TEST_DIR}/clean.json") == 0
+    report = read_json(host, f"{STATE}/report.json")
+    assert report["status"] == "ok", report.get("error")
+    (audited,) = [t for t in report["npm_trees"] if t["path"] == tree]
+    assert audited["status"] == "audited", audited
+    assert audited["packages"] == len(installed) > 10
 
 
 def test_an_unreachable_source_is_a_failed_scan(scan_host):

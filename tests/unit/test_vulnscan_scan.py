@@ -387,3 +387,34 @@ def test_a_missing_npm_tree_is_reported_not_skipped(tmp_path):
     ]
     _, trees = scan.audit_npm({"npm_trees": [], "state_dir": "/x"})
     assert trees[0]["status"] == "no npm tree"
+
+
+def test_an_audited_tree_reports_how_many_packages_it_counted(tmp_path):
+    tree = tmp_path / "ccr"
+    tree.mkdir()
+    lock = {
+        "lockfileVersion": 3,
+        "packages": {
+            "": {"dependencies": {"router": "1.0.0"}},
+            "node_modules/router": {"version": "1.0.0"},
+            "node_modules/left-pad": {"version": "1.0.0"},
+        },
+    }
+    (tree / "package-lock.json").write_text(json.dumps(lock))
+    npm = tmp_path / "npm"  # stands in for `npm audit --json`: a clean audit
+    npm.write_text('#!/bin/sh\necho \'{"auditReportVersion": 2, "vulnerabilities": {}}\'\n')
+    npm.chmod(0o755)
+    config = {"npm_trees": [str(tree)], "state_dir": str(tmp_path), "npm_command": str(npm)}
+    findings, trees = scan.audit_npm(config)
+    assert findings == []
+    assert trees == [
+        {
+            "path": str(tree),
+            "status": "audited",
+            "detail": "2 packages, 0 findings",
+            "packages": 2,
+        }
+    ]
+    (tree / "package-lock.json").write_text("not json")
+    with pytest.raises(scan.ScanError, match="cannot read"):
+        scan.audit_npm(config)

@@ -95,3 +95,23 @@ def test_the_staging_sample_is_valid_tracker_data_and_says_it_is_a_sample():
     ((_, issue),) = issues.items()
     assert "bookworm" in issue["releases"]
     assert "NOT a vulnerability database" in issue["description"]
+
+
+def test_the_routers_npm_tree_is_audited_where_its_task_installs_it():
+    """The audited directory comes from the router's declaration, the one tasks/ccr.py installs
+    into: a second hard-coded copy (the old /opt/rave-ccr) would audit an empty folder."""
+    from rave.components import component
+    from tasks import ccr
+
+    declared = component("ccr").npm_tree
+    assert declared and declared == ccr.PREFIX
+    assert vulnscan.scan_config(make_settings())["npm_trees"] == [declared]
+    # a host without the router audits no npm tree, and its scan keeps W^X memory
+    without = make_settings(ccr_install=False)
+    assert vulnscan.scan_config(without)["npm_trees"] == []
+    assert "MemoryDenyWriteExecute=yes" in vulnscan.dropin_text(
+        vulnscan.sandbox(without), None, "test"
+    )
+    # an operator's list replaces the derived one
+    chosen = make_settings(vulnscan_npm_trees=["/srv/app"])
+    assert vulnscan.scan_config(chosen)["npm_trees"] == ["/srv/app"]
