@@ -27,7 +27,7 @@ from rave.deploykit import (
 )
 from rave.modes import ServiceLimits
 from rave.render import FILES
-from rave.sandbox import Sandbox, dropin_text
+from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.settings import HostSettings
 from rave.settings.vulnscan import REPO_ROOT
 
@@ -39,6 +39,7 @@ TEXTFILE_DIR = obs.TEXTFILE_DIR
 SERVICE_PATH = f"/etc/systemd/system/{UNIT}.service"
 TIMER_PATH = f"/etc/systemd/system/{UNIT}.timer"
 DROPIN_PATH = f"/etc/systemd/system/{UNIT}.service.d/sandbox.conf"
+NPM_AUDIT_FILE = f"{STATE_DIR}-data/npm-audit.json"  # vulnscan_npm_audit_upload goes here
 TRIVY_KEY = "/etc/apt/keyrings/rave-trivy.asc"
 TRIVY_LIST = "/etc/apt/sources.list.d/rave-trivy.list"
 
@@ -64,6 +65,7 @@ def scan_config(config: HostSettings) -> dict[str, Any]:
         "state_dir": STATE_DIR,
         "textfile_dir": TEXTFILE_DIR,
         "npm_trees": npm_trees(config),
+        "npm_audit_file": NPM_AUDIT_FILE if config.vulnscan_npm_audit_upload else None,
         "trivy": {"command": "trivy", "db_repository": config.vulnscan_trivy_db_repository},
     }
 
@@ -71,8 +73,15 @@ def scan_config(config: HostSettings) -> dict[str, Any]:
 def sandbox(config: HostSettings) -> Sandbox:
     return Sandbox(
         read_write_paths=(STATE_DIR, TEXTFILE_DIR),
-        # node (npm audit) needs W+X memory for its JIT; the Python scan alone does not
+        # node (npm audit) needs W+X memory for its JIT and V8's memory protection keys
+        # (@pkey: without them node dies with SIGSYS before printing anything); the Python scan
+        # alone needs neither
         memory_deny_write_execute=not npm_trees(config),
+        syscall_filter=(
+            (f"{DEFAULT_SYSCALL_FILTER[0]} @pkey", *DEFAULT_SYSCALL_FILTER[1:])
+            if npm_trees(config)
+            else DEFAULT_SYSCALL_FILTER
+        ),
     )
 
 
@@ -162,6 +171,14 @@ def vulnscan() -> None:
             config.vulnscan_data_file,
             mode="644",
         )
+    uploaded_audit = None
+    if config.vulnscan_npm_audit_upload:
+        uploaded_audit = put_file(
+            "npm audit data (staging: its registry refuses audits)",
+            str(REPO_ROOT / config.vulnscan_npm_audit_upload),
+            NPM_AUDIT_FILE,
+            mode="644",
+        )
     script = install_host_script(
         "Vulnerability scan script", str(FILES / "vulnscan" / "vulnscan_scan.py"), SCRIPT
     )
@@ -206,5 +223,7 @@ def vulnscan() -> None:
     server.shell(
         name="Start a vulnerability scan (its code or settings changed)",
         commands=[f"systemctl start --no-block {UNIT}.service"],
-        _if=any_changed(*[op for op in (script, scan_settings, unit, dropin, uploaded) if op]),
+        _if=any_changed(
+            *[op for op in (script, scan_settings, unit, dropin, uploaded, uploaded_audit) if op]
+        ),
     )

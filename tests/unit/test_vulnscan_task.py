@@ -115,3 +115,22 @@ def test_the_routers_npm_tree_is_audited_where_its_task_installs_it():
     # an operator's list replaces the derived one
     chosen = make_settings(vulnscan_npm_trees=["/srv/app"])
     assert vulnscan.scan_config(chosen)["npm_trees"] == ["/srv/app"]
+
+
+def test_node_gets_the_syscalls_it_needs_only_when_there_is_a_tree_to_audit():
+    """V8 uses memory protection keys: without @pkey, node dies (SIGSYS) before npm prints a
+    byte, and every scan of a host with the router failed on empty output."""
+    with_tree = vulnscan.dropin_text(vulnscan.sandbox(make_settings()), None, "test")
+    assert "SystemCallFilter=@system-service @pkey\n" in with_tree
+    without = vulnscan.dropin_text(
+        vulnscan.sandbox(make_settings(vulnscan_npm_trees=[])), None, "test"
+    )
+    assert "@pkey" not in without
+
+
+def test_npm_audit_data_is_uploaded_only_where_set():
+    assert vulnscan.scan_config(make_settings())["npm_audit_file"] is None
+    staged = make_settings(vulnscan_npm_audit_upload="files/vulnscan/sample-npm-audit.json")
+    assert vulnscan.scan_config(staged)["npm_audit_file"] == vulnscan.NPM_AUDIT_FILE
+    with pytest.raises(ValidationError, match="vulnscan_npm_audit_upload"):
+        make_settings(vulnscan_npm_audit_upload="files/vulnscan/no-such.json")
