@@ -92,15 +92,23 @@ print(json.dumps(sample))
 
 
 class Vm:
-    """The instance's staging VM, reached with the harness's ssh files."""
+    """The instance's staging VM (or, with `container`, a container host: it shares the control
+    machine's memory, so its figures say nothing about a 2 GB host), reached with the harness's
+    ssh files."""
 
-    def __init__(self) -> None:
+    def __init__(self, container: int | None = None) -> None:
         instance = Instance(instance_id())
         self.instance = instance
-        self.vm = vm_host(instance)
-        if not self.vm.json_file.exists():
-            sys.exit(f"no staging VM ({self.vm.json_file} is missing): rave-staging vm up first")
-        entry = json.loads(self.vm.json_file.read_text())[0]
+        if container is not None:
+            entries = json.loads(instance.hosts_json.read_text())
+            name = f"rave-staging-{container}"
+            (entry,) = [e for e in entries if e["name"] == name]
+            self.name, self.address, self.accel = name, entry["address"], "container"
+            return
+        vm = vm_host(instance)
+        if not vm.json_file.exists():
+            sys.exit(f"no staging VM ({vm.json_file} is missing): rave-staging vm up first")
+        entry = json.loads(vm.json_file.read_text())[0]
         self.name, self.address, self.accel = entry["name"], entry["address"], entry["accel"]
 
     def run(self, command: str, timeout: float = 600, check: bool = True) -> str:
@@ -196,8 +204,11 @@ def mb(value: int | None) -> str:
     return "-" if value is None else f"{value / 1048576:.0f}M"
 
 
-def alerts_fired(vm: Vm, seconds: int) -> dict[str, str]:
-    query = f'max_over_time(ALERTS{{alertstate="firing"}}[{max(seconds, 60)}s])'
+def alerts_fired(vm: Vm, seconds: int | None) -> dict[str, str]:
+    """Alerts firing at any time in the last `seconds` (None: firing now)."""
+    query = 'ALERTS{alertstate="firing"}'
+    if seconds is not None:
+        query = f"max_over_time({query}[{max(seconds, 60)}s])"
     out = vm.run(
         "curl -fsS --get http://127.0.0.1:9090/api/v1/query "
         f"--data-urlencode {shlex.quote('query=' + query)}",
@@ -250,9 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sample-every", type=float, default=60.0, help="seconds")
     parser.add_argument("--drain-seconds", type=float, default=600.0)
+    parser.add_argument(
+        "--container",
+        type=int,
+        metavar="K",
+        help="soak container host K instead of the VM (checks the bench; not a SAFE-host figure)",
+    )
     args = parser.parse_args(argv)
 
-    vm = Vm()
+    vm = Vm(args.container)
     print(f"soak: {vm.name} ({vm.address}, {vm.accel}); control machine load {loadavg()}")
     mode = vm.run("cat /etc/rave/release.json 2>/dev/null || true", check=False)
     start = vm.sample()
@@ -263,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     since = vm.run("date -u '+%Y-%m-%d %H:%M:%S'").strip()
     rows_before = int(vm.psql("SELECT count(*) FROM webhook_events"))
+    firing_before = alerts_fired(vm, None)
     run = f"soak-{int(time.time())}"
 
     stop = threading.Event()
@@ -349,7 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         "journal errors (priority err and worse): "
         + (", ".join(f"{unit} {n}" for unit, n in errors.most_common()) or "none")
     )
-    print("alerts fired: " + (", ".join(f"{a} ({s})" for a, s in sorted(fired.items())) or "none"))
+    print(
+        "alerts firing at the start: "
+        + (", ".join(f"{a} ({s})" for a, s in sorted(firing_before.items())) or "none")
+    )
+    print(
+        "alerts firing during the soak: "
+        + (", ".join(f"{a} ({s})" for a, s in sorted(fired.items())) or "none")
+    )
     print(f"samples: {len(sampler.samples)} taken, {sampler.failures} unanswered")
     print(f"control machine load after: {loadavg()}")
 

@@ -154,13 +154,25 @@ async def run_load(
                     break
                 scheduled = time.monotonic()
             try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(
-                        address, port, ssl=context, server_hostname=None
-                    )
-                assert reader is not None
-                writer.write(request)
-                status = await asyncio.wait_for(_read_response(reader), timeout=30)
+                for attempt in (1, 2):
+                    reused = writer is not None
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(
+                            address, port, ssl=context, server_hostname=None
+                        )
+                    assert reader is not None
+                    writer.write(request)
+                    try:
+                        status = await asyncio.wait_for(_read_response(reader), timeout=30)
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionResetError) as closed:
+                        # nginx closes a keep-alive connection after keepalive_requests
+                        # (1000): nothing of the answer came, so send it once more on a new one
+                        partial = getattr(closed, "partial", b"")
+                        if not reused or partial or attempt == 2:
+                            raise
+                        writer.close()
+                        reader = writer = None
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 result.errors += 1
                 result.deliveries.append((delivery, 0))
