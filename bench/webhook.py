@@ -32,6 +32,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     deliveries: list[tuple[str, int]] = field(default_factory=list)  # (delivery id, status)
     errors: int = 0
+    unsent: int = 0  # scheduled but still queued at the deadline (the target fell behind)
     seconds: float = 0.0
 
     @property
@@ -106,8 +107,11 @@ async def run_load(
     concurrency: int = 64,
     seconds: float = 10.0,
     rate: float | None = None,
+    stop_at_deadline: bool = False,
 ) -> Result:
-    """Send until `requests` is exhausted or `seconds` pass. With `rate`, open loop."""
+    """Send until `requests` is exhausted or `seconds` pass. With `rate`, open loop; then
+    `stop_at_deadline` drops what is still queued at the deadline (counted as `unsent`) instead
+    of sending the backlog of a target that fell behind."""
     result = Result()
     context = client_context()
     deadline = time.monotonic() + seconds
@@ -138,6 +142,9 @@ async def run_load(
                 delivery, request, scheduled = await queue.get()
                 if not request:
                     break
+                if stop_at_deadline and time.monotonic() > deadline:
+                    result.unsent += 1
+                    continue
             else:
                 if time.monotonic() > deadline:
                     break
@@ -147,13 +154,25 @@ async def run_load(
                     break
                 scheduled = time.monotonic()
             try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(
-                        address, port, ssl=context, server_hostname=None
-                    )
-                assert reader is not None
-                writer.write(request)
-                status = await asyncio.wait_for(_read_response(reader), timeout=30)
+                for attempt in (1, 2):
+                    reused = writer is not None
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(
+                            address, port, ssl=context, server_hostname=None
+                        )
+                    assert reader is not None
+                    writer.write(request)
+                    try:
+                        status = await asyncio.wait_for(_read_response(reader), timeout=30)
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionResetError) as closed:
+                        # nginx closes a keep-alive connection after keepalive_requests
+                        # (1000): nothing of the answer came, so send it once more on a new one
+                        partial = getattr(closed, "partial", b"")
+                        if not reused or partial or attempt == 2:
+                            raise
+                        writer.close()
+                        reader = writer = None
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 result.errors += 1
                 result.deliveries.append((delivery, 0))

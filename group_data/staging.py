@@ -14,6 +14,7 @@ __all__ = [
     "rave_environment",
     "vulnscan_data_file",
     "vulnscan_data_upload",
+    "vulnscan_npm_audit_upload",
 ]
 
 _STATE = staging_state_dir()  # .staging/ of the checkout, or RAVE_STAGING_DIR
@@ -42,3 +43,6 @@ alertmanager_silenced = True
 # no vulnerability database is reachable from staging: a labelled sample in the tracker's format
 vulnscan_data_file = "/var/lib/rave/vulnscan-data/tracker.json"
 vulnscan_data_upload = "files/vulnscan/sample-tracker.json"
+# the npm registry reached from staging refuses `npm audit` (405): a clean audit in npm's format
+# stands in, the router's tree and its package count are still the real ones
+vulnscan_npm_audit_upload = "files/vulnscan/sample-npm-audit.json"

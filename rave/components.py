@@ -112,6 +112,9 @@ class Component(BaseModel):
     owned_unit: bool = False  # the project writes this unit file itself
     optional: bool = False  # may be left out (e.g. a package source this host cannot reach)
     scheduled: bool = False  # a oneshot run by <unit>.timer; the timer is what must stay active
+    # the npm project directory it is installed into (package-lock.json there): its task installs
+    # into it and rave-vulnscan audits it (`npm audit`), both from this one declaration
+    npm_tree: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -263,6 +266,7 @@ COMPONENTS: tuple[Component, ...] = (
         secrets=("ccr_api_keys",),
         owned_unit=True,
         optional=True,
+        npm_tree="/opt/rave/ccr",
     ),
     Component(
         name="backup",

@@ -454,6 +454,9 @@ def cmd_vm_up(inst: st.Instance, fresh: bool) -> None:
             st.wait_for_boot([vm], booting=[vm], timeout=VM_BOOT_TIMEOUT)
         write_vm_state(vm, accel)
         st.write_ssh_files(inst, [*container_hosts(inst), vm])
+        # the VM becomes a recipient of the staging secrets like a container, so the full
+        # deploy.py (not only base + hardening) can run on it (bench/soak.py)
+        st.secrets_hook(inst, [vm])
     st.log(f"{vm.name} up ({accel}) in {time.monotonic() - started:.1f}s")
     print_vm_info(inst)
 

@@ -28,7 +28,9 @@ from rave.settings import HostSettings
 from rave.settings.ccr import NodeSource
 
 PACKAGE = "@musistudio/claude-code-router"
-PREFIX = "/opt/rave/ccr"
+_DECLARED_TREE = component("ccr").npm_tree
+assert _DECLARED_TREE, "rave/components.py declares the router's npm_tree"
+PREFIX = _DECLARED_TREE  # where npm installs it; rave-vulnscan audits the same directory
 PACKAGE_JSON = f"{PREFIX}/node_modules/{PACKAGE}/package.json"
 SETTINGS_FILE = "/etc/rave-ccr/settings.json"
 CONFIG_SCRIPT = "/usr/local/sbin/rave-ccr-config"

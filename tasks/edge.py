@@ -16,7 +16,7 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from rave.components import COMPONENTS, Exposure, component, routes
+from rave.components import Exposure, component, routes
 from rave.deploykit import (
     ensure_packages,
     ensure_service,
@@ -24,6 +24,7 @@ from rave.deploykit import (
     put_text,
     settings,
 )
+from rave.observability import enabled_components
 from rave.render import render
 from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text, limits_dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
@@ -83,9 +84,11 @@ def nginx_context(config: HostSettings) -> dict[str, object]:
 
 
 def status_context(config: HostSettings) -> dict[str, Any]:
+    # only what this host runs: a link to a component left out (Grafana where its APT repository
+    # is unreachable) would answer 502
     listed = [
         {"path": c.route.path, "purpose": c.ports[0].purpose if c.ports else c.name}
-        for c in COMPONENTS
+        for c in enabled_components(config)
         if c.route is not None and not c.route.methods
     ]
     return {

@@ -30,7 +30,7 @@ from rave.deploykit import (
 )
 from rave.modes import ServiceLimits
 from rave.render import FILES
-from rave.sandbox import Sandbox, dropin_text
+from rave.sandbox import DEFAULT_SYSCALL_FILTER, Sandbox, dropin_text
 from rave.secrets.deploy import NOLOGIN
 from rave.settings import HostSettings
 from rave.settings.vulnscan import REPO_ROOT
@@ -45,8 +45,17 @@ TEXTFILE_DIR = obs.TEXTFILE_DIR
 SERVICE_PATH = f"/etc/systemd/system/{UNIT}.service"
 TIMER_PATH = f"/etc/systemd/system/{UNIT}.timer"
 DROPIN_PATH = f"/etc/systemd/system/{UNIT}.service.d/sandbox.conf"
+NPM_AUDIT_FILE = f"{STATE_DIR}-data/npm-audit.json"  # vulnscan_npm_audit_upload goes here
 TRIVY_KEY = "/etc/apt/keyrings/rave-trivy.asc"
 TRIVY_LIST = "/etc/apt/sources.list.d/rave-trivy.list"
+
+
+def npm_trees(config: HostSettings) -> list[str]:
+    """The npm trees to audit: the setting, or the npm_tree the host's components declare (the
+    same declaration their tasks install into, so the two cannot drift apart)."""
+    if config.vulnscan_npm_trees is not None:
+        return list(config.vulnscan_npm_trees)
+    return [c.npm_tree for c in obs.enabled_components(config) if c.npm_tree]
 
 
 def scan_config(config: HostSettings) -> dict[str, Any]:
@@ -61,7 +70,8 @@ def scan_config(config: HostSettings) -> dict[str, Any]:
         "timeout_seconds": config.vulnscan_timeout_seconds,
         "state_dir": STATE_DIR,
         "textfile_dir": TEXTFILE_DIR,
-        "npm_trees": list(config.vulnscan_npm_trees),
+        "npm_trees": npm_trees(config),
+        "npm_audit_file": NPM_AUDIT_FILE if config.vulnscan_npm_audit_upload else None,
         "trivy": {"command": "trivy", "db_repository": config.vulnscan_trivy_db_repository},
     }
 
@@ -69,8 +79,15 @@ def scan_config(config: HostSettings) -> dict[str, Any]:
 def sandbox(config: HostSettings) -> Sandbox:
     return Sandbox(
         read_write_paths=(STATE_DIR, TEXTFILE_DIR),
-        # node (npm audit) needs W+X memory for its JIT; the Python scan alone does not
-        memory_deny_write_execute=not config.vulnscan_npm_trees,
+        # node (npm audit) needs W+X memory for its JIT and V8's memory protection keys
+        # (@pkey: without them node dies with SIGSYS before printing anything); the Python scan
+        # alone needs neither
+        memory_deny_write_execute=not npm_trees(config),
+        syscall_filter=(
+            (f"{DEFAULT_SYSCALL_FILTER[0]} @pkey", *DEFAULT_SYSCALL_FILTER[1:])
+            if npm_trees(config)
+            else DEFAULT_SYSCALL_FILTER
+        ),
     )
 
 
@@ -167,6 +184,14 @@ def vulnscan() -> None:
             config.vulnscan_data_file,
             mode="644",
         )
+    uploaded_audit = None
+    if config.vulnscan_npm_audit_upload:
+        uploaded_audit = put_file(
+            "npm audit data (staging: its registry refuses audits)",
+            str(REPO_ROOT / config.vulnscan_npm_audit_upload),
+            NPM_AUDIT_FILE,
+            mode="644",
+        )
     script = install_host_script(
         "Vulnerability scan script", str(FILES / "vulnscan" / "vulnscan_scan.py"), SCRIPT
     )
@@ -219,6 +244,18 @@ def vulnscan() -> None:
         name="Start a vulnerability scan (its code or settings changed)",
         commands=[f"systemctl start --no-block {UNIT}.service"],
         _if=any_changed(
-            *[op for op in (script, scan_settings, unit, dropin, uploaded, stale_metrics) if op]
+            *[
+                op
+                for op in (
+                    script,
+                    scan_settings,
+                    unit,
+                    dropin,
+                    uploaded,
+                    uploaded_audit,
+                    stale_metrics,
+                )
+                if op
+            ]
         ),
     )

@@ -14,7 +14,8 @@ A data source that cannot be fetched or parsed is a FAILED scan (rave_vulnscan_s
 journal message, exit status 1), never "no vulnerabilities".
 
 Configuration: /etc/rave/vulnscan.json (rendered by the deploy). For tests and operators,
-RAVE_VULNSCAN_DATA_FILE / RAVE_VULNSCAN_DATA_URL in the environment override the data source.
+RAVE_VULNSCAN_DATA_FILE / RAVE_VULNSCAN_DATA_URL in the environment override the data source,
+RAVE_VULNSCAN_NPM_AUDIT_FILE the npm audit data (empty: ask the registry).
 """
 
 from __future__ import annotations
@@ -397,6 +398,8 @@ def npm_findings(tree: str, audit: dict[str, Any]) -> list[dict[str, Any]]:
         summary = error.get("summary") if isinstance(error, dict) else error
         raise ScanError(f"npm audit failed in {tree}: {summary or audit.get('message', '?')}")
     if not isinstance(audit.get("vulnerabilities"), dict):
+        if audit.get("message"):  # npm 9 (bookworm) on a registry that refuses the audit
+            raise ScanError(f"npm audit failed in {tree}: {audit['message']}")
         raise ScanError(f"npm audit output for {tree} has no vulnerabilities object")
     findings = []
     for name, vuln in sorted(audit["vulnerabilities"].items()):
@@ -437,10 +440,55 @@ def npm_findings(tree: str, audit: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
-def audit_npm(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def run_npm_audit(config: dict[str, Any], tree: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    if config.get("proxy"):
+        env.update(npm_config_https_proxy=config["proxy"], npm_config_proxy=config["proxy"])
+    env.setdefault("npm_config_cache", os.path.join(config["state_dir"], "npm-cache"))
+    command = [config.get("npm_command", "npm"), "audit", "--json", "--omit=dev"]
+    try:
+        done = subprocess.run(
+            command, cwd=tree, capture_output=True, text=True, env=env, check=False
+        )
+    except OSError as error:
+        raise ScanError(f"npm audit in {tree} failed: {error}") from error
+    try:
+        audit = json.loads(done.stdout)
+    except json.JSONDecodeError as error:
+        # no JSON at all: npm did not get to the registry (e.g. node killed by the sandbox)
+        said = " ".join(done.stderr.split())[-300:] or "nothing on stderr"
+        raise ScanError(
+            f"npm audit in {tree} printed no JSON (exit {done.returncode}): {said}"
+        ) from error
+    if not isinstance(audit, dict):
+        raise ScanError(f"npm audit in {tree} printed {type(audit).__name__}, not an object")
+    return audit
+
+
+def read_audit_file(path: str) -> dict[str, Any]:
+    """`npm audit --json` output kept in a file: staging, whose registry refuses audits."""
+    try:
+        audit = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ScanError(f"cannot read the npm audit data {path}: {error}") from error
+    if not isinstance(audit, dict):
+        raise ScanError(f"the npm audit data {path} is not an object")
+    return audit
+
+
+def lock_packages(lock: Path) -> int:
+    """How many packages the tree's package-lock.json installs (what `npm audit` looked at)."""
+    try:
+        packages = json.loads(lock.read_text()).get("packages", {})
+    except (OSError, ValueError, AttributeError) as error:
+        raise ScanError(f"cannot read {lock}: {error}") from error
+    return sum(1 for path in packages if path)  # "" is the tree's own package.json
+
+
+def audit_npm(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Audit each configured npm tree; an absent tree is reported explicitly ("no npm tree")."""
     findings: list[dict[str, Any]] = []
-    trees: list[dict[str, str]] = []
+    trees: list[dict[str, Any]] = []
     configured = config.get("npm_trees") or []
     if not configured:
         trees.append({"path": "", "status": "no npm tree", "detail": "no npm trees configured"})
@@ -451,21 +499,20 @@ def audit_npm(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[s
                 {"path": tree, "status": "no npm tree", "detail": f"{lock} does not exist"}
             )
             continue
-        env = dict(os.environ)
-        if config.get("proxy"):
-            env.update(npm_config_https_proxy=config["proxy"], npm_config_proxy=config["proxy"])
-        env.setdefault("npm_config_cache", os.path.join(config["state_dir"], "npm-cache"))
-        command = [config.get("npm_command", "npm"), "audit", "--json", "--omit=dev"]
-        try:
-            done = subprocess.run(
-                command, cwd=tree, capture_output=True, text=True, env=env, check=False
-            )
-            audit = json.loads(done.stdout)
-        except (OSError, json.JSONDecodeError) as error:
-            raise ScanError(f"npm audit in {tree} failed: {error}") from error
+        audit_file = config.get("npm_audit_file")
+        audit = read_audit_file(audit_file) if audit_file else run_npm_audit(config, tree)
         found = npm_findings(tree, audit)
         findings += found
-        trees.append({"path": tree, "status": "audited", "detail": f"{len(found)} findings"})
+        packages = lock_packages(lock)
+        trees.append(
+            {
+                "path": tree,
+                "status": "audited",
+                "detail": f"{packages} packages, {len(found)} findings"
+                + (f" (audit data from {audit_file}, not the registry)" if audit_file else ""),
+                "packages": packages,
+            }
+        )
     return findings, trees
 
 
@@ -658,6 +705,8 @@ def load_config(path: str) -> dict[str, Any]:
     if os.environ.get("RAVE_VULNSCAN_DATA_URL"):
         config["data_url"] = os.environ["RAVE_VULNSCAN_DATA_URL"]
         config["data_file"] = None
+    if "RAVE_VULNSCAN_NPM_AUDIT_FILE" in os.environ:  # empty: ask the registry after all
+        config["npm_audit_file"] = os.environ["RAVE_VULNSCAN_NPM_AUDIT_FILE"] or None
     return config
 
 

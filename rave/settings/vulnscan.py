@@ -37,6 +37,13 @@ class VulnscanSettings(Concern):
         "repository) that the deploy copies to vulnscan_data_file: an offline mirror; staging "
         "uses a labelled sample since it reaches no vulnerability database",
     )
+    vulnscan_npm_audit_upload: str | None = Field(
+        None,
+        description="`npm audit --json` output on the CONTROL machine (relative to the "
+        "repository) that the scan reads instead of asking the npm registry; the packages are "
+        "still counted from each tree's package-lock.json. Staging only: its registry mirror "
+        "refuses the audit endpoint (405)",
+    )
     vulnscan_release: str = Field(
         "bookworm", pattern=r"^[a-z]+$", description="Debian release name in the tracker data"
     )
@@ -57,10 +64,12 @@ class VulnscanSettings(Concern):
     vulnscan_cpu_quota_percent: int = Field(
         50, gt=0, le=400, description="CPUQuota of the scan (it runs once a day)"
     )
-    vulnscan_npm_trees: list[str] = Field(
-        default_factory=lambda: ["/opt/rave-ccr"],
-        description="npm project directories (with package-lock.json) to `npm audit`; a "
-        "missing one is reported as 'no npm tree', not skipped silently",
+    vulnscan_npm_trees: list[str] | None = Field(
+        None,
+        description="npm project directories (with package-lock.json) to `npm audit`; unset: "
+        "the npm_tree of each component this host runs (rave/components.py: the Claude Code "
+        "Router's when ccr_install), [] audits none; a missing one is reported as 'no npm tree', "
+        "not skipped silently",
     )
     vulnscan_trivy_apt_url: str = Field(
         "https://aquasecurity.github.io/trivy-repo/deb",
@@ -90,6 +99,9 @@ class VulnscanSettings(Concern):
                 raise ValueError(
                     f"vulnscan_data_upload: no file {self.vulnscan_data_upload} in the repository"
                 )
+        upload = self.vulnscan_npm_audit_upload
+        if upload is not None and not (REPO_ROOT / upload).is_file():
+            raise ValueError(f"vulnscan_npm_audit_upload: no file {upload} in the repository")
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,8 @@ import pytest
 
 from rave.components import routes
 from rave.deployrun import run_deploy
+from rave.observability import enabled_components
+from tests.host.conftest import host_settings
 from tests.host.edge_support import PORT, client, values
 
 
@@ -90,6 +92,29 @@ def test_security_headers_and_status_page(staging):
     assert headers["referrer-policy"] == "no-referrer"
     assert "default-src 'none'" in headers["content-security-policy"]
     assert headers["server"] == "nginx"  # server_tokens off: no version
+
+
+def test_the_status_page_links_only_what_the_host_runs(host, staging):
+    """`/` lists the routes of the components deployed here (derived from the declarations and
+    the host's settings): no link to Grafana where it is not installed, and every link it
+    shows answers from a running upstream, never nginx's 502."""
+    settings = host_settings(host)
+    expected = {
+        c.route.path
+        for c in enabled_components(settings)
+        if c.route is not None and not c.route.methods
+    }
+    with client(staging) as https:
+        page = https.get("/")
+        links = set(re.findall(r'<a href="([^"]+)"', page.text))
+        assert links == expected
+        assert ("/grafana/" in links) is settings.grafana_install
+        for link in links:
+            answer = https.get(link)
+            if answer.status_code == 401:  # behind the edge's basic auth: log in
+                user = values(staging).ccr_ui_password_hash.split(":", 1)[0]
+                answer = https.get(link, auth=(user, values(staging).ccr_ui_password))
+            assert answer.status_code < 400, f"{link} answers {answer.status_code}"
 
 
 def test_routes_are_derived_from_the_components(staging):

@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from rave.components import component
+
 ROOT = Path(__file__).resolve().parents[2]
 SARIF_SCHEMA = ROOT / "tests" / "data" / "sarif-schema-2.1.0.json"
 UNIT = "rave-vulnscan.service"
@@ -245,6 +247,44 @@ def test_a_vulnerable_package_shows_everywhere_and_clears(scan_host):
         "RaveVulnscanNewCriticalFinding to resolve",
         lambda: not firing(host, "RaveVulnscanNewCriticalFinding"),
     )
+
+
+def test_the_routers_npm_tree_is_audited_and_its_packages_counted(scan_host):
+    """The scan audits the directory the router is installed in (its declaration in
+    rave/components.py), and the report counts the packages of its package-lock.json."""
+    host = scan_host
+    tree = component("ccr").npm_tree
+    assert tree
+    lock = read_json(host, f"{tree}/package-lock.json")
+    installed = [path for path in lock["packages"] if path]
+    assert "node_modules/@musistudio/claude-code-router" in installed
+    put(host, f"{TEST_DIR}/clean.json", tracker({}))
+    assert scan_with(host, f"RAVE_VULNSCAN_DATA_FILE={TEST_DIR}/clean.json") == 0
+    report = read_json(host, f"{STATE}/report.json")
+    assert report["status"] == "ok", report.get("error")
+    (audited,) = [t for t in report["npm_trees"] if t["path"] == tree]
+    assert audited["status"] == "audited", audited
+    assert audited["packages"] == len(installed) > 10
+
+
+def test_npm_audit_runs_inside_the_scans_sandbox(scan_host):
+    """Without the staging sample the scan asks the registry with node inside the unit's
+    sandbox: it reaches the registry (whose answer decides), it is not killed before printing
+    anything (node without @pkey dies with SIGSYS: every scan failed on empty output)."""
+    host = scan_host
+    put(host, f"{TEST_DIR}/clean.json", tracker({}))
+    rc = scan_with(
+        host,
+        f'"RAVE_VULNSCAN_DATA_FILE={TEST_DIR}/clean.json" "RAVE_VULNSCAN_NPM_AUDIT_FILE="',
+    )
+    report = read_json(host, f"{STATE}/report.json")
+    if rc == 0:  # a registry that answers audits
+        (audited,) = [t for t in report["npm_trees"] if t["path"] == component("ccr").npm_tree]
+        assert audited["status"] == "audited" and "not the registry" not in audited["detail"]
+    else:  # staging's registry refuses the audit endpoint: the scan says so
+        assert report["status"] == "failed"
+        assert "npm audit failed in /opt/rave/ccr: 405" in report["error"], report["error"]
+        assert "printed no JSON" not in report["error"]
 
 
 def test_an_unreachable_source_is_a_failed_scan(scan_host):

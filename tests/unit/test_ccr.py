@@ -15,6 +15,7 @@ from rave.render import render
 from rave.sandbox import directives
 from rave.settings.ccr import CcrSettings
 from tasks import ccr as task
+from tasks import edge
 from tests.unit.conftest import make_settings
 
 PROVIDER = {
@@ -182,3 +183,18 @@ def test_a_refused_path_must_be_plain_and_below_its_route():
     for refused in ("/other/metrics", "/grafana/me.rics", "/grafana/(x)"):
         with pytest.raises(ValidationError):
             Route(path="/grafana/", upstream_port=3030, refused=(refused,))
+
+
+def test_the_status_page_lists_only_the_routes_the_host_runs():
+    """A link to a component left out would answer 502: Grafana without its package (staging),
+    the router with ccr_install off."""
+
+    def listed(**values: object) -> list[str]:
+        return [route["path"] for route in edge.status_context(make_settings(**values))["routes"]]
+
+    assert listed() == ["/grafana/", "/ccr-ui/"]
+    assert listed(grafana_install=False) == ["/ccr-ui/"]
+    assert listed(grafana_install=False, ccr_install=False) == []
+    without_grafana = edge.status_context(make_settings(grafana_install=False))
+    page = render("nginx/index.html.j2", **without_grafana)
+    assert "/grafana/" not in page and 'href="/ccr-ui/"' in page

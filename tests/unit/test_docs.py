@@ -7,6 +7,7 @@ either `$ ` (control machine, repo root), `host$ ` (on the host) or output/comme
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,71 @@ def test_every_rave_ops_command_a_doc_names_exists():
     assert named, "no rave-ops command found in the docs (the pattern is broken)"
     unknown = named - commands
     assert unknown == set(), f"docs name rave-ops commands that do not exist: {sorted(unknown)}"
+
+
+CHECKLIST = DOCS / "CHECKLIST.md"
+SPAN = re.compile(r"`([^`]+)`")
+
+
+def _proof_problem(span: str) -> str | None:
+    """None when `span` names something real: a repository file (with `::test` a test function
+    in it), a `make` target, or a command of the venv; otherwise why not. Other spans (a
+    setting's or an alert's name) are not proofs: None is returned for them too, but they do
+    not count as one (see _is_proof)."""
+    path, _, test = span.partition("::")
+    if REPO_PATH.fullmatch(f"`{path}`") and not PLACEHOLDER.search(path):
+        if not (ROOT / path).is_file():
+            return f"{path} does not exist"
+        if test and not re.search(rf"^def {re.escape(test)}\(", (ROOT / path).read_text(), re.M):
+            return f"{path} has no test {test}"
+        return None
+    if span.startswith("make "):
+        target = span.split()[1]
+        makefile = (ROOT / "Makefile").read_text()
+        return None if re.search(rf"^{re.escape(target)}:", makefile, re.M) else f"no make {target}"
+    if span.startswith(".venv/bin/"):
+        program = span.split()[0].removeprefix(".venv/bin/")
+        scripts = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+        if program not in scripts | {"pyinfra", "pytest"}:
+            return f"{program} is not a command of the venv"
+        for word in span.split()[1:]:  # the ops/*.py run or the deploy it names must exist
+            named = re.fullmatch(r"(ops|inventories)/[\w./-]+\.py|deploy\.py", word)
+            if named and not (ROOT / word).is_file():
+                return f"{word} does not exist"
+        return None
+    return None
+
+
+def _is_proof(span: str) -> bool:
+    return bool(
+        REPO_PATH.fullmatch(f"`{span.partition('::')[0]}`")
+        or span.startswith(("make ", ".venv/bin/"))
+    )
+
+
+def test_every_checklist_line_names_its_proof():
+    """Each item of docs/CHECKLIST.md names a test, file, make target or command that exists:
+    a checklist item nothing proves is a wish."""
+    items = [line for line in CHECKLIST.read_text().splitlines() if line.startswith("- [ ] ")]
+    assert len(items) >= 20, "docs/CHECKLIST.md lost its items (or their `- [ ] ` form)"
+    problems = []
+    for item in items:
+        spans = SPAN.findall(item)
+        if not any(_is_proof(span) for span in spans):
+            problems.append(f"names no proof: {item[:80]}")
+        problems += [f"{p}: {item[:60]}" for s in spans if (p := _proof_problem(s))]
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("span", "problem"),
+    [
+        ("tests/host/test_gone.py", "tests/host/test_gone.py does not exist"),
+        ("tests/host/test_edge.py::test_no_such_test", "has no test test_no_such_test"),
+        ("make no-such-target", "no make no-such-target"),
+        (".venv/bin/rave-nothing status", "rave-nothing is not a command of the venv"),
+        (".venv/bin/pyinfra -y inventories/staging.py ops/gone.py", "ops/gone.py does not exist"),
+    ],
+)
+def test_a_checklist_proof_that_does_not_exist_is_named(span, problem):
+    assert problem in (_proof_problem(span) or "")

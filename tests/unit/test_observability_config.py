@@ -43,10 +43,11 @@ def test_grafana_is_not_scraped_when_not_installed():
 
 
 @pytest.mark.parametrize(
-    ("mode", "retention", "interval", "memory"),
-    [("SAFE", "3d", "30s", 256), ("FULL_PIPE", "7d", "15s", 512)],
+    ("mode", "retention", "interval", "memory", "grafana_memory"),
+    # the seed's figures (P6 summary, "Resource Management Modes")
+    [("SAFE", "3d", "30s", 256, 128), ("FULL_PIPE", "7d", "15s", 512, 256)],
 )
-def test_prometheus_follows_the_mode(mode, retention, interval, memory):
+def test_prometheus_follows_the_mode(mode, retention, interval, memory, grafana_memory):
     config = make_settings(rave_mode=mode)
     assert f"--storage.tsdb.retention.time={retention}" in obs.prometheus_args(config)
     assert f"--storage.tsdb.retention.size={config.profile.prometheus_retention_size}" in (
@@ -54,8 +55,8 @@ def test_prometheus_follows_the_mode(mode, retention, interval, memory):
     )
     assert _prometheus(config)["global"]["scrape_interval"] == interval
     assert f"MemoryMax={memory}M" in task.sandbox_dropin("prometheus", config)
-    grafana = config.profile.limits_for("grafana").memory_max_mb
-    assert f"MemoryMax={grafana}M" in task.sandbox_dropin("grafana", config)
+    assert config.profile.limits_for("grafana").memory_max_mb == grafana_memory
+    assert f"MemoryMax={grafana_memory}M" in task.sandbox_dropin("grafana", config)
 
 
 def test_every_listener_is_on_loopback():

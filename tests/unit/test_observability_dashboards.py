@@ -9,6 +9,7 @@ import yaml
 
 from rave import observability as obs
 from tests.tools import require_tool
+from tests.unit.grafana_types import dashboard_problems
 
 DASHBOARDS = sorted(
     (Path(__file__).resolve().parents[2] / "files/grafana/dashboards").glob("*.json")
@@ -60,3 +61,43 @@ def test_every_query_is_valid_promql(path, tmp_path):
 
 def test_grafana_variables_are_substituted():
     assert obs.grafana_expr("rate(x[$__rate_interval])", "15s") == "rate(x[60s])"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_dashboard_is_a_grafana_dashboard(path):
+    """Parsed into Grafana's own Dashboard type (grafana-foundation-sdk, Grafana 11.6): no
+    field it does not know, none of another type (no Grafana server can run here)."""
+    assert dashboard_problems(_load(path)) == []
+
+
+def _first_panel(dashboard: dict) -> dict:
+    return dashboard["panels"][0]
+
+
+MISTAKES = {
+    "unknown top-level field": (lambda d: d.update(refresh_rate="30s"), "dashboard.refresh_rate"),
+    "misspelled panel field": (lambda d: _first_panel(d).update(titel="x"), "panels[0].titel"),
+    "misspelled query field": (
+        lambda d: _first_panel(d)["targets"][0].update(exp="up"),
+        "targets[0].exp",
+    ),
+    "unknown panel option": (
+        lambda d: _first_panel(d).setdefault("options", {}).update(legendd={}),
+        "options.legendd",
+    ),
+    "grid height as text": (lambda d: _first_panel(d)["gridPos"].update(h="8"), "grid_pos.h"),
+    "title as a number": (lambda d: d.update(title=7), "dashboard.title"),
+    "refresh as a number": (lambda d: d.update(refresh=30), "dashboard.refresh"),
+    "unknown graph tooltip": (lambda d: d.update(graphTooltip=9), "graph_tooltip"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_an_unknown_or_mistyped_field_is_refused(path, mistake):
+    """The check can fail: each mistake Grafana would drop or misread is named."""
+    change, where = MISTAKES[mistake]
+    dashboard = _load(path)
+    change(dashboard)
+    problems = dashboard_problems(dashboard)
+    assert any(where in problem for problem in problems), problems

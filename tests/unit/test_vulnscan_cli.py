@@ -21,7 +21,7 @@ def ok_report(started, *findings, trees=None):
         "status": "ok",
         "started": started,
         "findings": list(findings),
-        "npm_trees": trees or [{"path": "/opt/rave-ccr", "status": "audited", "detail": "0"}],
+        "npm_trees": trees or [{"path": "/opt/rave/ccr", "status": "audited", "detail": "0"}],
     }
 
 
@@ -74,11 +74,11 @@ def test_one_table_across_hosts_with_failures_listed_not_hidden():
                 {
                     "latest": ok_report(
                         1000.0,
-                        trees=[{"path": "/opt/rave-ccr", "status": "no npm tree", "detail": "-"}],
+                        trees=[{"path": "/opt/rave/ccr", "status": "no npm tree", "detail": "-"}],
                     ),
                     "last_success": ok_report(
                         1000.0,
-                        trees=[{"path": "/opt/rave-ccr", "status": "no npm tree", "detail": "-"}],
+                        trees=[{"path": "/opt/rave/ccr", "status": "no npm tree", "detail": "-"}],
                     ),
                 }
             ),

@@ -387,3 +387,75 @@ def test_a_missing_npm_tree_is_reported_not_skipped(tmp_path):
     ]
     _, trees = scan.audit_npm({"npm_trees": [], "state_dir": "/x"})
     assert trees[0]["status"] == "no npm tree"
+
+
+def test_an_audited_tree_reports_how_many_packages_it_counted(tmp_path):
+    tree = tmp_path / "ccr"
+    tree.mkdir()
+    lock = {
+        "lockfileVersion": 3,
+        "packages": {
+            "": {"dependencies": {"router": "1.0.0"}},
+            "node_modules/router": {"version": "1.0.0"},
+            "node_modules/left-pad": {"version": "1.0.0"},
+        },
+    }
+    (tree / "package-lock.json").write_text(json.dumps(lock))
+    npm = tmp_path / "npm"  # stands in for `npm audit --json`: a clean audit
+    npm.write_text('#!/bin/sh\necho \'{"auditReportVersion": 2, "vulnerabilities": {}}\'\n')
+    npm.chmod(0o755)
+    config = {"npm_trees": [str(tree)], "state_dir": str(tmp_path), "npm_command": str(npm)}
+    findings, trees = scan.audit_npm(config)
+    assert findings == []
+    assert trees == [
+        {
+            "path": str(tree),
+            "status": "audited",
+            "detail": "2 packages, 0 findings",
+            "packages": 2,
+        }
+    ]
+    (tree / "package-lock.json").write_text("not json")
+    with pytest.raises(scan.ScanError, match="cannot read"):
+        scan.audit_npm(config)
+
+
+def test_npm_that_prints_no_json_is_a_failed_scan_naming_what_it_said(tmp_path):
+    tree = tmp_path / "ccr"
+    tree.mkdir()
+    (tree / "package-lock.json").write_text('{"packages": {"": {}}}')
+    npm = tmp_path / "npm"  # what node killed by a seccomp filter looks like: nothing, status 159
+    npm.write_text("#!/bin/sh\necho 'Bad system call' >&2\nexit 159\n")
+    npm.chmod(0o755)
+    config = {"npm_trees": [str(tree)], "state_dir": str(tmp_path), "npm_command": str(npm)}
+    with pytest.raises(scan.ScanError, match=r"printed no JSON \(exit 159\): Bad system call"):
+        scan.audit_npm(config)
+
+
+def test_npm_9_refused_by_the_registry_names_the_refusal(tmp_path):
+    """bookworm's npm 9 prints the registry's 405 without an `error` object."""
+    refused = {"message": "405 Method Not Allowed - POST https://registry.example/-/npm/v1/x"}
+    with pytest.raises(scan.ScanError, match="405 Method Not Allowed"):
+        scan.npm_findings(str(tmp_path), refused)
+
+
+def test_npm_audit_data_from_a_file_counts_the_real_tree(tmp_path):
+    tree = tmp_path / "ccr"
+    tree.mkdir()
+    (tree / "package-lock.json").write_text(
+        '{"packages": {"": {}, "node_modules/a": {}, "node_modules/b": {}, "node_modules/c": {}}}'
+    )
+    sample = FILES / "vulnscan" / "sample-npm-audit.json"
+    config = {
+        "npm_trees": [str(tree)],
+        "state_dir": str(tmp_path),
+        "npm_audit_file": str(sample),
+        "npm_command": str(tmp_path / "no-npm-is-run"),
+    }
+    findings, trees = scan.audit_npm(config)
+    assert findings == []
+    assert trees[0]["status"] == "audited" and trees[0]["packages"] == 3
+    assert f"audit data from {sample}" in trees[0]["detail"]
+    config["npm_audit_file"] = str(tmp_path / "missing.json")
+    with pytest.raises(scan.ScanError, match="cannot read the npm audit data"):
+        scan.audit_npm(config)

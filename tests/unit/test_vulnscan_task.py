@@ -95,3 +95,42 @@ def test_the_staging_sample_is_valid_tracker_data_and_says_it_is_a_sample():
     ((_, issue),) = issues.items()
     assert "bookworm" in issue["releases"]
     assert "NOT a vulnerability database" in issue["description"]
+
+
+def test_the_routers_npm_tree_is_audited_where_its_task_installs_it():
+    """The audited directory comes from the router's declaration, the one tasks/ccr.py installs
+    into: a second hard-coded copy (the old /opt/rave-ccr) would audit an empty folder."""
+    from rave.components import component
+    from tasks import ccr
+
+    declared = component("ccr").npm_tree
+    assert declared and declared == ccr.PREFIX
+    assert vulnscan.scan_config(make_settings())["npm_trees"] == [declared]
+    # a host without the router audits no npm tree, and its scan keeps W^X memory
+    without = make_settings(ccr_install=False)
+    assert vulnscan.scan_config(without)["npm_trees"] == []
+    assert "MemoryDenyWriteExecute=yes" in vulnscan.dropin_text(
+        vulnscan.sandbox(without), None, "test"
+    )
+    # an operator's list replaces the derived one
+    chosen = make_settings(vulnscan_npm_trees=["/srv/app"])
+    assert vulnscan.scan_config(chosen)["npm_trees"] == ["/srv/app"]
+
+
+def test_node_gets_the_syscalls_it_needs_only_when_there_is_a_tree_to_audit():
+    """V8 uses memory protection keys: without @pkey, node dies (SIGSYS) before npm prints a
+    byte, and every scan of a host with the router failed on empty output."""
+    with_tree = vulnscan.dropin_text(vulnscan.sandbox(make_settings()), None, "test")
+    assert "SystemCallFilter=@system-service @pkey\n" in with_tree
+    without = vulnscan.dropin_text(
+        vulnscan.sandbox(make_settings(vulnscan_npm_trees=[])), None, "test"
+    )
+    assert "@pkey" not in without
+
+
+def test_npm_audit_data_is_uploaded_only_where_set():
+    assert vulnscan.scan_config(make_settings())["npm_audit_file"] is None
+    staged = make_settings(vulnscan_npm_audit_upload="files/vulnscan/sample-npm-audit.json")
+    assert vulnscan.scan_config(staged)["npm_audit_file"] == vulnscan.NPM_AUDIT_FILE
+    with pytest.raises(ValidationError, match="vulnscan_npm_audit_upload"):
+        make_settings(vulnscan_npm_audit_upload="files/vulnscan/no-such.json")
