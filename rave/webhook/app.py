@@ -132,6 +132,7 @@ class Receiver:
             on_error=self._db_error,
             on_dead_letter=self._dead_letter,
             on_store_full=self._dead_letters_changed,
+            on_reachable=lambda: self.metrics.db_up.set(1),
         )
         # (provider, "id", delivery id) and (provider, "content", sha256 hex)
         self.recent: OrderedDict[tuple[str, str, str], None] = OrderedDict()

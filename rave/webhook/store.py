@@ -112,7 +112,9 @@ class Drainer:
         on_error: Callable[[BaseException], None] = lambda error: None,
         on_dead_letter: Callable[[], None] = lambda: None,
         on_store_full: Callable[[], None] = lambda: None,
+        on_reachable: Callable[[], None] = lambda: None,
         max_backoff: float = 5.0,
+        probe_seconds: float = 15.0,
     ):
         self.spool = spool
         self.conninfo = conninfo
@@ -122,7 +124,9 @@ class Drainer:
         self.on_error = on_error
         self.on_dead_letter = on_dead_letter
         self.on_store_full = on_store_full
+        self.on_reachable = on_reachable
         self.max_backoff = max_backoff
+        self.probe_seconds = probe_seconds
         self.conn: Any = None
         self.db_ok = False
         self._stopping = False
@@ -201,6 +205,15 @@ class Drainer:
         self.dead_letters.add(payload, header)  # DeadLetterStoreFull: the batch stays spooled
         self.on_dead_letter()
 
+    async def probe(self) -> None:
+        """An idle receiver still learns whether PostgreSQL answers: without it the database
+        gauge kept its start value (down) until the first delivery, and a quiet host raised
+        WebhookDatabaseWritesFailing."""
+        conn = await self._connection()
+        await conn.execute("SELECT 1")
+        self.db_ok = True
+        self.on_reachable()
+
     def stalled_seconds(self) -> float:
         """How long records have waited without the drainer moving the spool on (0: empty)."""
         if self.spool.records <= 0:
@@ -225,6 +238,7 @@ class Drainer:
     async def run(self) -> None:
         backoff = 0.1
         orphan_check = 0.0
+        next_probe = 0.0
         loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
@@ -234,6 +248,11 @@ class Drainer:
                 self.spool.appended.clear()
                 drained = await self.drain_once(self.spool)
                 backoff = 0.1
+                if not drained and loop.time() >= next_probe:
+                    await self.probe()
+                    next_probe = loop.time() + self.probe_seconds
+                elif drained:
+                    next_probe = loop.time() + self.probe_seconds  # the drain itself proved it
                 if not drained:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.spool.appended.wait(), timeout=1.0)

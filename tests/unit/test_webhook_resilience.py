@@ -356,3 +356,24 @@ def test_a_full_dead_letter_store_is_not_reported_as_a_database_failure(
         assert metric("rave_webhook_db_write_errors_total") == 0.0
         health = httpx.get(running.url + "/healthz", timeout=10).json()
         assert health["dead_letter_store_full"] is True
+
+
+def test_an_idle_receiver_reports_whether_postgresql_answers(pg: Cluster, tmp_path: Path) -> None:
+    """No delivery at all: the database gauge still follows PostgreSQL (up; down once it stops;
+    up again), so a quiet host raises no WebhookDatabaseWritesFailing and a dead database does."""
+    config = app_config(pg, tmp_path / "spool", dead_letter_dir=str(tmp_path / "deadletter"))
+    with Server(config, [SECRET]) as running:
+
+        def metric(name: str) -> float:
+            text = httpx.get(running.url + "/metrics", timeout=10).text
+            line = next(x for x in text.splitlines() if x.startswith(name + " "))
+            return float(line.split()[1])
+
+        wait_until(lambda: metric("rave_webhook_db_up") == 1.0, timeout=30)
+        assert metric("rave_webhook_db_write_errors_total") == 0.0
+        pg.stop()
+        try:
+            wait_until(lambda: metric("rave_webhook_db_up") == 0.0, timeout=60, interval=0.5)
+        finally:
+            pg.start()
+        wait_until(lambda: metric("rave_webhook_db_up") == 1.0, timeout=60, interval=0.5)
