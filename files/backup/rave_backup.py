@@ -448,10 +448,10 @@ def host_lock(config: dict[str, Any], wait_seconds: int):
 
 # ------------------------------------------------------- files in other accounts' directories
 # Root works in directories that PostgreSQL (or another service account) can write: the dump
-# directory and its restored copy. Nothing there is followed: reads open with O_NOFOLLOW
-# followed: reads open with O_NOFOLLOW below a trusted directory, writes create a new file and
-# rename it into place, ownership changes never follow a link, and a restore hands PostgreSQL
-# only regular files and directories (a planted link would hand it the link's target).
+# directory and its restored copy. Nothing there is followed: reads open with O_NOFOLLOW below
+# a trusted directory, writes create a new file and rename it into place, ownership changes
+# never follow a link, and a restore hands PostgreSQL only regular files and directories (a
+# planted link would hand it the link's target).
 
 NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
