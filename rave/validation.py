@@ -73,32 +73,43 @@ def validate_host(name: str, layers: list[DataLayer]) -> HostSettings:
 
 
 def local_repository_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:
-    """Production keeps its backups off the host: a repository on the host's own disk is refused
-    unless backup_local_repository_acknowledged is set in the same file as backup_repository
-    (staging is exempt). Acknowledged, the BackupRepositoryOnHost alert stands."""
+    """Production keeps its backups off the host: a restic repository on the host's own disk,
+    or a posix pgBackRest repository, is refused unless backup_local_repository_acknowledged is
+    set in the same file as that repository's setting (staging is exempt). Acknowledged, the
+    BackupRepositoryOnHost alert stands."""
     from rave.secrets.store import STAGING_ENVIRONMENT
 
     if not s.backup_enabled or s.rave_environment == STAGING_ENVIRONMENT:
         return []
-    if repository_backend(s.backup_repository) != "local" and not pgbackrest_on_host(s):
-        return []
-    source = origin.get("backup_repository")
+    on_host = []
+    if repository_backend(s.backup_repository) == "local":
+        on_host.append(("backup_repository", s.backup_repository))
+    if pgbackrest_on_host(s):
+        on_host.append(("backup_pgbackrest_repo_path", s.backup_pgbackrest_repo_path))
+    problems = []
     acknowledged = origin.get("backup_local_repository_acknowledged")
-    if s.backup_local_repository_acknowledged and (source is None or acknowledged == source):
-        return []
-    where = source or "defaults (no file sets it)"
-    put = source or acknowledged or "the production group data (group_data/<group>.py)"
-    if s.backup_local_repository_acknowledged and acknowledged != source:
-        detail = f"is acknowledged in {acknowledged}, not next to backup_repository"
-    else:
-        detail = "is not acknowledged"
-    return [
-        f"host {name}: backup_repository in {where} ({s.backup_repository}) is on the host's "
-        f"own disk in environment {s.rave_environment!r} and {detail}: set a remote "
-        "repository (sftp:, s3:, rest:, ...; docs/DEPLOYMENT-GUIDE.md), or set "
-        f"backup_local_repository_acknowledged = True in {put} (the BackupRepositoryOnHost "
-        "alert then stands)"
-    ]
+    for setting, value in on_host:
+        source = origin.get(setting)
+        if s.backup_local_repository_acknowledged and (source is None or acknowledged == source):
+            continue
+        where = source or "defaults (no file sets it)"
+        put = source or acknowledged or "the production group data (group_data/<group>.py)"
+        if s.backup_local_repository_acknowledged and acknowledged != source:
+            detail = f"is acknowledged in {acknowledged}, not next to {setting}"
+        else:
+            detail = "is not acknowledged"
+        remote = (
+            "set a remote repository (sftp:, s3:, rest:, ...; docs/DEPLOYMENT-GUIDE.md)"
+            if setting == "backup_repository"
+            else "mount remote storage there (docs/backup.md)"
+        )
+        problems.append(
+            f"host {name}: {setting} in {where} ({value}) is on the host's "
+            f"own disk in environment {s.rave_environment!r} and {detail}: {remote}, or set "
+            f"backup_local_repository_acknowledged = True in {put} (the BackupRepositoryOnHost "
+            "alert then stands)"
+        )
+    return problems
 
 
 def pgbackrest_on_host(s: HostSettings) -> bool:

@@ -835,10 +835,14 @@ def backup_metrics(state: dict[str, Any]) -> dict[str, tuple[str, float]]:
 
 def repository_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
     """Where the repository is: the BackupRepositoryOnHost alert stands while it is local."""
+    pgbackrest_posix = (
+        wal_enabled(config) and config.get("pgbackrest", {}).get("repo_type") == "posix"
+    )
     return {
         "rave_backup_repository_local": (
-            "1 if the restic repository is on the host's own disk, 0 if it is remote.",
-            int(is_local_repository(config["repository"])),
+            "1 if the restic repository or pgBackRest's (a posix path) is on the host's own "
+            "disk, 0 if both are remote.",
+            int(is_local_repository(config["repository"]) or pgbackrest_posix),
         ),
     }
 

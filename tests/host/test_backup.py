@@ -195,7 +195,7 @@ def _host_state(host) -> dict:
             host,
             "sha256sum /etc/ssh/ssh_host_ed25519_key* && "
             "find /etc/rave /var/lib/rave-backup -xdev -type f ! -name lock "
-            "! -path '/var/lib/rave-backup/wal/*' -exec sha256sum {} + "
+            "-exec sha256sum {} + "
             "| sort",
         ).stdout,
         "databases": run(host, f"{RB} databases").stdout,

@@ -65,13 +65,22 @@ def test_metrics_file_is_replaced_atomically_and_readable(rb, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("repository", "local"),
-    [("/var/backups/rave/restic", 1), ("sftp:backup@backup.example.org:/srv/rave", 0)],
+    ("repository", "pgbackrest_posix", "local"),
+    [
+        ("/var/backups/rave/restic", False, 1),
+        ("sftp:backup@backup.example.org:/srv/rave", False, 0),
+        ("sftp:backup@backup.example.org:/srv/rave", True, 1),  # pgBackRest's is a path here
+    ],
 )
 def test_repository_metric_says_whether_the_repository_is_on_the_host(
-    rb, tmp_path, repository, local
+    rb, tmp_path, repository, pgbackrest_posix, local
 ):
-    config = {"textfile_dir": str(tmp_path), "repository": repository}
+    config = {
+        "textfile_dir": str(tmp_path),
+        "repository": repository,
+        "wal_archiving": pgbackrest_posix,
+        "pgbackrest": {"repo_type": "posix"},
+    }
     rb.write_metrics(config, "rave_backup_repository", rb.repository_metrics(config))
     text = (tmp_path / "rave_backup_repository.prom").read_text()
     assert f"rave_backup_repository_local {local}\n" in text
