@@ -182,7 +182,7 @@ def test_the_wrapper_reads_the_cipher_pass_from_the_secrets_into_the_environment
     pass_file = "/run/rave/secrets/postgresql/backup_pgbackrest_cipher_password"
     assert f'PGBACKREST_REPO1_CIPHER_PASS="$(cat {pass_file})"' in wrapper
     assert "export PGBACKREST_REPO1_CIPHER_PASS" in wrapper
-    assert f"exec /usr/bin/pgbackrest --stanza={task.STANZA} \"$@\"" in wrapper
+    assert f'exec /usr/bin/pgbackrest --stanza={task.STANZA} "$@"' in wrapper
     # postgres (archive_command) must read it: the secret is the postgresql component's
     assert "backup_pgbackrest_cipher_password" in component("postgresql").secrets
 
