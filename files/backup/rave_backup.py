@@ -714,7 +714,8 @@ def cmd_dump(config: dict[str, Any], args: argparse.Namespace) -> int:
     taken in the same transaction (so the manifest describes exactly what the dump holds)."""
     out = Path(args.out)
     for entry in out.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
+        # a link is removed, never stat'ed through (its target may be root's: EACCES)
+        if not entry.is_symlink() and entry.is_dir():
             shutil.rmtree(entry)
         else:
             entry.unlink()

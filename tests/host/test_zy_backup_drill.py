@@ -29,8 +29,7 @@ from rave.components import component
 from rave.secrets import crypto
 from rave.secrets.store import STAGING_IDENTITY, Environment
 from tests.host.conftest import rave_staging
-from tests.host.test_backup import RB, backup, operator_op, psql, run
-from tests.host.test_backup_pitr import _wait_pushed
+from tests.host.test_backup import RB, _wait_pushed, backup, operator_op, psql, run
 
 DRILL_DB = "rave_drill"
 REPOSITORY_PARENT = "/var/backups/rave"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from tests.host.test_backup import backup, checksums, operator_op, psql
-from tests.host.test_backup_pitr import _switch, _wait_pushed
+from tests.host.test_backup import _wait_pushed, backup, checksums, operator_op, psql
+from tests.host.test_backup_pitr import _switch
 from tests.host.test_zy_backup_drill import (
     _destroy_keeping_repository,
     _identity,
