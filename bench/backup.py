@@ -6,9 +6,13 @@ Runs against a deployed staging host (RAVE_STAGING_ID selects the instance):
 
 It creates the database rave_bench (an events table shaped like the webhook's: ~1 KB of JSON
 per event, generated on the host with generate_series), then measures through the real units
-and the host script: a first (full) backup, a second backup with nothing changed
-(deduplication), the verify (restore into a scratch database and compare), and a database
-restore. It prints the figures and drops rave_bench (unless --keep). A script, not a test.
+and the host script: a first backup (pgBackRest full + restic), a second backup with nothing
+changed (pgBackRest differential, restic deduplication), the verify (restic and pgBackRest
+checks, restore into a scratch database and compare), a database restore from the dumps, a
+cluster restore from pgBackRest (to a point in time: backup plus WAL replay), and the recovery
+point after a host loss: how long after a write its WAL is in the pgBackRest repository
+(archive_timeout, no switch forced). It prints the figures and drops rave_bench (unless --keep).
+A script, not a test.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import sys
 import time
 
 from rave.staging import Instance, instance_id
+
+PGBACKREST = "runuser -u postgres -- /usr/local/sbin/rave-pgbackrest"
 
 RB = "/usr/local/sbin/rave-backup"
 DB = "rave_bench"
@@ -85,6 +91,43 @@ class Host:
         return time.monotonic() - started, out
 
 
+def pgbackrest_figures(host: Host) -> list[tuple[str, str]]:
+    """The recovery point after a host loss, and a cluster restore from pgBackRest."""
+    timeout = float(host.psql("SELECT setting FROM pg_settings WHERE name = 'archive_timeout'"))
+    host.psql(
+        "CREATE TABLE IF NOT EXISTS rpo_probe (at timestamptz); INSERT INTO rpo_probe "
+        "VALUES (now())",
+        db=DB,
+    )
+    written = time.monotonic()
+    segment = host.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
+    while True:
+        info = json.loads(host.run(f"{PGBACKREST} info --output=json"))[0]
+        pushed = max((a.get("max") or "" for a in info.get("archive") or []), default="")
+        if pushed >= segment:
+            break
+        if time.monotonic() - written > timeout + 120:
+            sys.exit("the WAL of a write was not pushed within archive_timeout + 120 s")
+        time.sleep(1)
+    rpo = time.monotonic() - written
+    now = host.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    ).strip()
+    seconds, out = host.timed(f"{RB} restore --target-time {now} --yes")
+    assert "RESTORED" in out, out
+    return [
+        (
+            "recovery point after a host loss (write -> its WAL in the pgBackRest repository)",
+            f"{rpo:.1f} s (archive_timeout {timeout:.0f} s; before pgBackRest: the backup "
+            "interval, 1 h by default)",
+        ),
+        (
+            "restore of the cluster from pgBackRest (point in time: backup + WAL)",
+            f"{seconds:.1f} s",
+        ),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="rave-staging-1")
@@ -93,7 +136,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the rave_bench database")
     args = parser.parse_args()
     host = Host(args.host)
-    repo = json.loads(host.run("cat /etc/rave/backup.json"))["repository"]
+    config = json.loads(host.run("cat /etc/rave/backup.json"))
+    repo = config["repository"]
+    pgbackrest_repo = config["pgbackrest"]["repo_path"] if config.get("wal_archiving") else None
 
     print(f"generating {args.rows} events in {DB} on {args.host} ...", flush=True)
     host.psql(f"DROP DATABASE IF EXISTS {DB}")
@@ -108,6 +153,9 @@ def main() -> int:
     generated = time.monotonic() - started
     db_bytes = int(host.psql(f"SELECT pg_database_size('{DB}')").strip())
     repo_before = int(host.run(f"du -sb {repo} | cut -f1").split()[0])
+    pgbackrest_before = (
+        int(host.run(f"du -sb {pgbackrest_repo} | cut -f1").split()[0]) if pgbackrest_repo else 0
+    )
     figures: list[tuple[str, str]] = [
         ("events", f"{args.rows}"),
         ("database size", human(db_bytes)),
@@ -125,8 +173,25 @@ def main() -> int:
                 (f"{label}: covered", human(state["last_size"])),
                 (f"{label}: added to repository", human(state["last_added"])),
             ]
+            if pgbackrest_repo:
+                info = json.loads(host.run(f"{PGBACKREST} info --output=json"))[0]
+                newest = info["backup"][-1]
+                stamp = newest["timestamp"]
+                figures += [
+                    (
+                        f"{label}: pgBackRest {newest['type']} backup time",
+                        f"{stamp['stop'] - stamp['start']:.1f} s",
+                    ),
+                    (
+                        f"{label}: pgBackRest into repository",
+                        human(newest["info"]["repository"]["delta"]),
+                    ),
+                ]
         repo_after = int(host.run(f"du -sb {repo} | cut -f1").split()[0])
-        figures.append(("repository growth", human(repo_after - repo_before)))
+        figures.append(("restic repository growth", human(repo_after - repo_before)))
+        if pgbackrest_repo:
+            grown = int(host.run(f"du -sb {pgbackrest_repo} | cut -f1").split()[0])
+            figures.append(("pgBackRest repository growth", human(grown - pgbackrest_before)))
         seconds, out = host.timed(f"{RB} verify")
         assert "VERIFIED" in out, out
         figures.append(
@@ -137,6 +202,8 @@ def main() -> int:
         figures.append(("restore (all databases, checksums compared)", f"{seconds:.1f} s"))
         rate = db_bytes / max(seconds, 0.001)
         figures.append(("restore rate", f"{human(rate)}/s"))
+        if pgbackrest_repo:
+            figures += pgbackrest_figures(host)
     finally:
         if not args.keep:
             host.psql(f"DROP DATABASE IF EXISTS {DB}")

@@ -1,10 +1,9 @@
-"""Restore from a snapshot: the databases alone, or the whole host (project files, the encrypted
-secrets file, the SSH host keys, roles and databases), then restart what depends on them.
+"""Restore from a snapshot: the databases alone (from the snapshot's dumps), or the whole host
+(project files, the encrypted secrets file, the SSH host keys from the snapshot; the PostgreSQL
+cluster from pgBackRest up to the last pushed WAL), then restart what depends on them.
 
-With backup_restore_target_time the PostgreSQL cluster is restored to that point in time
-instead of to the snapshot's dumps: the newest base backup finished before it, then the archived
-WAL replayed up to it (the first snapshot taken after that time is used unless
-backup_snapshot names one).
+With backup_restore_target_time pgBackRest restores the cluster to that point in time: the
+newest pgBackRest backup finished before it, then the archived WAL replayed up to it.
 
 Without backup_restore_confirm=true it only prints the plan (after checking the password and
 reading the snapshot). On a fresh host: deploy.py first, then this with scope=host.

@@ -169,7 +169,12 @@ COMPONENTS: tuple[Component, ...] = (
         packages=("postgresql-15",),
         user="postgres",
         ports=(Port(number=5432, exposure=Exposure.LOOPBACK, purpose="PostgreSQL"),),
-        secrets=("postgres_webhook_password", "postgres_exporter_password"),
+        # the pgBackRest cipher pass: archive-push runs as postgres (PostgreSQL's archive_command)
+        secrets=(
+            "postgres_webhook_password",
+            "postgres_exporter_password",
+            "backup_pgbackrest_cipher_password",
+        ),
     ),
     Component(
         name="webhook",
@@ -271,7 +276,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component(
         name="backup",
         unit="rave-backup",
-        packages=("restic", "python3-psycopg"),
+        packages=("restic", "pgbackrest", "python3-psycopg"),
         user="root",
         secrets=(
             "backup_repository_password",

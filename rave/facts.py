@@ -370,6 +370,11 @@ def _sections(lines: list[str]) -> dict[str, list[str]]:
 APT_LISTS = "/var/lib/apt/lists"
 
 
+# tasks/backup.py: PGBACKREST and wal_archive_conf() (rave must not import tasks)
+PGBACKREST = "/usr/local/sbin/rave-pgbackrest"
+WAL_ARCHIVE_CONF = "/etc/postgresql/*/main/conf.d/rave-wal-archive.conf"
+
+
 class ValidationProbe(FactBase):
     """Everything the host-side validation stages look at, gathered in one round trip (sudo).
 
@@ -402,6 +407,13 @@ class ValidationProbe(FactBase):
             "release": f"cat {RELEASE_FILE} 2>/dev/null",
             "hardening_report": f"cat {HARDENING_REPORT} 2>/dev/null",
             "webhook_health": f"curl -sf --max-time 5 {webhook_health_url()}",
+            # where PostgreSQL archives with pgBackRest: `pgbackrest check` (a WAL segment pushed
+            # and found in the repository); its last lines and exit code
+            "pgbackrest": (
+                f"if grep -qs 'archive-push' {WAL_ARCHIVE_CONF}; then "
+                f"out=$(cd / && runuser -u postgres -- {PGBACKREST} check 2>&1); rc=$?; "
+                'printf \'%s\\n\' "$out" | tail -n 3; echo "rc=$rc"; fi'
+            ),
             # mtime (epoch) and name of apt's security-suite Release files, and the host's clock
             "apt_security": (
                 f"find {APT_LISTS} -maxdepth 1 -name '*_dists_*-security_*Release' "
@@ -436,6 +448,14 @@ class ValidationProbe(FactBase):
             webhook_health = json.loads("\n".join(sections.get("webhook_health", [])))
         except ValueError:
             webhook_health = None  # the receiver did not answer
+        pgbackrest_lines = sections.get("pgbackrest", [])
+        pgbackrest = None
+        if pgbackrest_lines and pgbackrest_lines[-1].startswith("rc="):
+            code = pgbackrest_lines[-1].removeprefix("rc=")
+            pgbackrest = {
+                "rc": int(code) if code.isdigit() else -1,
+                "tail": " ".join(pgbackrest_lines[:-1]),
+            }
         return {
             "ok": True,
             "os": os_release,
@@ -451,6 +471,7 @@ class ValidationProbe(FactBase):
             "hardening_report": hardening if isinstance(hardening, dict) else {},
             "webhook_health": webhook_health if isinstance(webhook_health, dict) else None,
             "apt_security": sections.get("apt_security", []),
+            "pgbackrest": pgbackrest,
         }
 
 

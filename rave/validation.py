@@ -111,6 +111,14 @@ ACKNOWLEDGED_RISKS = (
         instead='turn it off again (docs/operations.md, "Debug mode")',
         alert="DebugModeOn",
     ),
+    AcknowledgedRisk(
+        setting="backup_pgbackrest_repo_path",
+        acknowledgement="backup_local_repository_acknowledged",
+        applies=lambda s: s.backup_enabled and pgbackrest_on_host(s),
+        risk="is on the host's own disk",
+        instead="mount remote storage there (docs/backup.md)",
+        alert="BackupRepositoryOnHost",
+    ),
 )
 
 
@@ -145,6 +153,16 @@ def acknowledgement_problems(name: str, s: HostSettings, origin: dict[str, str])
     return problems
 
 
+def pgbackrest_on_host(s: HostSettings) -> bool:
+    """pgBackRest's repository is a posix path (this host's disk, or a mount of it)."""
+    return pgbackrest_used(s) and s.backup_pgbackrest_repo_type == "posix"
+
+
+def pgbackrest_used(s: HostSettings) -> bool:
+    """PostgreSQL runs here and pgBackRest backs it up (a monitoring host runs no database)."""
+    return s.backup_wal_archiving and s.backup_databases and not s.monitoring_role
+
+
 def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> list[str]:
     """A remote backup repository without its credentials in the secrets (from the public
     <env>.present file: nothing is decrypted)."""
@@ -156,9 +174,16 @@ def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> l
         env = Environment.for_host(s.rave_environment, s.secrets_file, s.secrets_recipients_file)
     except StoreError:
         return []  # the secrets task reports a bad environment name itself
-    missing = missing_credentials(s.backup_repository, env.present())
+    present = env.present()
+    missing = missing_credentials(s.backup_repository, present)
     source = origin.get("backup_repository", "defaults (no file sets it)")
-    return [
+    cipher = "backup_pgbackrest_cipher_password"
+    no_cipher = [
+        f"host {name}: backup_wal_archiving (pgBackRest) needs the secret {cipher} (the "
+        f"repository's cipher pass), which {env.encrypted_path} does not hold: set it with "
+        f"`rave-secrets set {cipher} --env {s.rave_environment}` (docs/backup.md)"
+    ]
+    return (no_cipher if pgbackrest_used(s) and not present.get(cipher) else []) + [
         f"host {name}: backup_repository in {source} ({s.backup_repository.split(':', 1)[0]}:) "
         f"needs the secret {needed}, which {env.encrypted_path} does not hold: set it with "
         f"`rave-secrets edit --env {s.rave_environment}` (docs/backup.md)"

@@ -1,10 +1,12 @@
-"""Backups: restic (Debian's) with consistent PostgreSQL dumps, on a systemd timer.
+"""Backups: pgBackRest for the PostgreSQL cluster (WAL pushed as it is written, full and
+differential backups, point-in-time restore) and restic for the files and consistent dumps,
+both on one systemd timer.
 
 The host script files/backup/rave_backup.py (installed as rave-backup) does the work: backup,
 maintenance, verify, restore. This task installs it, its configuration (/etc/rave/backup.json,
-derived from the settings and rave.components), the units and timers with the project's
-sandbox, and initialises the repository once (a fact tells whether it exists). See
-docs/backup.md.
+derived from the settings and rave.components), pgBackRest's configuration and stanza, the units
+and timers with the project's sandbox, and initialises the restic repository once (a fact tells
+whether it exists). See docs/backup.md.
 """
 
 from __future__ import annotations
@@ -41,11 +43,17 @@ SCRIPT = "/usr/local/sbin/rave-backup"
 CONFIG = "/etc/rave/backup.json"
 STATE_DIR = "/var/lib/rave-backup"
 DUMP_DIR = f"{STATE_DIR}/dump"
-# WAL archiving: PostgreSQL's archive_command writes into the spool (owned by postgres), the
-# base backups land beside it; every backup run puts both into restic, then prunes them
-WAL_DIR = f"{STATE_DIR}/wal"
-BASE_DIR = f"{STATE_DIR}/base"
-ARCHIVE_SCRIPT = "/usr/local/sbin/rave-wal-archive"
+# pgBackRest: PostgreSQL's archive_command pushes each WAL segment into its repository; the
+# wrapper puts the cipher pass (a secret on tmpfs) into pgBackRest's environment
+PGBACKREST = "/usr/local/sbin/rave-pgbackrest"
+PGBACKREST_CONF = "/etc/pgbackrest/pgbackrest.conf"
+PGBACKREST_LOG = "/var/log/pgbackrest"
+STANZA = "rave"
+# "<system identifier> <repository path>" of the cluster the stanza was created and checked for
+STANZA_MARKER = f"{STATE_DIR}/pgbackrest-stanza"
+CIPHER_SECRET = "backup_pgbackrest_cipher_password"
+# the hand-written WAL spool this replaced (removed from hosts that had it)
+OLD_ARCHIVE_SCRIPT = "/usr/local/sbin/rave-wal-archive"
 CACHE_DIR = "/var/cache/rave-backup"
 # sha256 of the password that last opened the repository (written by `rave-backup init/rekey`)
 PASSWORD_MARKER = f"{STATE_DIR}/repository-password.sha256"
@@ -151,10 +159,16 @@ def host_config(s: HostSettings) -> dict[str, Any]:
         "pg_data": f"/var/lib/postgresql/{s.postgres_version}/main",
         "pg_conf_dir": pg_conf_dir(s),
         "wal_archiving": wal_archiving(s),
-        "wal_dir": WAL_DIR,
-        "base_dir": BASE_DIR,
-        "base_interval_hours": s.backup_base_interval_hours,
         "archive_timeout": s.backup_wal_archive_timeout_sec,
+        "pgbackrest": {
+            "command": PGBACKREST,
+            "stanza": STANZA,
+            "repo_type": s.backup_pgbackrest_repo_type,
+            "repo_path": s.backup_pgbackrest_repo_path,
+            "full_interval_days": s.backup_pgbackrest_full_interval_days,
+            "stanza_marker": STANZA_MARKER,
+            "controldata": f"/usr/lib/postgresql/{s.postgres_version}/bin/pg_controldata",
+        },
         "db_client_units": db_client_units(),
         "restart_units": restart_units(),
         "unit": UNIT,
@@ -176,11 +190,17 @@ def sandbox(s: HostSettings) -> Sandbox:
     """Root (it reads every backed-up file and switches to postgres for the dumps), but with a
     read-only system: it writes only its state, cache, metrics and a local repository."""
     writable = [STATE_DIR, CACHE_DIR, f"-{s.backup_textfile_dir}"]
+    if wal_archiving(s):  # pgBackRest (as postgres) writes its repository and its log
+        writable += [f"-{PGBACKREST_LOG}"]
+        if s.backup_pgbackrest_repo_type == "posix":
+            writable.append(s.backup_pgbackrest_repo_path)
     extra = [("SystemCallErrorNumber", "EPERM")]
-    if is_local(s.backup_repository):
+    if is_local(s.backup_repository) and s.backup_pgbackrest_repo_type == "posix":
         writable.append(s.backup_repository)
         # no network at all: PostgreSQL is reached over its unix socket
         extra += [("PrivateNetwork", "yes"), ("IPAddressDeny", "any")]
+    elif is_local(s.backup_repository):
+        writable.append(s.backup_repository)
     # @privileged holds setuid/setgroups/chown (the postgres switch), @resources Go's setrlimit
     deny = "~@mount @debug @cpu-emulation @obsolete @raw-io @reboot @swap @clock @module"
     return Sandbox(
@@ -251,10 +271,63 @@ def wal_archiving(s: HostSettings) -> bool:
 
 def wal_archive_context(s: HostSettings) -> dict[str, Any]:
     return {
-        "spool": WAL_DIR,
-        "archive_script": ARCHIVE_SCRIPT,
+        "pgbackrest": PGBACKREST,
         "archive_timeout": s.backup_wal_archive_timeout_sec,
     }
+
+
+def pgbackrest_conf(s: HostSettings) -> str:
+    """pgBackRest's configuration: nothing secret (the cipher pass comes from the wrapper)."""
+    return "\n".join(
+        [
+            "# Managed by RAVE deploy (tasks/backup.py); the cipher pass is not here: see "
+            + PGBACKREST,
+            "[global]",
+            f"repo1-type={s.backup_pgbackrest_repo_type}",
+            f"repo1-path={s.backup_pgbackrest_repo_path}",
+            "repo1-cipher-type=aes-256-cbc",
+            "repo1-retention-full-type=count",
+            f"repo1-retention-full={s.backup_pgbackrest_retention_full}",
+            f"repo1-retention-diff={s.backup_pgbackrest_retention_diff}",
+            "compress-type=zst",
+            "start-fast=y",
+            "log-level-console=warn",
+            "log-level-file=info",
+            f"log-path={PGBACKREST_LOG}",
+            "",
+            f"[{STANZA}]",
+            f"pg1-path=/var/lib/postgresql/{s.postgres_version}/main",
+            "pg1-port=5432",
+            "pg1-socket-path=/var/run/postgresql",
+            "",
+        ]
+    )
+
+
+def pgbackrest_wrapper() -> str:
+    """pgBackRest with the cipher pass in its environment, read from the secrets (tmpfs) on
+    every call: never on a command line (ps), never in a file on disk."""
+    pass_file = secret_file_of("postgresql", CIPHER_SECRET)
+    return f"""#!/bin/sh
+# Managed by RAVE deploy (tasks/backup.py): pgBackRest (stanza {STANZA}) with the repository's
+# cipher pass from {pass_file} in its environment
+set -eu
+PGBACKREST_REPO1_CIPHER_PASS="$(cat {pass_file})"
+if [ -z "$PGBACKREST_REPO1_CIPHER_PASS" ]; then
+    echo "rave-pgbackrest: {CIPHER_SECRET} is empty (rave-secrets set ...)" >&2
+    exit 1
+fi
+export PGBACKREST_REPO1_CIPHER_PASS
+exec /usr/bin/pgbackrest --stanza={STANZA} "$@"
+"""
+
+
+def secret_file_of(component_name: str, name: str) -> str:
+    try:
+        from rave.secrets.deploy import secret_path
+    except ImportError:  # the secrets package follows the same contract
+        return f"/run/rave/secrets/{component_name}/{name}"
+    return str(secret_path(component_name, name))
 
 
 def templates(s: HostSettings) -> dict[str, dict[str, Any]]:
@@ -321,23 +394,68 @@ def run_op(name: str, subcommand: str, *args: str) -> None:
     python.call(name=name, function=run_and_print, command=op_command(subcommand, *args))
 
 
+class PgBackRestStanza(FactBase):
+    """ok: the stanza was created and checked (`rave-backup stanza`) for this cluster and this
+    repository path; missing otherwise (a new host, a restored or re-initialised cluster)."""
+
+    def command(self, marker: str, controldata: str, data_dir: str, repo_path: str) -> str:
+        m, c, d, r = (shlex.quote(v) for v in (marker, controldata, data_dir, repo_path))
+        return (
+            f"id=$({c} {d} 2>/dev/null | sed -n 's/^Database system identifier: *//p'); "
+            f'if [ -n "$id" ] && [ "$id "{r} = "$(cat {m} 2>/dev/null)" ]; '
+            "then echo ok; else echo missing; fi"
+        )
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else "missing"
+
+
 def wal_archive(s: HostSettings) -> None:
-    """archive_command into the spool; PostgreSQL restarts only when this changed."""
+    """archive_command `pgbackrest archive-push` and the stanza; PostgreSQL restarts only when
+    the archiving configuration changed."""
     if not runs_database(s):
         return
+    ensure_file(
+        name="No hand-written WAL archive script (pgBackRest pushes the WAL)",
+        path=OLD_ARCHIVE_SCRIPT,
+        present=False,
+    )
     if wal_archiving(s):
-        for path in (WAL_DIR, BASE_DIR):
+        if s.backup_pgbackrest_repo_type == "posix":
             ensure_directory(
-                name=f"WAL archiving directory {path} (PostgreSQL writes it)",
-                path=path,
+                name="pgBackRest repository directory (pgBackRest runs as postgres)",
+                path=s.backup_pgbackrest_repo_path,
                 user="postgres",
                 group="postgres",
-                mode="700",
+                mode="750",
             )
-        install_host_script(
-            "Install rave-wal-archive (PostgreSQL's archive_command)",
-            str(FILES / "backup" / "rave-wal-archive"),
-            ARCHIVE_SCRIPT,
+        ensure_directory(
+            name="pgBackRest log directory",
+            path=PGBACKREST_LOG,
+            user="postgres",
+            group="postgres",
+            mode="770",
+        )
+        ensure_directory(
+            name="pgBackRest configuration directory",
+            path="/etc/pgbackrest",
+            user="root",
+            group="root",
+            mode="755",
+        )
+        put_text(
+            "pgBackRest configuration (nothing secret)",
+            PGBACKREST_CONF,
+            pgbackrest_conf(s),
+            user="root",
+            group="postgres",
+            mode="640",
+        )
+        put_text(
+            "Install rave-pgbackrest (pgBackRest with its cipher pass)",
+            PGBACKREST,
+            pgbackrest_wrapper(),
+            mode="755",
         )
         conf = put_template(
             "PostgreSQL WAL archiving (archive_mode, archive_command, archive_timeout)",
@@ -360,6 +478,20 @@ def wal_archive(s: HostSettings) -> None:
         restarted=True,
         _if=conf.did_change,
     )
+    if wal_archiving(s):
+        stanza = host.get_fact(
+            PgBackRestStanza,
+            marker=STANZA_MARKER,
+            controldata=f"/usr/lib/postgresql/{s.postgres_version}/bin/pg_controldata",
+            data_dir=f"/var/lib/postgresql/{s.postgres_version}/main",
+            repo_path=s.backup_pgbackrest_repo_path,
+            _sudo=True,
+        )
+        if stanza != "ok":
+            server.shell(
+                name="Create and check the pgBackRest stanza (stanza-create, check)",
+                commands=[f"{SCRIPT} --config {CONFIG} stanza"],
+            )
 
 
 @deploy("Backup")

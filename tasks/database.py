@@ -29,7 +29,16 @@ from rave.deploykit import (
 from rave.sandbox import Sandbox, dropin_text, limits_dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
-from tasks.backup import WAL_DIR
+from tasks.backup import PGBACKREST_LOG
+
+
+def postgres_sandbox(s: HostSettings) -> Sandbox:
+    """SANDBOX plus what archive-push writes (its lock is in the unit's private /tmp)."""
+    extra = [f"-{PGBACKREST_LOG}"]
+    if s.backup_pgbackrest_repo_type == "posix":
+        extra.append(f"-{s.backup_pgbackrest_repo_path}")
+    return SANDBOX.model_copy(update={"read_write_paths": (*SANDBOX.read_write_paths, *extra)})
+
 
 DATABASE = "rave_webhook"
 WRITER_ROLE = "rave_webhook"  # the receiver: INSERT on webhook_events (granted by migrations)
@@ -38,15 +47,14 @@ PASSWORD_SCRIPT = "/usr/local/sbin/rave-pg-password"
 RUN_AS_POSTGRES = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1"
 
 # pg_ctlcluster runs as the cluster's owner (root only switches to it): no capabilities,
-# localhost only, writes only the cluster, its socket, its log and the WAL spool (absent while
-# WAL archiving is off; tasks/backup.py restarts PostgreSQL when that changes). W^X stays
-# allowed: the LLVM JIT (jit=on) maps code it wrote.
+# localhost only, writes only the cluster, its socket and its log; with WAL archiving also what
+# archive_command (pgbackrest archive-push) writes: its log and a posix repository (sandbox()).
+# W^X stays allowed: the LLVM JIT (jit=on) maps code it wrote.
 SANDBOX = Sandbox(
     read_write_paths=(
         "/var/lib/postgresql",
         "/run/postgresql",
         "/var/log/postgresql",
-        f"-{WAL_DIR}",
     ),
     memory_deny_write_execute=False,
     extra=(
@@ -215,7 +223,7 @@ def database() -> None:
     sandbox = put_text(
         "PostgreSQL sandbox",
         f"/etc/systemd/system/{unit}.service.d/sandbox.conf",
-        dropin_text(SANDBOX, None, "PostgreSQL sandbox (tasks/database.py)"),
+        dropin_text(postgres_sandbox(config), None, "PostgreSQL sandbox (tasks/database.py)"),
     )
     ensure_service(
         name="Apply PostgreSQL's configuration",

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""rave-backup: the host side of RAVE backups (restic + pg_dump), installed by tasks/backup.py.
+"""rave-backup: the host side of RAVE backups (pgBackRest + restic + pg_dump), from tasks/backup.py.
 
 Subcommands (run as root; `dump` and `checksums` run as the postgres user, started by the others):
   init       create the restic repository if it does not exist, else `rekey` (idempotent)
@@ -8,11 +8,12 @@ Subcommands (run as root; `dump` and `checksums` run as the postgres user, start
              restic key for the new one, the new one is proven to open the repository, then the
              previous key is removed; records a hash of the password that works, so the deploy
              knows cheaply when to call it (idempotent: nothing to do, nothing changed)
-  run        one backup: consistent dumps of every project database, a base backup when due, the
-             current WAL segment archived, then a restic snapshot of the dumps, the WAL spool, the
-             base backup and the project's files; prunes the spool; writes node-exporter textfile
-             metrics (the systemd unit)
-  wal-status WAL archiving metrics (pg_stat_archiver, spool) for the node exporter (its timer)
+  run        one backup: a pgBackRest backup of the cluster (full when the newest full one is
+             older than full_interval_days, else differential; pgBackRest expires by its
+             retention), consistent dumps of every project database, then a restic snapshot of
+             the dumps and the project's files; writes node-exporter textfile metrics (the unit)
+  wal-status WAL archiving metrics (pg_stat_archiver: pushed, failed, lag) for the node exporter
+  stanza     pgBackRest stanza-create (idempotent) and check; the deploy runs it for a new cluster
   now        start rave-backup.service, wait for it and print what it did (ops/backup_now.py)
   list       the repository's snapshots of this host
   check      remove stale locks, then `restic check`
@@ -22,10 +23,12 @@ Subcommands (run as root; `dump` and `checksums` run as the postgres user, start
              live database; plus `restic check`
   restore    the database alone (--scope database) or the whole host (--scope host: files, secrets
              file, SSH host keys, databases and roles), from a snapshot, then restarts what it must;
-             with --target-time the cluster is restored to that point in time instead (a base
-             backup plus archived WAL replayed up to it)
+             with --scope host the cluster comes from pgBackRest (up to the last pushed WAL), with
+             --target-time from pgBackRest to that point in time (a backup plus archived WAL)
 
-The repository password is read by restic from RESTIC_PASSWORD_FILE (never on a command line).
+The repository password is read by restic from RESTIC_PASSWORD_FILE (never on a command line);
+pgBackRest runs as postgres through rave-pgbackrest, which reads its cipher pass from the
+secrets into its environment.
 A remote repository's credentials come from the secrets directory too: the JSON of
 backup_repository_env joins restic's environment (root's own process; the postgres-side
 subcommands never get it), and an sftp: repository is reached with
@@ -445,10 +448,10 @@ def host_lock(config: dict[str, Any], wait_seconds: int):
 
 # ------------------------------------------------------- files in other accounts' directories
 # Root works in directories that PostgreSQL (or another service account) can write: the dump
-# directory, the WAL spool, the base backups, and their restored copies. Nothing there is
-# followed: reads open with O_NOFOLLOW below a trusted directory, writes create a new file and
-# rename it into place, ownership changes never follow a link, and a restore hands PostgreSQL
-# only regular files and directories (a planted link would hand it the link's target).
+# directory and its restored copy. Nothing there is followed: reads open with O_NOFOLLOW below
+# a trusted directory, writes create a new file and rename it into place, ownership changes
+# never follow a link, and a restore hands PostgreSQL only regular files and directories (a
+# planted link would hand it the link's target).
 
 NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -711,7 +714,8 @@ def cmd_dump(config: dict[str, Any], args: argparse.Namespace) -> int:
     taken in the same transaction (so the manifest describes exactly what the dump holds)."""
     out = Path(args.out)
     for entry in out.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
+        # a link is removed, never stat'ed through (its target may be root's: EACCES)
+        if not entry.is_symlink() and entry.is_dir():
             shutil.rmtree(entry)
         else:
             entry.unlink()
@@ -832,45 +836,23 @@ def backup_metrics(state: dict[str, Any]) -> dict[str, tuple[str, float]]:
 
 def repository_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
     """Where the repository is: the BackupRepositoryOnHost alert stands while it is local."""
+    pgbackrest_posix = (
+        wal_enabled(config) and config.get("pgbackrest", {}).get("repo_type") == "posix"
+    )
     return {
         "rave_backup_repository_local": (
-            "1 if the restic repository is on the host's own disk, 0 if it is remote.",
-            int(is_local_repository(config["repository"])),
+            "1 if the restic repository or pgBackRest's (a posix path) is on the host's own "
+            "disk, 0 if both are remote.",
+            int(is_local_repository(config["repository"]) or pgbackrest_posix),
         ),
     }
 
 
-# --------------------------------------------------------------------------- WAL archiving
+# --------------------------------------------------------------------------- pgBackRest
 
 
 def wal_enabled(config: dict[str, Any]) -> bool:
     return bool(config.get("wal_archiving"))
-
-
-def segment_position(name: str) -> str | None:
-    """The log/segment part of a WAL file name (timeline left out), None for history files."""
-    stem = name.split(".", 1)[0]
-    if len(stem) == 24 and all(c in "0123456789ABCDEF" for c in stem):
-        return stem[8:]
-    return None
-
-
-def wal_file_name(timeline: int, lsn: str, segment_size: int) -> str:
-    """pg_walfile_name() for any timeline: the segment holding the byte at lsn ("X/Y")."""
-    high, low = lsn.split("/")
-    segment = ((int(high, 16) << 32) | int(low, 16)) // segment_size
-    per_id = 0x100000000 // segment_size
-    return f"{timeline:08X}{segment // per_id:08X}{segment % per_id:08X}"
-
-
-def spool_files(config: dict[str, Any]) -> list[Path]:
-    """Completely archived files of the spool (the archive script renames them into place)."""
-    spool = Path(config["wal_dir"])
-    if not spool.is_dir():
-        return []
-    return sorted(
-        p for p in spool.iterdir() if p.name.endswith(".gz") and stat.S_ISREG(lstat_mode(p))
-    )
 
 
 def lstat_mode(path: Path) -> int:
@@ -881,135 +863,113 @@ def lstat_mode(path: Path) -> int:
         return 0
 
 
-def base_backups(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Complete base backups under base_dir (those with rave-base.json), oldest first."""
-    root = Path(config["base_dir"])
-    result = []
-    if stat.S_ISDIR(lstat_mode(root)):
-        for entry in root.iterdir():
-            if not stat.S_ISDIR(lstat_mode(entry)):
-                continue  # a link or file among the base backups is never followed
-            try:
-                info = json.loads(read_under(root, Path(entry.name) / "rave-base.json"))
-            except FileNotFoundError:
-                continue  # incomplete (or not a base backup)
-            except Failure as failure:
-                warn(f"base backup {entry.name} skipped: {failure}")
-                continue
-            info["path"] = str(entry)
-            result.append(info)
-    return sorted(result, key=lambda b: b["finished"])
+def pgbackrest(
+    config: dict[str, Any], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """pgBackRest as postgres through the wrapper that puts the cipher pass into its
+    environment (read from the secrets; never on a command line)."""
+    result = as_postgres(config, [config["pgbackrest"]["command"], *args])
+    if check and result.returncode != 0:
+        raise Failure(f"pgbackrest {args[0]}: {tail(result, 10)}")
+    return result
 
 
-def cluster_identity(config: dict[str, Any]) -> tuple[str, int]:
-    """(system identifier, WAL segment size in bytes) of the running cluster."""
-    out = psql(
-        config,
-        "SELECT (SELECT system_identifier FROM pg_control_system()) || ' ' || "
-        "(SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')",
-    ).split()
-    return out[0], int(out[1])
+def pgbackrest_info(config: dict[str, Any]) -> dict[str, Any]:
+    """The stanza's entry of `pgbackrest info` (backups oldest first, archive ranges)."""
+    result = pgbackrest(config, "info", "--output=json")
+    stanzas = json.loads(result.stdout or "[]")
+    return stanzas[0] if stanzas else {}
 
 
-def take_base_backup(config: dict[str, Any]) -> dict[str, Any]:
-    """pg_basebackup (tar, gzip'd, with the WAL it needs) into base_dir/<UTC time>."""
-    root = Path(config["base_dir"])
-    label = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = root / label
-    system_identifier, segment_size = cluster_identity(config)
-    started = time.time()
-    say(f"taking a base backup (pg_basebackup) into {target} ...")
-    result = as_postgres(
-        config,
-        [
-            "pg_basebackup",
-            "--no-password",
-            "-D",
-            str(target),
-            "-Ft",
-            "-z",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "--label",
-            f"rave-{label}",
-        ],
+def pgbackrest_backups(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(pgbackrest_info(config).get("backup") or [])
+
+
+def system_identifier(config: dict[str, Any]) -> str:
+    """The cluster's system identifier from its control file (no server needed)."""
+    result = subprocess.run(
+        [config["pgbackrest"]["controldata"], config["pg_data"]],
+        text=True,
+        capture_output=True,
+        check=False,
+        env={**os.environ, "LC_ALL": "C"},
     )
-    if result.returncode != 0:
-        shutil.rmtree(target, ignore_errors=True)
-        raise Failure(f"pg_basebackup: {tail(result)}")
-    manifest = json.loads(read_under(root, Path(label) / "backup_manifest"))
-    ranges = manifest["WAL-Ranges"]
-    timeline = int(ranges[0]["Timeline"])
-    info = {
-        "label": label,
-        "started": started,
-        "finished": time.time(),
-        "timeline": timeline,
-        "start_lsn": ranges[0]["Start-LSN"],
-        "end_lsn": ranges[-1]["End-LSN"],
-        "start_wal": wal_file_name(timeline, ranges[0]["Start-LSN"], segment_size),
-        "system_identifier": system_identifier,
-        "bytes": sum(os.lstat(p).st_size for p in target.iterdir()),
-    }
-    write_under(
-        root, Path(label) / "rave-base.json", json.dumps(info, indent=1, sort_keys=True).encode()
-    )
-    say(
-        f"base backup {label}: {human(info['bytes'])} in {info['finished'] - started:.1f} s "
-        f"(WAL from {info['start_wal']})"
-    )
-    return info
+    for line in result.stdout.splitlines():
+        if line.startswith("Database system identifier:"):
+            return line.split(":", 1)[1].strip()
+    raise Failure(f"pg_controldata {config['pg_data']}: {tail(result)}")
 
 
-def base_backup_if_due(config: dict[str, Any]) -> dict[str, Any] | None:
-    """A new base backup when there is none of this cluster or the newest is too old."""
-    bases = base_backups(config)
-    system_identifier, _size = cluster_identity(config)
-    ours = [b for b in bases if b["system_identifier"] == system_identifier]
-    max_age = config["base_interval_hours"] * 3600
-    if ours and time.time() - ours[-1]["finished"] < max_age:
-        return None
-    return take_base_backup(config)
-
-
-def switch_wal_and_wait(config: dict[str, Any], timeout: float = 60) -> None:
-    """Close the current WAL segment and wait until it is in the spool, so the snapshot that
-    follows covers every transaction committed before it started."""
-    # a committed transaction (an xid makes a commit record): recovery to any time before this
-    # run finds a commit after it and stops there, even on a host with no traffic
-    psql(config, "SELECT txid_current()")
-    segment = psql(config, "SELECT pg_walfile_name(pg_switch_wal())").strip()
-    target = Path(config["wal_dir"]) / f"{segment}.gz"
-    deadline = time.monotonic() + timeout
-    while not target.exists():
-        if time.monotonic() > deadline:
-            warn(f"WAL segment {segment} not archived after {timeout:.0f} s (see WAL metrics)")
-            return
-        time.sleep(0.2)
-    say(f"WAL archived up to segment {segment}")
-
-
-def prune_archive(config: dict[str, Any], in_snapshot: list[Path]) -> None:
-    """After a successful snapshot: keep only the newest base backup and the WAL from its
-    start on (older ones are in this and earlier snapshots). History files stay (tiny)."""
-    bases = base_backups(config)
-    if not bases:
+def own_repository(config: dict[str, Any]) -> None:
+    """A posix repository is postgres's (pgBackRest runs as postgres). One put back from a copy
+    (the DR drill, an rsync of a remote repository) may carry another host's uids: re-owned,
+    without following a link."""
+    spec = config["pgbackrest"]
+    if spec["repo_type"] != "posix":
         return
-    newest = bases[-1]
-    for base in bases[:-1]:
-        shutil.rmtree(base["path"], ignore_errors=True)
-        say(f"pruned base backup {base['label']} (in the snapshot)")
-    keep_from = newest["start_wal"][8:]
-    pruned = 0
-    for path in in_snapshot:
-        position = segment_position(path.name)
-        if position is not None and position < keep_from:
-            path.unlink(missing_ok=True)
-            pruned += 1
-    if pruned:
-        say(f"pruned {pruned} archived WAL file(s) older than base backup {newest['label']}")
+    repo = Path(spec["repo_path"])
+    if not stat.S_ISDIR(lstat_mode(repo)):
+        raise Failure(f"the pgBackRest repository {repo} is not a directory")
+    entry = pwd.getpwnam(config["pg_user"])
+    if os.lstat(repo).st_uid != entry.pw_uid:  # (pgBackRest's own `latest` links: lchown'd)
+        chown_tree(repo, entry.pw_uid, entry.pw_gid)
+
+
+def write_stanza_marker(config: dict[str, Any]) -> None:
+    spec = config["pgbackrest"]
+    marker = Path(spec["stanza_marker"])
+    marker.write_text(f"{system_identifier(config)} {spec['repo_path']}\n")
+    os.chmod(marker, 0o600)
+
+
+def cmd_stanza(config: dict[str, Any], args: argparse.Namespace) -> int:
+    """stanza-create (idempotent), then check (a WAL segment pushed and found); records the
+    cluster it was done for so the deploy runs this only when that changes."""
+    if not wal_enabled(config):
+        say("WAL archiving is off (backup_wal_archiving): no pgBackRest stanza")
+        return 0
+    with host_lock(config, wait_seconds=600):
+        own_repository(config)
+        created = pgbackrest(config, "stanza-create", check=False)
+        if created.returncode != 0:
+            if "do not match the database" in created.stdout + created.stderr:
+                # a new host deployed against the repository of the one it replaces: restore
+                # from it (the restored cluster matches the stanza again); nothing is changed
+                warn(
+                    "the pgBackRest repository holds another cluster's stanza (a host being "
+                    "replaced?): restore it with `rave-backup restore --scope host --yes` "
+                    "(ops/backup_restore.py); WAL archiving fails until then"
+                )
+                return 0
+            raise Failure(f"pgbackrest stanza-create: {tail(created, 10)}")
+        pgbackrest(config, "check")
+        write_stanza_marker(config)
+    say(f"pgBackRest stanza {config['pgbackrest']['stanza']}: created and checked")
+    return 0
+
+
+def backup_type(config: dict[str, Any], backups: list[dict[str, Any]]) -> str:
+    """full when there is none, or the newest full one is older than full_interval_days."""
+    fulls = [b for b in backups if b.get("type") == "full"]
+    max_age = config["pgbackrest"]["full_interval_days"] * 86400
+    if not fulls or time.time() - fulls[-1]["timestamp"]["stop"] >= max_age:
+        return "full"
+    return "diff"
+
+
+def pgbackrest_backup(config: dict[str, Any]) -> dict[str, Any]:
+    """One pgBackRest backup (full or differential; expire follows with the retention)."""
+    kind = backup_type(config, pgbackrest_backups(config))
+    say(f"pgBackRest {kind} backup ...")
+    started = time.time()
+    pgbackrest(config, "backup", f"--type={kind}")
+    newest = pgbackrest_backups(config)[-1]
+    say(
+        f"pgBackRest {newest['type']} backup {newest['label']}: "
+        f"{human(newest['info']['repository']['delta'])} into the repository in "
+        f"{time.time() - started:.1f} s"
+    )
+    return newest
 
 
 def archiver_status(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -1039,8 +999,7 @@ def archiver_status(config: dict[str, Any]) -> dict[str, Any] | None:
 def wal_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
     status = archiver_status(config)
     state = load_state(config)
-    spool = spool_files(config)
-    bases = base_backups(config)
+    now = time.time()
     values: dict[str, tuple[str, float]] = {
         "rave_wal_archive_up": (
             "1 if PostgreSQL answered the archiver status query.",
@@ -1048,23 +1007,11 @@ def wal_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
         ),
         "rave_wal_archive_metrics_timestamp_seconds": (
             "Unix time these WAL archiving metrics were taken.",
-            float(time.time()),
+            float(now),
         ),
-        "rave_wal_archive_spool_files": (
-            "Archived WAL files in the local spool (pruned once in a snapshot).",
-            len(spool),
-        ),
-        "rave_wal_archive_spool_bytes": (
-            "Bytes of archived WAL in the local spool.",
-            sum(os.lstat(p).st_size for p in spool),
-        ),
-        "rave_wal_archive_last_backed_up_timestamp_seconds": (
-            "Unix time the newest WAL file in the last successful restic snapshot was archived.",
-            float(state.get("wal_backed_up", 0)),
-        ),
-        "rave_wal_base_backup_last_timestamp_seconds": (
-            "Unix time the newest base backup (pg_basebackup) finished (0: none).",
-            float(bases[-1]["finished"]) if bases else 0.0,
+        "rave_pgbackrest_backup_last_timestamp_seconds": (
+            "Unix time the newest pgBackRest backup (full or differential) finished (0: none).",
+            float(state.get("pgbackrest_last_backup", 0)),
         ),
     }
     if status is not None:
@@ -1075,24 +1022,30 @@ def wal_metrics(config: dict[str, Any]) -> dict[str, tuple[str, float]]:
                     int(status["enabled"]),
                 ),
                 "rave_wal_archive_archived_total": (
-                    "WAL files archived since the statistics were reset (pg_stat_archiver).",
+                    "WAL files pushed by pgbackrest archive-push since the statistics were "
+                    "reset (pg_stat_archiver).",
                     status["archived"],
                 ),
                 "rave_wal_archive_failed_total": (
-                    "Failed archive_command attempts (pg_stat_archiver).",
+                    "Failed archive-push attempts (pg_stat_archiver).",
                     status["failed"],
                 ),
                 "rave_wal_archive_last_archived_timestamp_seconds": (
-                    "Unix time of the last successfully archived WAL file (0: none).",
+                    "Unix time of the last WAL file pushed into the repository (0: none).",
                     status["last_archived"],
                 ),
                 "rave_wal_archive_last_failed_timestamp_seconds": (
-                    "Unix time of the last failed archive attempt (0: none).",
+                    "Unix time of the last failed archive-push (0: none).",
                     status["last_failed"],
                 ),
                 "rave_wal_archive_ready_segments": (
-                    "WAL files completed but not archived yet (pg_wal/archive_status/*.ready).",
+                    "WAL files completed but not pushed yet (pg_wal/archive_status/*.ready).",
                     status["ready"],
+                ),
+                "rave_wal_archive_lag_seconds": (
+                    "Seconds since the last WAL file was pushed into the repository (since the "
+                    "metrics time if none was).",
+                    max(0.0, now - status["last_archived"]) if status["last_archived"] else now,
                 ),
             }
         )
@@ -1144,15 +1097,12 @@ def write_owners(dump_dir: Path) -> None:
 
 
 def foreign_in_archive(config: dict[str, Any]) -> list[str]:
-    """What the dump directory, WAL spool and base backups (PostgreSQL writes them) hold besides
-    regular files and directories: left out of the snapshot, each with a warning (a restore
-    would refuse them)."""
+    """What the dump directory (postgres writes it) holds besides regular files and
+    directories: left out of the snapshot, each with a warning (a restore would refuse them)."""
     found = []
-    for key in ("dump_dir", "wal_dir", "base_dir"):
-        if key in config:
-            for path, kind in foreign_entries(Path(config[key])):
-                warn(f"{path} is {kind}: left out of the snapshot (only regular files are)")
-                found.append(path)
+    for path, kind in foreign_entries(Path(config["dump_dir"])):
+        warn(f"{path} is {kind}: left out of the snapshot (only regular files are)")
+        found.append(path)
     return found
 
 
@@ -1171,12 +1121,9 @@ def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dic
         say(f"dumped (tables per database): {out.strip()}")
     write_owners(dump_dir)
     paths = [str(dump_dir)] + [p for p in config["paths"] if os.path.lexists(p)]
-    in_snapshot: list[Path] = []
+    pgbackrest_newest: dict[str, Any] | None = None
     if config["databases"] and wal_enabled(config):
-        base_backup_if_due(config)
-        switch_wal_and_wait(config)
-        in_snapshot = spool_files(config)  # listed before restic starts: all in the snapshot
-        paths += [config["wal_dir"], config["base_dir"]]
+        pgbackrest_newest = pgbackrest_backup(config)
     missing = [p for p in config["paths"] if not os.path.lexists(p)]
     if missing:
         say("not present on this host (skipped): " + ", ".join(missing))
@@ -1206,10 +1153,9 @@ def backup_once(config_path: str, config: dict[str, Any], restic: Restic) -> dic
         )
     if not summary:
         raise Failure("restic backup printed no summary")
-    if in_snapshot:
-        summary["wal_backed_up"] = max(os.lstat(p).st_mtime for p in in_snapshot)
-    if config["databases"] and wal_enabled(config):
-        prune_archive(config, in_snapshot)
+    if pgbackrest_newest is not None:
+        summary["pgbackrest_last_backup"] = pgbackrest_newest["timestamp"]["stop"]
+        summary["pgbackrest_label"] = pgbackrest_newest["label"]
     return summary
 
 
@@ -1237,8 +1183,9 @@ def cmd_run(config_path: str, config: dict[str, Any], args: argparse.Namespace) 
             last_added=summary.get("data_added", 0),
             last_snapshot=summary.get("snapshot_id", ""),
         )
-        if "wal_backed_up" in summary:
-            state["wal_backed_up"] = summary["wal_backed_up"]
+        for key in ("pgbackrest_last_backup", "pgbackrest_label"):
+            if key in summary:
+                state[key] = summary[key]
         say(
             f"rave-backup: OK: snapshot {summary.get('snapshot_id', '?')[:8]} saved in "
             f"{finished - started:.1f} s: {human(summary.get('total_bytes_processed', 0))} "
@@ -1353,7 +1300,23 @@ def cmd_check(config: dict[str, Any], args: argparse.Namespace) -> int:
     if result.returncode != 0:
         raise Failure(f"restic check found problems: {tail(result, 20)}")
     say("restic check: no errors were found")
+    pgbackrest_check(config)
     return 0
+
+
+def pgbackrest_check(config: dict[str, Any], verify: bool = False) -> None:
+    """`pgbackrest check` (the configuration, and a WAL segment pushed and found in the
+    repository); with verify also `pgbackrest verify` (every file of the repository read
+    and checked against its checksum)."""
+    if not (config["databases"] and wal_enabled(config)):
+        return
+    pgbackrest(config, "check")
+    say("pgbackrest check: WAL archiving and the repository work")
+    if verify:
+        result = pgbackrest(config, "verify", "--log-level-console=info", check=False)
+        if result.returncode != 0:
+            raise Failure(f"pgbackrest verify found problems: {tail(result, 20)}")
+        say("pgbackrest verify: no errors were found")
 
 
 def cmd_maintain(config: dict[str, Any], args: argparse.Namespace) -> int:
@@ -1559,6 +1522,7 @@ def cmd_verify(config_path: str, config: dict[str, Any], args: argparse.Namespac
         if check.returncode != 0:
             raise Failure(f"restic check found problems: {tail(check, 20)}")
         say("restic check: no errors were found")
+        pgbackrest_check(config, verify=True)
         temp = restore_to_temp(config, restic, snapshot, [config["dump_dir"], *IDENTITY_FILES])
         try:
             dump_dir, manifest = read_manifest(temp, config)
@@ -1737,8 +1701,6 @@ def restore_databases(
 
 # ------------------------------------------------------------ point-in-time restore
 
-RECOVERY_CONF = "zz-rave-recovery.conf"
-
 
 def parse_time(value: str) -> float:
     """Unix time of an ISO 8601 time with a zone (restic's nanoseconds cut to microseconds)."""
@@ -1759,55 +1721,6 @@ def parse_time(value: str) -> float:
 
 def utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-
-
-def snapshot_for_time(
-    config: dict[str, Any], restic: Restic, snapshot: str, target: float
-) -> dict[str, Any]:
-    """The given snapshot, or the first one taken after the target time that holds WAL."""
-    if snapshot != "latest":
-        chosen = restic.resolve(snapshot)
-        if parse_time(chosen["time"]) < target:
-            raise Failure(
-                f"snapshot {chosen['short_id']} was taken at {chosen['time'][:19]} (UTC), before "
-                "the target time: it cannot hold the WAL up to it",
-                EXIT_USAGE,
-            )
-        return chosen
-    snapshots = [s for s in restic.snapshots() if config["wal_dir"] in s["paths"]]
-    later = [s for s in snapshots if parse_time(s["time"]) >= target]
-    if not later:
-        newest = snapshots[-1]["time"][:19] if snapshots else "none"
-        raise Failure(
-            f"no snapshot with archived WAL was taken after {utc(target)} (newest: {newest}); "
-            "take a backup first (ops/backup_now.py)",
-            EXIT_USAGE,
-        )
-    return later[0]
-
-
-def choose_base(temp: Path, config: dict[str, Any], snapshot: dict[str, Any], target: float):
-    """The newest base backup in the restored snapshot that finished before the target."""
-    restored = dict(config, base_dir=str(temp / config["base_dir"].lstrip("/")))
-    bases = base_backups(restored)
-    if not bases:
-        raise Failure(f"snapshot {snapshot['short_id']} holds no base backup", EXIT_USAGE)
-    usable = [b for b in bases if b["finished"] <= target]
-    if not usable:
-        raise Failure(
-            f"every base backup in snapshot {snapshot['short_id']} finished after the target "
-            f"time; the earliest point it can restore is {utc(bases[0]['finished'])}",
-            EXIT_USAGE,
-        )
-    return usable[-1]
-
-
-def wal_range(temp: Path, config: dict[str, Any], base: dict[str, Any]) -> list[str]:
-    source = temp / config["wal_dir"].lstrip("/")
-    start = base["start_wal"][8:]
-    return sorted(
-        p.name[:-3] for p in source.glob("*.gz") if (segment_position(p.name) or "") >= start
-    )
 
 
 def postgres_log_tail(config: dict[str, Any], lines: int = 8) -> str:
@@ -1852,86 +1765,85 @@ def remove_aside(path: Path) -> None:
         path.unlink()
 
 
-def restore_point_in_time(
+def pgbackrest_time(seconds: float) -> str:
+    """A time as pgBackRest's --target and PostgreSQL's recovery_target_time read it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
+
+
+def backup_for_time(config: dict[str, Any], target: float) -> dict[str, Any]:
+    """The newest pgBackRest backup that finished before the target time."""
+    backups = pgbackrest_backups(config)
+    if not backups:
+        raise Failure("the pgBackRest repository holds no backup of this stanza", EXIT_USAGE)
+    usable = [b for b in backups if b["timestamp"]["stop"] <= target]
+    if not usable:
+        raise Failure(
+            f"every pgBackRest backup finished after the target time; the earliest point it can "
+            f"restore is {utc(backups[0]['timestamp']['stop'])}",
+            EXIT_USAGE,
+        )
+    return usable[-1]
+
+
+def archive_end(config: dict[str, Any]) -> str:
+    """The newest WAL segment in the repository ('-' if none)."""
+    archives = pgbackrest_info(config).get("archive") or []
+    return max((a.get("max") or "-" for a in archives), default="-")
+
+
+def restore_cluster(
     config_path: str,
     config: dict[str, Any],
-    temp: Path,
-    base: dict[str, Any],
-    target: str,
+    chosen: dict[str, Any] | None,
+    target: float | None,
     timeout: float,
 ) -> None:
-    """Replace the cluster by the base backup and replay archived WAL up to the target time.
-
-    The current data directory, WAL spool and base backups are moved aside first and put back
-    if recovery fails. Afterwards the spool and base directory start empty (the restored
-    cluster is on a new timeline; the next backup run takes a new base backup).
-    """
+    """Replace the cluster by a pgBackRest restore: to the target time (from the chosen backup),
+    or, without one, to the end of the WAL in the repository (a lost host: the last pushed
+    segment). The current data directory is moved aside first and put back if it fails."""
     unit = f"{config['pg_unit']}.service"
-    pg_data, spool, bases = (Path(config[k]) for k in ("pg_data", "wal_dir", "base_dir"))
-    moved = [(p, Path(str(p) + PRE_RESTORE_SUFFIX)) for p in (pg_data, spool, bases)]
-    wal_source = temp / config["wal_dir"].lstrip("/")
-    base_path = temp / config["base_dir"].lstrip("/") / base["label"]
-    # cmd_restore handed both trees to postgres (hand_to_postgres) before the plan
-    conf = Path(config["pg_conf_dir"]) / "conf.d" / RECOVERY_CONF
+    pg_data = Path(config["pg_data"])
+    aside = Path(str(pg_data) + PRE_RESTORE_SUFFIX)
+    wrapper = config["pgbackrest"]["command"]
+    # archive-get through the wrapper too (the cipher pass); pgBackRest writes these recovery
+    # settings into postgresql.auto.conf and creates recovery.signal
+    options = ["restore", f'--recovery-option=restore_command={wrapper} archive-get %f "%p"']
+    if target is not None and chosen is not None:
+        options += [
+            f"--set={chosen['label']}",
+            "--type=time",
+            f"--target={pgbackrest_time(target)}",
+            "--target-action=promote",
+        ]
     clients = [u for u in config["db_client_units"] if unit_active(u)]
     if clients:
         say("stopping database clients: " + ", ".join(clients))
         subprocess.run(["systemctl", "stop", *clients], check=True)
     started = time.monotonic()
     try:
-        say(f"stopping {unit}; moving {pg_data}, {spool} and {bases} aside")
+        say(f"stopping {unit}; moving {pg_data} aside")
         subprocess.run(["systemctl", "stop", unit], check=True)
-        for live, aside in moved:
-            remove_aside(aside)
-            if os.path.lexists(live):
-                live.rename(aside)
-            postgres_dir(live, config)
+        remove_aside(aside)
+        if os.path.lexists(pg_data):
+            pg_data.rename(aside)
         try:
-            for archive, into in (("base.tar.gz", pg_data), ("pg_wal.tar.gz", pg_data / "pg_wal")):
-                untar = as_postgres(
-                    config, ["tar", "-xzf", str(base_path / archive), "-C", str(into)]
-                )
-                if untar.returncode != 0:
-                    raise Failure(f"unpacking {archive}: {tail(untar)}")
-            # written as postgres: the data directory (and the unpacked base backup in it) and
-            # the configuration directory are postgres's, root follows no link there
-            signal_file = pg_data / "recovery.signal"
-            touch = as_postgres(config, ["touch", str(signal_file)])
-            if touch.returncode != 0:
-                raise Failure(f"creating {signal_file}: {tail(touch)}")
-            # the restored snapshot's WAL only: never a live spool of another timeline
-            restore = f'f={wal_source}/%f.gz; test -f "$f" && gzip -dc "$f" > "%p"'
-            written = as_postgres(
-                config,
-                ["sh", "-c", 'umask 022 && cat > "$1"', "sh", str(conf)],
-                stdin="# Written by rave-backup restore --target-time; removed when recovery ends\n"
-                f"restore_command = '{restore}'\n"
-                f"recovery_target_time = '{target}'\n"
-                "recovery_target_action = 'promote'\n"
-                "recovery_target_timeline = 'latest'\n",
-            )
-            if written.returncode != 0:
-                raise Failure(f"writing {conf}: {tail(written)}")
-            say(f"recovering: base backup {base['label']}, WAL replayed up to {target} ...")
+            postgres_dir(pg_data, config)
+            what = f"to {utc(target)}" if target is not None else "to the end of the archived WAL"
+            say(f"pgBackRest restore {what} ...")
+            pgbackrest(config, *options)
             subprocess.run(["systemctl", "start", unit], check=False)
             wait_promoted(config, timeout)
         except (Failure, OSError, subprocess.CalledProcessError) as failure:
             subprocess.run(["systemctl", "stop", unit], check=False)
-            conf.unlink(missing_ok=True)
-            for live, aside in moved:
-                with contextlib.suppress(OSError):
-                    remove_aside(live)
-                if os.path.lexists(aside):
-                    aside.rename(live)
+            with contextlib.suppress(OSError):
+                remove_aside(pg_data)
+            if os.path.lexists(aside):
+                aside.rename(pg_data)
             subprocess.run(["systemctl", "start", unit], check=False)
-            raise Failure(
-                f"point-in-time restore failed, the previous cluster was put back: {failure}"
-            ) from None
-        conf.unlink(missing_ok=True)
-        subprocess.run(["systemctl", "reload", unit], check=False)
-        for _live, aside in moved:
-            shutil.rmtree(aside, ignore_errors=True)
-        say(f"recovered to {target} and promoted in {time.monotonic() - started:.1f} s")
+            raise Failure(f"restore failed, the previous cluster was put back: {failure}") from None
+        shutil.rmtree(aside, ignore_errors=True)
+        write_stanza_marker(config)
+        say(f"recovered and promoted in {time.monotonic() - started:.1f} s")
         for db in project_databases(config):
             tables = checksums_of(config_path, config, db)
             rows = sum(t["rows"] for t in tables.values())
@@ -1942,11 +1854,16 @@ def restore_point_in_time(
             subprocess.run(["systemctl", "start", *clients], check=False)
 
 
+# restic snapshots taken before pgBackRest held the hand-written WAL spool and base backups:
+# never restored as files
+LEGACY_ARCHIVE = ("/var/lib/rave-backup/wal", "/var/lib/rave-backup/base")
+
+
 def restore_files(temp: Path, snapshot: dict[str, Any], config: dict[str, Any]) -> list[str]:
     restored = []
+    archive = {os.path.normpath(p) for p in (config["dump_dir"], *LEGACY_ARCHIVE)}
     for path in snapshot["paths"]:
-        archive = [config[k] for k in ("dump_dir", "wal_dir", "base_dir") if k in config]
-        if os.path.normpath(path) in {os.path.normpath(p) for p in archive}:
+        if os.path.normpath(path) in archive:
             continue  # restored as databases, never as files
         source = temp / path.lstrip("/")
         if not os.path.lexists(source):
@@ -1971,15 +1888,16 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
     target = parse_time(args.target_time) if args.target_time else None
     if target is not None and not wal_enabled(config):
         raise Failure("WAL archiving is off on this host: no point-in-time restore", EXIT_USAGE)
+    # the whole cluster from pgBackRest: to a time, or (a host restore) to its newest WAL
+    cluster = target is not None or (args.scope == "host" and wal_enabled(config))
     with host_lock(config, wait_seconds=args.wait):
         restic.open()  # a wrong password stops here, before anything is touched
         restic.unlock_stale()
-        if target is None:
-            snapshot = restic.resolve(args.snapshot)
-            only = [config["dump_dir"]] if args.scope == "database" else None
-        else:
-            snapshot = snapshot_for_time(config, restic, args.snapshot, target)
-            only = [config["wal_dir"], config["base_dir"]] if args.scope == "database" else None
+        snapshot = restic.resolve(args.snapshot)
+        only = [config["dump_dir"]] if args.scope == "database" and not cluster else None
+        if args.scope == "database" and cluster:
+            only = [config["dump_dir"] + "/owners.json"]
+        chosen = backup_for_time(config, target) if target is not None else None
         temp = restore_to_temp(config, restic, snapshot, only)
         try:
             if args.scope == "host":
@@ -1987,8 +1905,8 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
                 remapped = remap_owners(temp, owners)
                 if remapped:
                     say(f"{remapped} restored files re-owned to this host's user and group ids")
-            archive = {config[k] for k in ("dump_dir", "wal_dir", "base_dir") if k in config}
-            if target is None:
+            archive = {os.path.normpath(p) for p in (config["dump_dir"], *LEGACY_ARCHIVE)}
+            if not cluster:
                 dump_dir, manifest = read_manifest(temp, config)
                 plan = [
                     f"databases {', '.join(sorted(manifest['databases']))} "
@@ -1996,26 +1914,28 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
                 ]
                 if args.scope == "host":
                     plan.insert(0, "roles (globals.sql)")
-            else:
-                # the restored spool and base backups are postgres's (restore_command, tar):
-                # checked and handed over before the plan, so a dry run refuses a link too
-                hand_to_postgres(
-                    temp,
-                    [temp / config[k].lstrip("/") for k in ("wal_dir", "base_dir")],
-                    config,
-                )
-                base = choose_base(temp, config, snapshot, target)
-                segments = wal_range(temp, config, base)
+            elif chosen is not None and target is not None:
                 plan = [
                     f"the whole PostgreSQL cluster (every database and role) to {utc(target)}: "
-                    f"base backup {base['label']} (finished {utc(base['finished'])}), then "
-                    f"{len(segments)} archived WAL file(s) "
-                    f"({segments[0] if segments else '-'} .. {segments[-1] if segments else '-'})"
-                    " replayed up to that time (the current cluster is put back if it fails)"
+                    f"pgBackRest {chosen['type']} backup {chosen['label']} (finished "
+                    f"{utc(chosen['timestamp']['stop'])}), then the archived WAL replayed up to "
+                    "that time (the current cluster is put back if it fails)"
+                ]
+            else:
+                backups = pgbackrest_backups(config)
+                if not backups:
+                    raise Failure("the pgBackRest repository holds no backup", EXIT_USAGE)
+                plan = [
+                    f"the whole PostgreSQL cluster (every database and role): pgBackRest "
+                    f"{backups[-1]['type']} backup {backups[-1]['label']}, then every archived "
+                    f"WAL file up to {archive_end(config)} (the current cluster is put back if "
+                    "it fails)"
                 ]
             if args.scope == "host":
                 plan.insert(
-                    0, "files: " + ", ".join(p for p in snapshot["paths"] if p not in archive)
+                    0,
+                    "files: "
+                    + ", ".join(p for p in snapshot["paths"] if os.path.normpath(p) not in archive),
                 )
             what = f"snapshot {snapshot['short_id']}" + (
                 f", point in time {utc(target)}" if target is not None else ""
@@ -2029,14 +1949,12 @@ def cmd_restore(config_path: str, config: dict[str, Any], args: argparse.Namespa
             if args.scope == "host":
                 for path in restore_files(temp, snapshot, config):
                     say(f"restored {path}")
-            if target is None:
+            if not cluster:
                 restore_databases(
                     config_path, config, dump_dir, manifest, with_globals=args.scope == "host"
                 )
             else:
-                restore_point_in_time(
-                    config_path, config, temp, base, utc(target), timeout=args.recovery_timeout
-                )
+                restore_cluster(config_path, config, chosen, target, args.recovery_timeout)
         finally:
             shutil.rmtree(temp, ignore_errors=True)
     if args.scope == "host":
@@ -2080,6 +1998,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("status")
     sub.add_parser("databases")
     sub.add_parser("wal-status")
+    sub.add_parser("stanza")
     ls = sub.add_parser("ls")
     ls.add_argument("--snapshot", default="latest")
     check = sub.add_parser("check")
@@ -2126,6 +2045,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_checksums(args.config, config, args)
         if command == "wal-status":
             return cmd_wal_status(config, args)
+        if command == "stanza":
+            return cmd_stanza(config, args)
         if command == "databases":
             print("\n".join(project_databases(config)))
             return 0

@@ -213,6 +213,7 @@ def evaluate(
     checks += _services(host, probe)
     checks += _ports(host, probe, control)
     checks += _webhook_queue(host, probe)
+    checks += _pgbackrest(host, probe)
     checks += _application(host, control)
     checks += _resources(host, config, probe)
     return checks
@@ -543,6 +544,16 @@ def _webhook_queue(host: str, probe: dict[str, Any]) -> list[Check]:
         _check(host, "application", name, ok, detail)
         for name, ok, detail in webhook_queue_checks(health)
     ]
+
+
+def _pgbackrest(host: str, probe: dict[str, Any]) -> list[Check]:
+    """`pgbackrest check` where PostgreSQL archives with pgBackRest (the probe ran it)."""
+    result = probe.get("pgbackrest")
+    if not isinstance(result, dict):
+        return []
+    ok = result.get("rc") == 0
+    detail = "WAL pushed and found in the repository" if ok else str(result.get("tail") or "")
+    return [_check(host, "application", "pgbackrest check", ok, detail or f"exit {result['rc']}")]
 
 
 def _application(host: str, control: ControlResults | None) -> list[Check]:

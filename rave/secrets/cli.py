@@ -57,6 +57,11 @@ ROTATABLE = (
 
 # generated values the host would ignore: `rotate` refuses them and says how to change them
 NOT_ROTATABLE = {
+    "backup_pgbackrest_cipher_password": (
+        "pgBackRest cannot re-encrypt a repository: its cipher pass stays for the repository's "
+        "life. To change it, start a new repository (a new repo1-path) with a new value set by "
+        "`rave-secrets set backup_pgbackrest_cipher_password --env {env}`, then deploy"
+    ),
     "grafana_admin_password": (
         "Grafana reads grafana_admin_password only when it first creates its database, so a new "
         "value would not change the admin password (the old one would keep working). Change it "

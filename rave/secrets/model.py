@@ -136,6 +136,13 @@ class SecretsModel(BaseModel):
         description="the password before the last rotation, until the repository was moved to "
         "the new one (restic key add, then key remove of the old key; empty: no rotation pending)",
     )
+    # optional so that a file written before pgBackRest still decrypts; the deploy refuses a
+    # host whose PostgreSQL backups need it while it is empty (rave/validation.py)
+    backup_pgbackrest_cipher_password: str = Field(
+        "",
+        description="pgBackRest's repository cipher pass (repo1-cipher-type aes-256-cbc); "
+        "fixed for the life of the repository (pgBackRest cannot re-key one)",
+    )
     # optional (a local repository needs none): files that lack them still decrypt and install
     backup_repository_env: dict[str, str] = Field(
         default_factory=dict,
@@ -201,7 +208,7 @@ class SecretsModel(BaseModel):
     def _passwords(cls, value: str) -> str:
         return _password(value, "password")
 
-    @field_validator("backup_repository_previous_password")
+    @field_validator("backup_repository_previous_password", "backup_pgbackrest_cipher_password")
     @classmethod
     def _previous_password(cls, value: str) -> str:
         return _password(value, "password") if value else value

@@ -73,6 +73,8 @@ def generated_values(names: list[str], previous: SecretsModel | None = None) -> 
         "backup_repository_password",
     ):
         data.setdefault(name, generate.password())
+    if not data.get("backup_pgbackrest_cipher_password"):
+        data["backup_pgbackrest_cipher_password"] = generate.password()
     data.setdefault(
         "alertmanager_receivers",
         [AlertReceiver.model_validate({"name": "default"}).model_dump(mode="json")],

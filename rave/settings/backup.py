@@ -153,22 +153,42 @@ class BackupSettings(Concern):
     )
     backup_wal_archiving: bool = Field(
         True,
-        description="continuous WAL archiving (PostgreSQL archive_command into a spool that every "
-        "backup run puts into restic) plus periodic base backups: point-in-time restore",
+        description="PostgreSQL backups by pgBackRest: archive_command `pgbackrest archive-push` "
+        "(each WAL segment into the pgBackRest repository as PostgreSQL completes it), full and "
+        "differential backups with every backup run, point-in-time restore",
     )
     backup_wal_archive_timeout_sec: int = Field(
-        300,
-        ge=60,
+        60,
+        ge=30,
         le=3600,
-        description="PostgreSQL archive_timeout: a WAL segment is archived at least this often "
-        "while anything is written (so a quiet host still archives)",
+        description="PostgreSQL archive_timeout: a WAL segment is pushed at least this often "
+        "while anything is written; the recovery point after a lost host (repository off it)",
     )
-    backup_base_interval_hours: int = Field(
+    backup_pgbackrest_repo_type: Literal["posix"] = Field(
+        "posix",
+        description="pgBackRest repository type (repo1-type); posix: a path, local or a mount",
+    )
+    backup_pgbackrest_repo_path: str = Field(
+        "/var/backups/rave/pgbackrest",
+        pattern=r"^/[^\s]+$",
+        description="pgBackRest repository path (repo1-path); on the host's own disk it needs "
+        "backup_local_repository_acknowledged outside staging, like a local restic repository",
+    )
+    backup_pgbackrest_full_interval_days: int = Field(
+        7,
+        ge=1,
+        le=90,
+        description="a backup run takes a full pgBackRest backup when the newest full one is "
+        "older than this, a differential one otherwise",
+    )
+    backup_pgbackrest_retention_full: int = Field(
+        2, ge=1, le=100, description="full pgBackRest backups kept (repo1-retention-full)"
+    )
+    backup_pgbackrest_retention_diff: int = Field(
         24,
         ge=1,
-        le=24 * 31,
-        description="a backup run takes a new base backup (pg_basebackup) when the last one is "
-        "older than this: the starting point WAL is replayed from",
+        le=1000,
+        description="differential pgBackRest backups kept (repo1-retention-diff)",
     )
     # --- parameters of the operator operations (ops/backup_*.py), given with --data
     backup_snapshot: str = Field(
@@ -184,8 +204,8 @@ class BackupSettings(Concern):
     backup_restore_target_time: str | None = Field(
         None,
         description="ops/backup_restore.py: restore to this point in time (ISO 8601 with a time "
-        "zone, e.g. 2026-12-06T15:04:05+00:00): a base backup plus archived WAL replayed up "
-        "to it (the whole PostgreSQL cluster)",
+        "zone, e.g. 2026-12-06T15:04:05+00:00): pgBackRest restores the whole PostgreSQL cluster "
+        "to it (a backup plus the archived WAL replayed up to that time)",
     )
     backup_restore_confirm: bool = Field(
         False, description="ops/backup_restore.py: really restore (false: print the plan only)"

@@ -20,6 +20,8 @@ from tests.host.units import start_unit
 
 RB = "/usr/local/sbin/rave-backup"
 REPOSITORY = "/var/backups/rave/restic"  # the settings' default (staging keeps it local)
+PGBACKREST = "/usr/local/sbin/rave-pgbackrest"
+PGBACKREST_REPOSITORY = "/var/backups/rave/pgbackrest"  # the default (staging: local)
 TEST_DB = "rave_backup_test"
 METRICS = "/var/lib/prometheus/node-exporter/rave_backup.prom"
 
@@ -75,6 +77,23 @@ def backup(host) -> str:
     current = state(host)
     assert current["last_exit_code"] == 0
     return current["last_snapshot"]
+
+
+def pgbackrest_info(host) -> dict:
+    out = run(host, f"runuser -u postgres -- {PGBACKREST} info --output=json").stdout
+    return json.loads(out)[0]
+
+
+def _pushed(host) -> str:
+    """The newest WAL segment in the repository ('' if none)."""
+    return max((a.get("max") or "" for a in pgbackrest_info(host).get("archive") or []), default="")
+
+
+def _wait_pushed(host, segment: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _pushed(host) < segment:
+        assert time.monotonic() < deadline, f"WAL segment {segment} never reached the repository"
+        time.sleep(0.5)
 
 
 def operator_op(*args: str) -> subprocess.CompletedProcess[str]:
@@ -195,7 +214,7 @@ def _host_state(host) -> dict:
             host,
             "sha256sum /etc/ssh/ssh_host_ed25519_key* && "
             "find /etc/rave /var/lib/rave-backup -xdev -type f ! -name lock "
-            "! -path '/var/lib/rave-backup/wal/*' -exec sha256sum {} + "
+            "-exec sha256sum {} + "
             "| sort",
         ).stdout,
         "databases": run(host, f"{RB} databases").stdout,

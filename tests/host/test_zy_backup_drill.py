@@ -1,12 +1,14 @@
 """Disaster-recovery drill (runs late: it destroys and rebuilds the staging host).
 
-Host A takes events, is backed up, and is destroyed (`rave-staging reset`: a fresh Debian
-root). The repository survives A: it is copied to the control machine before the reset and put
-back on the fresh host before its deploy, standing in for a remote (sftp/S3) repository. The
-fresh host is deployed from the same inventory, then ops/backup_restore.py (scope host)
-restores it. Every database table (row counts and content checksums, which covers every
-webhook event), the encrypted secrets file and the host identity (SSH host key) must come
-back; the recovery time is printed.
+Host A takes events, is backed up, then takes more events that no backup run covers: they
+reach the pgBackRest repository only as WAL that PostgreSQL pushes (archive_timeout). Once
+that WAL is there A is destroyed (`rave-staging reset`: a fresh Debian root) without a final
+backup. The repositories survive A: they are copied to the control machine at the moment of the
+loss and put back on the fresh host before its deploy, standing in for remote ones. The fresh
+host is deployed from the same inventory, then ops/backup_restore.py (scope host) restores it.
+Every database table (row counts and content checksums, which covers every webhook event, the
+unbacked ones too), the encrypted secrets file and the host identity (SSH host key) must come
+back; the recovery point and recovery time are printed.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from rave.components import component
 from rave.secrets import crypto
 from rave.secrets.store import STAGING_IDENTITY, Environment
 from tests.host.conftest import rave_staging
-from tests.host.test_backup import RB, backup, operator_op, psql, run
+from tests.host.test_backup import RB, _wait_pushed, backup, operator_op, psql, run
 
 DRILL_DB = "rave_drill"
 REPOSITORY_PARENT = "/var/backups/rave"
+ARCHIVE_TIMEOUT = 60  # backup_wal_archive_timeout_sec's default
+MARGIN = 30
 
 
 def _identity(host) -> dict:
@@ -135,7 +139,10 @@ def _destroy_keeping_repository(staging, host, name: str) -> float:
         archive = Path(tmp) / "repository.tar"
         with archive.open("wb") as out:
             copied = _ssh(
-                staging, name, f"sudo tar -C {REPOSITORY_PARENT} -cf - restic", stdout=out
+                staging,
+                name,
+                f"sudo tar -C {REPOSITORY_PARENT} -cf - restic pgbackrest",
+                stdout=out,
             )
         assert copied.returncode == 0 and archive.stat().st_size > 0
 
@@ -148,7 +155,7 @@ def _destroy_keeping_repository(staging, host, name: str) -> float:
             put_back = _ssh(
                 staging,
                 name,
-                f"sudo install -d -m 700 {REPOSITORY_PARENT} && "
+                f"sudo install -d -m 755 {REPOSITORY_PARENT} && "
                 f"sudo tar -C {REPOSITORY_PARENT} -xf -",
                 stdin=src,
             )
@@ -161,10 +168,18 @@ def test_disaster_recovery_drill(staging, host):
     events = _events(host)
     deliveries = _send_webhook_events(staging, WEBHOOK_EVENTS)
     _wait_stored(host, deliveries)
+    snapshot = backup(host)
+    # after the last backup run: only the WAL that PostgreSQL pushes carries these
+    unbacked = _send_webhook_events(staging, WEBHOOK_EVENTS)
+    _wait_stored(host, unbacked)
+    last_write = time.monotonic()
+    segment = psql(host, "SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
     before_identity = _identity(host)
     before_databases = _databases(host)
     assert before_databases[DRILL_DB]["public.events"]["rows"] == events
-    snapshot = backup(host)
+    # archive_timeout closes the segment; nothing else forces it (no pg_switch_wal, no backup)
+    _wait_pushed(host, segment, timeout=ARCHIVE_TIMEOUT + MARGIN)
+    recovery_point = time.monotonic() - last_write
 
     disaster = _destroy_keeping_repository(staging, host, name)
 
@@ -192,15 +207,19 @@ def test_disaster_recovery_drill(staging, host):
     after_databases = _databases(host)
     assert after_databases == before_databases  # every table, every event, byte for byte
     assert _stored(host, deliveries) == len(deliveries)  # every accepted webhook event
+    assert _stored(host, unbacked) == len(unbacked)  # those after the last backup run too
     assert host.service("rave-secrets.service").is_running
     assert host.service("rave-backup.timer").is_running
     assert host.service("rave-webhook.service").is_running
     after = _send_webhook_events(staging, 1)  # the restored host takes events again
     _wait_stored(host, after)
     print(
-        f"\nDR drill: {len(deliveries)} webhook events, {events} rows of {DRILL_DB}, "
+        f"\nDR drill: {len(deliveries)} + {len(unbacked)} webhook events (the latter after the "
+        f"last backup run), {events} rows of {DRILL_DB}, "
         f"{len(before_databases)} database(s) restored "
         f"from snapshot {snapshot[:8]}; host key {before_identity['host_key']} kept.\n"
+        f"recovery point: the last write was in the repository {recovery_point:.1f} s after "
+        f"it (archive_timeout {ARCHIVE_TIMEOUT} s); "
         f"recovery time {recovered - disaster:.1f} s (reset {deploy_started - disaster:.1f} s, "
         f"deploy {restore_started - deploy_started:.1f} s, "
         f"restore {recovered - restore_started:.1f} s)"

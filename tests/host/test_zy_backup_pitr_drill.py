@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from tests.host.test_backup import backup, checksums, operator_op, psql
-from tests.host.test_backup_pitr import _switch, _wait_in_spool
+from tests.host.test_backup import _wait_pushed, backup, checksums, operator_op, psql
+from tests.host.test_backup_pitr import _switch
 from tests.host.test_zy_backup_drill import (
     _destroy_keeping_repository,
     _identity,
@@ -28,7 +28,7 @@ DRILL_DB = "rave_pitr_drill"
 
 def test_point_in_time_recovery_onto_a_fresh_host(staging, host):
     name = staging.names[0]
-    backup(host)  # a base backup from before the noted time
+    backup(host)  # a pgBackRest backup from before the noted time
     psql(host, f"DROP DATABASE IF EXISTS {DRILL_DB}")
     psql(host, f"CREATE DATABASE {DRILL_DB}")
     psql(
@@ -81,7 +81,7 @@ def test_point_in_time_recovery_onto_a_fresh_host(staging, host):
     _wait_stored(host, again)
     segment = _switch(host)
     assert int(segment[:8], 16) >= 2, segment  # the restored cluster's new timeline
-    _wait_in_spool(host, segment)
+    _wait_pushed(host, segment)
     backup(host)
     print(f"\nPITR onto a fresh host: restored to {noted} in {elapsed:.1f} s (after deploy)")
     psql(host, f"DROP DATABASE IF EXISTS {DRILL_DB}")

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -64,13 +65,22 @@ def test_metrics_file_is_replaced_atomically_and_readable(rb, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("repository", "local"),
-    [("/var/backups/rave/restic", 1), ("sftp:backup@backup.example.org:/srv/rave", 0)],
+    ("repository", "pgbackrest_posix", "local"),
+    [
+        ("/var/backups/rave/restic", False, 1),
+        ("sftp:backup@backup.example.org:/srv/rave", False, 0),
+        ("sftp:backup@backup.example.org:/srv/rave", True, 1),  # pgBackRest's is a path here
+    ],
 )
 def test_repository_metric_says_whether_the_repository_is_on_the_host(
-    rb, tmp_path, repository, local
+    rb, tmp_path, repository, pgbackrest_posix, local
 ):
-    config = {"textfile_dir": str(tmp_path), "repository": repository}
+    config = {
+        "textfile_dir": str(tmp_path),
+        "repository": repository,
+        "wal_archiving": pgbackrest_posix,
+        "pgbackrest": {"repo_type": "posix"},
+    }
     rb.write_metrics(config, "rave_backup_repository", rb.repository_metrics(config))
     text = (tmp_path / "rave_backup_repository.prom").read_text()
     assert f"rave_backup_repository_local {local}\n" in text
@@ -138,17 +148,6 @@ def test_restored_files_are_reowned_by_name(rb, tmp_path):
     assert target.stat().st_uid == nobody.pw_uid
 
 
-def test_wal_file_names_and_positions(rb):
-    size = 16 * 1024 * 1024
-    assert rb.wal_file_name(1, "0/2000028", size) == "000000010000000000000002"
-    assert rb.wal_file_name(2, "1/FF000000", size) == "0000000200000001000000FF"
-    assert rb.segment_position("000000010000000000000002.gz") == "0000000000000002"
-    assert rb.segment_position("000000010000000000000002.00000028.backup.gz") == (
-        "0000000000000002"
-    )
-    assert rb.segment_position("00000002.history.gz") is None
-
-
 def test_parse_time_accepts_restic_and_operator_forms(rb):
     a = rb.parse_time("2026-12-06T15:04:05.123456789Z")  # restic: nanoseconds
     b = rb.parse_time("2026-12-06T16:04:05.123456+01:00")
@@ -160,60 +159,15 @@ def test_parse_time_accepts_restic_and_operator_forms(rb):
     assert rb.utc(0) == "1970-01-01T00:00:00.000+00:00"
 
 
-def _base(root: Path, label: str, finished: float, start_wal: str) -> None:
-    (root / label).mkdir(parents=True)
-    info = {"label": label, "finished": finished, "start_wal": start_wal, "system_identifier": "1"}
-    (root / label / "rave-base.json").write_text(json.dumps(info))
-
-
-def test_prune_keeps_the_newest_base_and_its_wal_and_history(rb, tmp_path):
-    config = {"base_dir": str(tmp_path / "base"), "wal_dir": str(tmp_path / "wal")}
-    _base(tmp_path / "base", "old", 100, "000000010000000000000002")
-    _base(tmp_path / "base", "new", 200, "000000010000000000000005")
-    (tmp_path / "base" / "incomplete").mkdir()  # no rave-base.json: not a base backup
-    spool = tmp_path / "wal"
-    spool.mkdir()
-    names = [f"0000000100000000000000{n:02X}.gz" for n in range(2, 8)]
-    names += ["00000002.history.gz", "000000010000000000000003.00000028.backup.gz"]
-    for name in names:
-        (spool / name).write_text("x")
-    (spool / ".000000010000000000000008.tmp").write_text("x")  # being archived
-    listed = rb.spool_files(config)
-    assert [p.name for p in listed] == sorted(names)
-    (spool / "000000010000000000000008.gz").write_text("x")  # archived after the listing
-    rb.prune_archive(config, listed)
-    assert [b["label"] for b in rb.base_backups(config)] == ["new"]
-    left = sorted(p.name for p in spool.iterdir())
-    assert left == [
-        ".000000010000000000000008.tmp",
-        "000000010000000000000005.gz",
-        "000000010000000000000006.gz",
-        "000000010000000000000007.gz",
-        "000000010000000000000008.gz",
-        "00000002.history.gz",
-    ]
-
-
-def test_choose_base_takes_the_newest_finished_before_the_target(rb, tmp_path):
-    config = {"base_dir": "/var/lib/rave-backup/base"}
-    root = tmp_path / "var/lib/rave-backup/base"
-    _base(root, "a", 100, "000000010000000000000002")
-    _base(root, "b", 200, "000000010000000000000005")
-    snapshot = {"short_id": "abcd1234"}
-    assert rb.choose_base(tmp_path, config, snapshot, 150)["label"] == "a"
-    assert rb.choose_base(tmp_path, config, snapshot, 250)["label"] == "b"
-    with pytest.raises(rb.Failure, match="earliest point it can restore"):
-        rb.choose_base(tmp_path, config, snapshot, 50)
-
-
 def test_restore_files_never_writes_the_archive_directories(rb, tmp_path, monkeypatch):
     copied = []
     monkeypatch.setattr(rb.subprocess, "run", lambda args, check: copied.append(args[-1]))
-    config = {"dump_dir": "/s/dump", "wal_dir": "/s/wal", "base_dir": "/s/base"}
-    for path in ("s/dump", "s/wal", "s/base", "etc/x"):
+    config = {"dump_dir": "/s/dump"}
+    legacy = [p.lstrip("/") for p in rb.LEGACY_ARCHIVE]  # snapshots from before pgBackRest
+    for path in ("s/dump", *legacy, "etc/x"):
         (tmp_path / path).mkdir(parents=True)
     monkeypatch.setattr(rb.Path, "mkdir", lambda *a, **k: None)
-    snapshot = {"paths": ["/s/dump", "/s/wal", "/s/base", "/etc/x"]}
+    snapshot = {"paths": ["/s/dump", *rb.LEGACY_ARCHIVE, "/etc/x"]}
     assert rb.restore_files(tmp_path, snapshot, config) == ["/etc/x"]
 
 
@@ -543,32 +497,49 @@ def test_reads_and_writes_in_postgres_directories_never_follow_a_link(rb, tmp_pa
     ]
 
 
-def test_the_spool_and_base_backups_ignore_planted_links(rb, tmp_path):
+def test_a_backup_leaves_links_in_the_dump_directory_out(rb, tmp_path):
     secret = _secret(tmp_path)
-    config = {
-        "base_dir": str(tmp_path / "base"),
-        "wal_dir": str(tmp_path / "wal"),
-        "dump_dir": str(tmp_path / "dump"),
-    }
-    _base(tmp_path / "base", "real", 100, "000000010000000000000002")
-    (tmp_path / "base" / "linked").symlink_to(tmp_path / "base" / "real")
-    (tmp_path / "base" / "lying").mkdir()
-    (tmp_path / "base" / "lying" / "rave-base.json").symlink_to(secret)
-    spool = tmp_path / "wal"
-    spool.mkdir()
-    (spool / "000000010000000000000002.gz").write_text("x")
-    (spool / "000000010000000000000003.gz").symlink_to(secret)
+    config = {"dump_dir": str(tmp_path / "dump")}
     (tmp_path / "dump").mkdir()
-    assert [p.name for p in rb.spool_files(config)] == ["000000010000000000000002.gz"]
-    assert [b["label"] for b in rb.base_backups(config)] == ["real"]
+    (tmp_path / "dump" / "rave.dump").write_text("x")
+    (tmp_path / "dump" / "evil.dump").symlink_to(secret)
     # the backup leaves every link out of the snapshot, with a warning naming it
-    foreign = rb.foreign_in_archive(config)
-    assert sorted(foreign) == [
-        str(tmp_path / "base" / "linked"),
-        str(tmp_path / "base" / "lying" / "rave-base.json"),
-        str(spool / "000000010000000000000003.gz"),
-    ]
+    assert rb.foreign_in_archive(config) == [str(tmp_path / "dump" / "evil.dump")]
     assert rb.restic_literal("/s/wal/a*b?[c]\\d") == "/s/wal/a\\*b\\?\\[c\\]\\\\d"
+
+
+def _backup(label: str, kind: str, stop: float) -> dict:
+    """An entry of `pgbackrest info --output=json` (the fields rave-backup reads)."""
+    return {"label": label, "type": kind, "timestamp": {"start": stop - 10, "stop": stop}}
+
+
+def test_a_full_backup_when_none_or_the_newest_full_is_too_old(rb):
+    config = {"pgbackrest": {"full_interval_days": 7}}
+    now = time.time()
+    assert rb.backup_type(config, []) == "full"
+    recent = [_backup("F1", "full", now - 3600), _backup("D1", "diff", now - 60)]
+    assert rb.backup_type(config, recent) == "diff"
+    old = [_backup("F1", "full", now - 8 * 86400), _backup("D1", "diff", now - 60)]
+    assert rb.backup_type(config, old) == "full"
+    only_diffs = [_backup("D1", "diff", now - 60)]  # after expire lost the full: a new full
+    assert rb.backup_type(config, only_diffs) == "full"
+
+
+def test_point_in_time_takes_the_newest_backup_finished_before_the_target(rb, monkeypatch):
+    backups = [_backup("F1", "full", 100), _backup("D1", "diff", 200)]
+    monkeypatch.setattr(rb, "pgbackrest_backups", lambda config: backups)
+    assert rb.backup_for_time({}, 150)["label"] == "F1"
+    assert rb.backup_for_time({}, 250)["label"] == "D1"
+    with pytest.raises(rb.Failure, match="earliest point it can restore"):
+        rb.backup_for_time({}, 50)
+    monkeypatch.setattr(rb, "pgbackrest_backups", lambda config: [])
+    with pytest.raises(rb.Failure, match="holds no backup"):
+        rb.backup_for_time({}, 50)
+
+
+def test_pgbackrest_target_time_is_utc_with_milliseconds(rb):
+    assert rb.pgbackrest_time(1765033445.1239) == "2025-12-06 15:04:05.123+00"
+    assert rb.parse_time("2025-12-06 15:04:05.123+00:00") == pytest.approx(1765033445.123)
 
 
 @pytest.mark.parametrize(

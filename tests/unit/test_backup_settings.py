@@ -73,7 +73,13 @@ def test_restore_target_time_needs_a_zone_and_is_normalised():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("backup_wal_archive_timeout_sec", 10), ("backup_base_interval_hours", 0)],
+    [
+        ("backup_wal_archive_timeout_sec", 10),
+        ("backup_pgbackrest_full_interval_days", 0),
+        ("backup_pgbackrest_retention_full", 0),
+        ("backup_pgbackrest_repo_type", "sftp"),  # not in Debian's pgBackRest 2.45
+        ("backup_pgbackrest_repo_path", "relative/path"),
+    ],
 )
 def test_wal_settings_are_bounded(field, value):
     with pytest.raises(ValidationError, match=field):

@@ -89,6 +89,9 @@ def test_sandbox_writes_only_state_cache_metrics_and_a_local_repository():
         task.CACHE_DIR,
         "-/var/lib/prometheus/node-exporter",
         "/srv/restic",
+        # pgBackRest (as postgres, from the backup run) writes its repository and its log
+        "/var/backups/rave/pgbackrest",
+        f"-{task.PGBACKREST_LOG}",
     }
     assert "PrivateNetwork=yes" in dropin  # a local repository needs no network
     remote = task.sandbox_dropin(make_settings(backup_repository="sftp:b@h:/r"))
@@ -154,22 +157,59 @@ def test_templates_hook_covers_the_backup_templates():
 
 
 def test_wal_archiving_configuration():
-    s = make_settings(backup_wal_archive_timeout_sec=120, backup_base_interval_hours=12)
+    s = make_settings(backup_wal_archive_timeout_sec=120, backup_pgbackrest_retention_full=3)
     conf = render("backup/wal-archive.conf.j2", **task.wal_archive_context(s))
     assert "archive_mode = on" in conf
-    assert f"archive_command = '{task.ARCHIVE_SCRIPT} {task.WAL_DIR} %p %f'" in conf
+    assert f"archive_command = '{task.PGBACKREST} archive-push %p'" in conf
     assert "archive_timeout = 120" in conf
     assert task.wal_archive_conf(s) == "/etc/postgresql/15/main/conf.d/rave-wal-archive.conf"
     config = json.loads(task.config_text(s))
     assert config["wal_archiving"] is True
-    assert config["base_interval_hours"] == 12
     assert config["pg_data"] == "/var/lib/postgresql/15/main"
     assert config["pg_unit"] == component("postgresql").unit
-    # the spool and base backups are under the state directory the backup unit may write
-    assert config["wal_dir"].startswith(task.STATE_DIR + "/")
-    assert config["base_dir"].startswith(task.STATE_DIR + "/")
-    # no archiving without database dumps (nothing would put the spool into restic)
+    assert config["pgbackrest"]["command"] == task.PGBACKREST
+    assert config["pgbackrest"]["repo_path"] == s.backup_pgbackrest_repo_path
     assert not json.loads(task.config_text(make_settings(backup_databases=False)))["wal_archiving"]
+    pgbackrest = task.pgbackrest_conf(s)
+    assert "repo1-cipher-type=aes-256-cbc" in pgbackrest
+    assert "repo1-retention-full=3" in pgbackrest
+    assert "pg1-path=/var/lib/postgresql/15/main" in pgbackrest
+    assert "cipher-pass" not in pgbackrest  # the pass is never in a file on disk
+
+
+def test_the_wrapper_reads_the_cipher_pass_from_the_secrets_into_the_environment():
+    wrapper = task.pgbackrest_wrapper()
+    pass_file = "/run/rave/secrets/postgresql/backup_pgbackrest_cipher_password"
+    assert f'PGBACKREST_REPO1_CIPHER_PASS="$(cat {pass_file})"' in wrapper
+    assert "export PGBACKREST_REPO1_CIPHER_PASS" in wrapper
+    assert f'exec /usr/bin/pgbackrest --stanza={task.STANZA} "$@"' in wrapper
+    # postgres (archive_command) must read it: the secret is the postgresql component's
+    assert "backup_pgbackrest_cipher_password" in component("postgresql").secrets
+
+
+def test_stanza_fact_is_ok_only_for_this_cluster_and_repository(tmp_path):
+    controldata = tmp_path / "pg_controldata"
+    controldata.write_text(
+        "#!/bin/sh\necho 'pg_control version number:            1300'\n"
+        "echo 'Database system identifier:           7451234567890123456'\n"
+    )
+    controldata.chmod(0o755)
+    marker = tmp_path / "marker"
+    fact = task.PgBackRestStanza()
+
+    def status(repo: str = "/var/backups/rave/pgbackrest") -> str:
+        command = fact.command(
+            marker=str(marker), controldata=str(controldata), data_dir="/d", repo_path=repo
+        )
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
+        return fact.process(out.stdout.splitlines())
+
+    assert status() == "missing"
+    marker.write_text("7451234567890123456 /var/backups/rave/pgbackrest\n")
+    assert status() == "ok"
+    assert status("/srv/other") == "missing"  # a new repository path: a new stanza
+    marker.write_text("1111111111111111111 /var/backups/rave/pgbackrest\n")
+    assert status() == "missing"  # another cluster (a fresh host, a restore)
 
 
 def test_remote_repository_fact_asks_the_installed_script_and_config_names_credential_files():

@@ -425,3 +425,26 @@ def test_security_lists_age_limit_is_the_setting():
     assert not v.security_lists_check("h", CONFIG, lines).ok
     relaxed = make_settings(hostname="rave-staging-1", apt_security_lists_max_age_days=7)
     assert v.security_lists_check("h", relaxed, lines).ok
+
+
+def test_pgbackrest_check_is_a_validation_check_where_it_ran():
+    probe = healthy_probe()
+    probe["pgbackrest"] = {"rc": 0, "tail": ""}
+    checks = v.evaluate("h", CONFIG, probe, healthy_control())
+    assert [c.ok for c in checks if c.name == "pgbackrest check"] == [True]
+    probe["pgbackrest"] = {"rc": 82, "tail": "ERROR: [082]: WAL segment was not archived"}
+    assert failures(probe) == {
+        "application/pgbackrest check": "ERROR: [082]: WAL segment was not archived"
+    }
+    probe["pgbackrest"] = None  # no WAL archiving with pgBackRest on this host: no check
+    assert not any(c.name == "pgbackrest check" for c in v.evaluate("h", CONFIG, probe, None))
+
+
+def test_the_probe_runs_pgbackrest_check_as_postgres_and_reads_its_exit_code():
+    from rave.facts import ValidationProbe
+
+    fact = ValidationProbe()
+    assert "runuser -u postgres -- /usr/local/sbin/rave-pgbackrest check" in fact.command()
+    probe = fact.process(["@@rave-section pgbackrest", "ERROR: [082]: not archived", "rc=82"])
+    assert probe["pgbackrest"] == {"rc": 82, "tail": "ERROR: [082]: not archived"}
+    assert fact.process(["@@rave-section pgbackrest"])["pgbackrest"] is None

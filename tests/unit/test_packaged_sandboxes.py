@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from rave.sandbox import Sandbox, directives, dropin_text
-from tasks.backup import WAL_DIR
-from tasks.database import SANDBOX as POSTGRES
+from tasks.backup import PGBACKREST_LOG
+from tasks.database import postgres_sandbox
 from tasks.edge import SANDBOX as NGINX
 from tasks.hardening import FAIL2BAN_SANDBOX as FAIL2BAN
 from tests.tools import require_tool
+from tests.unit.conftest import make_settings
+
+POSTGRES = postgres_sandbox(make_settings())
 
 # the [Service] sections of Debian 12's units (nginx 1.22, postgresql-common 248, fail2ban 1.0.2)
 DEBIAN_UNITS = {
@@ -84,7 +87,9 @@ def test_postgresql_runs_as_its_owner_without_capabilities_on_localhost():
     assert d["IPAddressAllow"] == ["localhost"] and d["IPAddressDeny"] == ["any"]
     writable = d["ReadWritePaths"][0].split()
     assert "/var/lib/postgresql" in writable and "/run/postgresql" in writable
-    assert f"-{WAL_DIR}" in writable, "archive_command writes the backup spool"
+    # archive_command (pgbackrest archive-push) writes its log and the posix repository
+    assert f"-{PGBACKREST_LOG}" in writable
+    assert "-/var/backups/rave/pgbackrest" in writable
     assert d["MemoryDenyWriteExecute"] == ["no"], "the LLVM JIT needs W+X"
 
 

@@ -30,6 +30,8 @@ COMMON_NAMES = {
     "webhook_gitlab_tokens",
     # optional: the backup password before a rotation, until retired (issue 17)
     "backup_repository_previous_password",
+    # optional: pgBackRest's repository cipher pass (issue 21)
+    "backup_pgbackrest_cipher_password",
 }
 
 

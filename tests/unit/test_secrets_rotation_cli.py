@@ -265,3 +265,14 @@ def test_a_passphrase_protected_new_key_is_refused(keys, deploys, capsys):
     before = path.read_text()
     assert _rotate(directory, "--old", pairs["bob"][1], "--new-key", str(locked)) == 1
     _refused(capsys, deploys, path, before, "cannot be read without a passphrase")
+
+
+def test_the_pgbackrest_cipher_pass_is_refused_by_rotate_saying_why(env_dir, deploys, capsys):
+    """pgBackRest cannot re-encrypt a repository: a rotated pass would open nothing."""
+    env, state = env_dir
+    before = env.encrypted_path.read_bytes()
+    assert _cli(env, state, "rotate", "backup_pgbackrest_cipher_password", "--deploy") == 1
+    err = capsys.readouterr().err
+    assert "cannot re-encrypt a repository" in err and "new repository" in err
+    assert env.encrypted_path.read_bytes() == before
+    assert deploys.calls == []

@@ -324,14 +324,19 @@ def test_present_lists_optional_secrets_with_a_value_never_the_value(staging):
     env = staging[0]
     assert env.present_path.exists()  # written with every encryption
     # staging: a local repository, no credentials (ccr_ui_password, also optional, is set),
-    # Standard Webhooks on, GitLab off
-    assert env.present() == {"ccr_ui_password": True, "webhook_standard_secrets": True}
+    # Standard Webhooks on, GitLab off, pgBackRest's cipher pass generated
+    assert env.present() == {
+        "backup_pgbackrest_cipher_password": True,
+        "ccr_ui_password": True,
+        "webhook_standard_secrets": True,
+    }
     model = generated_values(["h1"])
     data = model.model_dump(mode="json")
     data["backup_repository_env"] = {"AWS_ACCESS_KEY_ID": "AKIA-secret-id"}
     data["backup_sftp_known_hosts"] = "h ssh-ed25519 AAAA"
     facts = present(type(model).model_validate(data))
     assert facts == {
+        "backup_pgbackrest_cipher_password": True,
         "backup_repository_env": ["AWS_ACCESS_KEY_ID"],
         "backup_sftp_known_hosts": True,
         "ccr_ui_password": True,

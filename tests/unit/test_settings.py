@@ -76,14 +76,18 @@ def _remote_repository_layers(tmp_path, repository, present):
     from rave.secrets.store import Environment
 
     encrypted = tmp_path / "prod.age"
-    if present is not None:
-        env = Environment.for_host("prod", str(encrypted), None)
-        env.present_path.write_text(json.dumps(present))
+    env = Environment.for_host("prod", str(encrypted), None)
+    # pgBackRest's cipher pass is there: these tests are about restic's repository
+    env.present_path.write_text(
+        json.dumps({**(present or {}), "backup_pgbackrest_cipher_password": True})
+    )
     data = {
         "operator_keys": [SAMPLE_KEY],
         "rave_environment": "prod",
         "secrets_file": str(encrypted),
         "backup_repository": repository,
+        # these tests are about restic's repository (pgBackRest's: the tests at the end)
+        "backup_wal_archiving": False,
     }
     return [DataLayer("group_data/prod.py", data)]
 
@@ -176,3 +180,42 @@ def test_the_acknowledgement_must_sit_next_to_the_repository(tmp_path):
 def test_staging_keeps_its_repository_on_the_host_unacknowledged(tmp_path):
     layers = _local_repository_layers(tmp_path, rave_environment="staging")
     assert validate_host("h1", layers).backup_repository == "/srv/restic"
+
+
+def _pgbackrest_layers(tmp_path, present, **prod_data):
+    layers = _remote_repository_layers(tmp_path, "s3:https://s3.example.org/b/r", None)
+    env_present = {
+        "backup_repository_env": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        **present,
+    }
+    (tmp_path / "prod.present").write_text(json.dumps(env_present))
+    data = {k: v for k, v in layers[0].data.items() if k != "backup_wal_archiving"}
+    return [DataLayer("group_data/prod.py", {**data, **prod_data})]
+
+
+def test_production_refuses_a_pgbackrest_repository_on_the_host_unacknowledged(tmp_path):
+    layers = _pgbackrest_layers(tmp_path, {"backup_pgbackrest_cipher_password": True})
+    with pytest.raises(HostDataError) as error:
+        validate_host("h1", layers)
+    message = str(error.value)
+    assert "backup_pgbackrest_repo_path in defaults (no file sets it)" in message
+    assert "/var/backups/rave/pgbackrest" in message
+    acknowledged = _pgbackrest_layers(
+        tmp_path,
+        {"backup_pgbackrest_cipher_password": True},
+        backup_local_repository_acknowledged=True,
+    )
+    assert validate_host("h1", acknowledged).backup_pgbackrest_repo_type == "posix"
+
+
+def test_pgbackrest_needs_its_cipher_pass_in_the_secrets(tmp_path):
+    layers = _pgbackrest_layers(tmp_path, {}, backup_local_repository_acknowledged=True)
+    with pytest.raises(HostDataError) as error:
+        validate_host("h1", layers)
+    message = str(error.value)
+    assert "needs the secret backup_pgbackrest_cipher_password" in message
+    assert "rave-secrets set backup_pgbackrest_cipher_password --env prod" in message
+    off = _pgbackrest_layers(
+        tmp_path, {}, backup_local_repository_acknowledged=True, backup_wal_archiving=False
+    )
+    assert validate_host("h1", off).backup_wal_archiving is False
