@@ -69,8 +69,10 @@ REMOVED_FILES = {
     "etc/systemd/system/getty@tty1.service": "a staging harness mask",
     "etc/systemd/system/systemd-networkd-wait-online.service": "a staging harness mask",
 }
+# log files are emptied, not removed: their owners and modes are the deploy's or the packages'
+TRUNCATED_DIRS = {"var/log": "the build host's logs"}
 EMPTIED_DIRS = {
-    "var/log": "the build host's logs and journal",
+    "var/log/journal": "the build host's journal",
     "var/lib/prometheus/metrics2": "the build host's metrics",
     "var/lib/fail2ban": "fail2ban's bans of the build host",
     "var/lib/rave-backup": "backup state of the build host (the repository password marker)",
@@ -111,6 +113,17 @@ def inside(root: Path, rel: str) -> Path | None:
     return path
 
 
+def _truncate_files(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        return
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            _truncate_files(entry)
+        elif entry.is_file() and not entry.is_symlink():
+            with open(entry, "r+b") as handle:
+                handle.truncate(0)
+
+
 def remove_identity(root: Path) -> list[str]:
     """Strip host identity from a deployed root in place; what was removed, for the manifest."""
     done = []
@@ -119,6 +132,11 @@ def remove_identity(root: Path) -> list[str]:
         if path is not None and (path.is_symlink() or path.exists()):
             path.unlink()
             done.append(f"/{rel}: {why}")
+    for rel, why in TRUNCATED_DIRS.items():
+        path = inside(root, rel)
+        if path is not None and path.is_dir():
+            _truncate_files(path)
+            done.append(f"/{rel}/*: emptied, {why}")
     for rel, why in EMPTIED_DIRS.items():
         path = inside(root, rel)
         if path is not None and path.is_dir():
