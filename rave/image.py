@@ -91,7 +91,12 @@ class ImageError(Exception):
 
 
 def run(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=timeout)
+    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=timeout)
+    if result.returncode != 0:
+        raise ImageError(
+            f"{' '.join(args[:2])} failed ({result.returncode}): {result.stderr[-2000:]}"
+        )
+    return result
 
 
 def _empty_dir(path: Path) -> None:
