@@ -223,3 +223,26 @@ def test_tarball_keeps_owners_modes_xattrs_and_links(tmp_path):
     assert (unpacked / "etc/machine-id").read_text() == ""
     # unpacked once: a second call finds it by its checksum
     assert img.extract_root(tarball, tmp_path / "cache") == (unpacked, recipe)
+
+
+def test_the_cli_prints_the_units_without_root(capsys, monkeypatch):
+    from rave import staging
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # printing needs no privileges
+    assert staging.main(["image", "quadlet", "--mode", "FULL_PIPE"]) == 0
+    assert "--memory=4096m" in capsys.readouterr().out
+    assert staging.main(["image", "qemu-unit", "--mode", "SAFE", "--disk", "/d.qcow2"]) == 0
+    assert "file=/d.qcow2" in capsys.readouterr().out
+    assert staging.main(["image", "build"]) == 2  # building does
+
+
+def test_a_host_remembers_the_image_it_boots_from(tmp_path):
+    from rave import staging
+
+    host = staging.Instance(7, tmp_path / ".staging").host(1)
+    assert host.image() is None
+    host.dir.mkdir(parents=True)
+    host.image_file.write_text("not json")
+    assert host.image() is None  # a damaged record boots the cached root, never half an image
+    host.image_file.write_text('{"root": "/var/cache/x/root", "recipe": "image abc"}')
+    assert host.image() == {"root": "/var/cache/x/root", "recipe": "image abc"}
