@@ -880,6 +880,23 @@ def provision(host: Host) -> None:
     marker.write_text(f"{host.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
 
 
+def cmd_pin_key(inst: Instance, index: int) -> None:
+    """Pin the key the running host has now (after a restore brought back its earlier identity
+    onto a host booted from an image, which had made a new key at first boot)."""
+    with inst.locked():
+        check_instance_id(inst)
+        host = inst.host(select(inst, index, False)[0])
+        if not host.pid():
+            raise StagingError(f"{host.name} is not running")
+        shutil.copyfile(host.root / "etc/ssh/ssh_host_ed25519_key.pub", f"{host.host_key}.pub")
+        shutil.copyfile(host.root / "etc/ssh/ssh_host_ed25519_key", host.host_key)
+        host.host_key.chmod(0o600)
+        hosts = [inst.host(i) for i in inst.known_indices()]
+        write_state_files(inst, hosts)
+        secrets_hook(inst, hosts)
+    log(f"{host.name}: pinned {host.host_public_key().split()[1][:16]}...")
+
+
 def collect_host_key(host: Host, timeout: float = BOOT_TIMEOUT) -> None:
     """An image host's own key, made at its first boot: kept beside the host like a generated
     one (known_hosts, the staging secrets' recipient)."""
@@ -1278,6 +1295,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--all", action="store_true")
     reboot = sub.add_parser("reboot", help="restart host(s), keeping their changes")
     reboot.add_argument("--host", type=int)
+    pin = sub.add_parser("pin-key", help="pin a host's current SSH host key (docs/image.md)")
+    pin.add_argument("--host", type=int, required=True)
     status = sub.add_parser("status", help="what runs (exit 1 unless every host answers ssh)")
     status.add_argument("--json", action="store_true")
     sub.add_parser("info", help="how to reach the hosts")
@@ -1311,6 +1330,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_reboot(inst, args.host)
         elif args.command == "status":
             return cmd_status(inst, args.json)
+        elif args.command == "pin-key":
+            cmd_pin_key(inst, args.host)
         elif args.command == "info":
             print_info(inst)
         elif args.command == "vm":
