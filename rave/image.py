@@ -44,6 +44,10 @@ Before=ssh.service ssh.socket
 [Service]
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+# the fingerprint on the console: compare it with what ssh-keyscan gives before trusting that
+ExecStartPost=/bin/sh -c 'echo "rave-host-identity: new SSH host key \
+$$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"'
+StandardOutput=journal+console
 
 [Install]
 WantedBy=multi-user.target

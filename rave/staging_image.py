@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -178,13 +179,16 @@ def build_qcow2(inst: Instance, tarball: Path, output: Path) -> dict[str, object
     }
 
 
-# a booted image: multi-user reached, and the first boot made its own host key
-BOOTED_MARKERS = ("Finished rave-host-identity.service", "Reached target multi-user.target")
+# a booted image: its first boot made its own host key (rave/image.py prints the fingerprint
+# on the console) and getty's prompt is there (multi-user.target)
+NEW_KEY = re.compile(r"rave-host-identity: new SSH host key 256 (SHA256:\S+) \S+ \(ED25519\)")
+LOGIN_PROMPT = re.compile(r"^\S+ login: ", re.M)
 
 
-def boot_check(qcow2: Path, timeout: float) -> float:
+def boot_check(qcow2: Path, timeout: float) -> tuple[float, str]:
     """Boot the qcow2 under QEMU (-snapshot: the disk is not changed; no network) until the
-    console shows BOOTED_MARKERS; the seconds it took."""
+    console shows the new host key and the login prompt; the seconds it took, the key's
+    fingerprint."""
     from rave import staging_vm as sv
 
     stem = qcow2.name.removesuffix(".qcow2")
@@ -209,8 +213,9 @@ def boot_check(qcow2: Path, timeout: float) -> float:
     try:
         while time.monotonic() - started < timeout:
             text = console.read_text(errors="replace") if console.exists() else ""
-            if all(marker in text for marker in BOOTED_MARKERS):
-                return time.monotonic() - started
+            key = NEW_KEY.search(text)
+            if key and LOGIN_PROMPT.search(text):
+                return time.monotonic() - started, key.group(1)
             if process.poll() is not None:
                 raise StagingError(f"qemu exited ({process.returncode}); console {console}")
             time.sleep(2)
@@ -242,8 +247,8 @@ def _image_command(inst: Instance, args: argparse.Namespace) -> int:
     elif args.image_command == "qcow2":
         print(json.dumps(build_qcow2(inst, args.image.resolve(), args.output.resolve()), indent=2))
     elif args.image_command == "boot-check":
-        seconds = boot_check(args.qcow2.resolve(), args.timeout)
-        print(f"{args.qcow2} booted to multi-user.target with its own host key in {seconds:.0f}s")
+        seconds, fingerprint = boot_check(args.qcow2.resolve(), args.timeout)
+        print(f"{args.qcow2}: its own host key {fingerprint}, login prompt after {seconds:.0f}s")
     elif args.image_command == "quadlet":
         print(img.quadlet_text(args.mode, args.image), end="")
     elif args.image_command == "qemu-unit":

@@ -1,7 +1,7 @@
 """Disaster-recovery drill (runs late: it destroys and rebuilds the staging host).
 
 Host A takes events, is backed up, and is destroyed (`rave-staging reset`: a fresh Debian
-root). The repository survives A: it is copied to the control machine before the reset and put
+root, or on a host booted from the RAVE image the image again, docs/image.md). The repository survives A: it is copied to the control machine before the reset and put
 back on the fresh host before its deploy, standing in for a remote (sftp/S3) repository. The
 fresh host is deployed from the same inventory, then ops/backup_restore.py (scope host)
 restores it. Every database table (row counts and content checksums, which covers every
@@ -142,7 +142,8 @@ def _destroy_keeping_repository(staging, host, name: str) -> float:
         disaster = time.monotonic()
         rave_staging("reset", "--host", str(staging.index(name)))
         staging.reconnect(name)
-        assert not host.file("/usr/local/sbin/rave-backup").exists, "the reset left the host"
+        # a fresh Debian root, or a host booted from the image (the deploy without host state)
+        assert not host.file("/etc/rave/secrets.age").exists, "the reset left the host"
 
         with archive.open("rb") as src:
             put_back = _ssh(

@@ -246,3 +246,26 @@ def test_a_host_remembers_the_image_it_boots_from(tmp_path):
     assert host.image() is None  # a damaged record boots the cached root, never half an image
     host.image_file.write_text('{"root": "/var/cache/x/root", "recipe": "image abc"}')
     assert host.image() == {"root": "/var/cache/x/root", "recipe": "image abc"}
+
+
+def test_the_first_boot_unit_prints_what_boot_check_looks_for(tmp_path):
+    """The unit's console line (run as systemd would: `$$` is a literal `$`, the line joined)
+    and boot-check's pattern must agree, or `image boot-check` waits for ever."""
+    import shlex
+    import subprocess
+
+    from rave.staging_image import LOGIN_PROMPT, NEW_KEY
+
+    key = tmp_path / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    unit = img.FIRST_BOOT_UNIT_TEXT.replace("\\\n", "")
+    (line,) = [v for k, v in unit_sections(unit)["Service"] if k == "ExecStartPost"]
+    argv = shlex.split(line.replace("$$", "$").replace("/etc/ssh/ssh_host_ed25519_key", str(key)))
+    printed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", f"{key}.pub"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    match = NEW_KEY.search(printed)
+    assert match and match.group(1) == fingerprint
+    assert LOGIN_PROMPT.search("Debian GNU/Linux 12 rave ttyS0\n\nrave login: ")
+    assert not LOGIN_PROMPT.search("Starting systemd-logind.service - User Login Management...")
