@@ -1,12 +1,13 @@
 """Disaster-recovery drill (runs late: it destroys and rebuilds the staging host).
 
 Host A takes events, is backed up, and is destroyed (`rave-staging reset`: a fresh Debian
-root, or on a host booted from the RAVE image the image again, docs/image.md). The repository survives A: it is copied to the control machine before the reset and put
-back on the fresh host before its deploy, standing in for a remote (sftp/S3) repository. The
-fresh host is deployed from the same inventory, then ops/backup_restore.py (scope host)
-restores it. Every database table (row counts and content checksums, which covers every
-webhook event), the encrypted secrets file and the host identity (SSH host key) must come
-back; the recovery time is printed.
+root, or the RAVE image again on a host booted from it, docs/image.md). The repository
+survives A: it is copied to the control machine before the reset and put back on the fresh
+host before its deploy, standing in for a remote (sftp/S3) repository. The fresh host is
+deployed from the same inventory, then ops/backup_restore.py (scope host) restores it. Every
+database table (row counts and content checksums, which covers every webhook event), the
+encrypted secrets file and the host identity (SSH host key) must come back; the recovery time
+is printed.
 """
 
 from __future__ import annotations
