@@ -70,6 +70,7 @@ REMOVED_FILES = {
     "etc/sudoers.d/agent": "the staging harness's sudo rule (production: ops/bootstrap.py)",
     "etc/sudoers.d/rave-operator": "ops/bootstrap.py's per-host sudo rule",
     "var/lib/rave-staging/provisioned": "the staging harness's provisioning marker",
+    ".rave-staging-root": "the staging cache's recipe marker",
     "etc/systemd/system/getty@tty1.service": "a staging harness mask",
     "etc/systemd/system/systemd-networkd-wait-online.service": "a staging harness mask",
 }
