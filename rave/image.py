@@ -11,6 +11,7 @@ production deploy does.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -276,8 +277,17 @@ def extract_root(tarball: Path, cache: Path) -> tuple[Path, str]:
     base = cache / digest[:16]
     root = base / "root"
     marker = base / "complete"
-    if marker.exists() and marker.read_text().strip() == recipe:
-        return root, recipe
+    cache.mkdir(parents=True, exist_ok=True)
+    # one unpacker at a time (`up --image` and `image qcow2` may start together)
+    with open(cache / ".extract.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (marker.exists() and marker.read_text().strip() == recipe):
+            _unpack(tarball, base, root)
+            marker.write_text(recipe + "\n")
+    return root, recipe
+
+
+def _unpack(tarball: Path, base: Path, root: Path) -> None:
     shutil.rmtree(base, ignore_errors=True)
     temp = base / "root.partial"
     temp.mkdir(parents=True)
@@ -294,8 +304,6 @@ def extract_root(tarball: Path, cache: Path) -> tuple[Path, str]:
         "--acls",
     )
     temp.rename(root)
-    marker.write_text(recipe + "\n")
-    return root, recipe
 
 
 # -- Podman -----------------------------------------------------------------------------------

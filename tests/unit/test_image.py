@@ -269,3 +269,20 @@ def test_the_first_boot_unit_prints_what_boot_check_looks_for(tmp_path):
     assert match and match.group(1) == fingerprint
     assert LOGIN_PROMPT.search("Debian GNU/Linux 12 rave ttyS0\n\nrave login: ")
     assert not LOGIN_PROMPT.search("Starting systemd-logind.service - User Login Management...")
+
+
+def test_two_unpackers_of_one_image_at_once_both_get_it_whole(tmp_path):
+    """`up --image` and `image qcow2` started together once raced: one deleted the other's
+    half-unpacked directory and failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for n in range(200):
+        (root / "etc" / f"f{n}").write_text("x" * 4096)
+    tarball = tmp_path / "rave-image.tar.gz"
+    img.tar_root(root, tarball)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: img.extract_root(tarball, tmp_path / "cache"), [1, 2]))
+    assert results[0] == results[1]
+    assert len(list((results[0][0] / "etc").iterdir())) == 200
