@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Debian packages the control machine needs (one list: append, keep it sorted by purpose)
 SYSTEM_PACKAGES := python3-venv make git systemd systemd-container debootstrap tinyproxy iproute2 \
 	openssh-client age openssl restic postgresql-client nftables curl \
-	postgresql-15 prometheus gpg qemu-system-x86 e2fsprogs
+	postgresql-15 prometheus gpg qemu-system-x86 qemu-utils e2fsprogs
 
 .PHONY: venv lock system-deps staging staging-down lint typecheck unit host-tests test test-multihost \
 	test-vm

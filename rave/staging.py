@@ -184,6 +184,18 @@ class Host:
         # outside the upper layer: a reset keeps the host's identity (known_hosts, age recipient)
         return self.dir / "ssh_host_ed25519_key"
 
+    @property
+    def image_file(self) -> Path:
+        # {"root": ..., "recipe": ...}: the host boots an overlay of this image (`up --image`)
+        return self.dir / "image.json"
+
+    def image(self) -> dict[str, str] | None:
+        try:
+            data: dict[str, str] = json.loads(self.image_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
     def host_public_key(self) -> str:
         parts = Path(f"{self.host_key}.pub").read_text().split()
         return f"{parts[0]} {parts[1]}"
@@ -674,19 +686,19 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 
 # -- hosts -------------------------------------------------------------------------------------
-def mount_overlay(host: Host, lower: Path) -> None:
+def mount_overlay(host: Host, lower: Path, lower_recipe: str = ROOT_RECIPE) -> None:
     for path in (host.upper, host.work, host.root):
         path.mkdir(parents=True, exist_ok=True)
     if is_mounted(host.root):
         return
     recipe = host.dir / "lower-recipe"
-    if recipe.exists() and recipe.read_text().strip() != ROOT_RECIPE:
-        log(f"{host.name}: the cached root changed; its upper layer is wiped")
+    if recipe.exists() and recipe.read_text().strip() != lower_recipe:
+        log(f"{host.name}: its lower root (cached root or image) changed; its upper layer is wiped")
         shutil.rmtree(host.upper)
         shutil.rmtree(host.work)
         host.upper.mkdir()
         host.work.mkdir()
-    recipe.write_text(ROOT_RECIPE + "\n")
+    recipe.write_text(lower_recipe + "\n")
     # the merged root takes the upper directory's mode: 0755 whatever the caller's umask (0700
     # would lock every account out of /, and sshd with it)
     host.upper.chmod(0o755)
@@ -809,16 +821,21 @@ def harvest_archives(host: Host) -> None:
 
 
 def provision(host: Host) -> None:
-    """First-boot identity, written into the upper layer once (reboots keep deploy changes)."""
+    """First-boot identity, written into the upper layer once (reboots keep deploy changes).
+    A host booted from an image (`up --image`) makes its own machine-id and SSH host key at
+    its first boot, like a production image host; the harness only names it and gives the
+    operator access, like a provider would."""
     root = host.root
     if (root / PROVISIONED_MARKER).exists():
         return
     inst = host.instance
+    from_image = host.image() is not None
     (root / "etc/hostname").write_text(f"{host.name}\n")
     (root / "etc/hosts").write_text(
         f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     )
-    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    if not from_image:
+        (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
     # no DNS in staging: the proxy resolves names; an empty resolv.conf fails fast
     resolv = root / "etc/resolv.conf"
     if resolv.is_symlink():
@@ -827,10 +844,15 @@ def provision(host: Host) -> None:
     ssh_dir = root / "etc/ssh"
     for key in ssh_dir.glob("ssh_host_*"):
         key.unlink()
-    shutil.copyfile(host.host_key, ssh_dir / "ssh_host_ed25519_key")
-    os.chmod(ssh_dir / "ssh_host_ed25519_key", 0o600)
-    shutil.copyfile(f"{host.host_key}.pub", ssh_dir / "ssh_host_ed25519_key.pub")
-    os.chmod(ssh_dir / "ssh_host_ed25519_key.pub", 0o644)
+    if from_image:
+        # the key the host makes at first boot replaces the one kept for this index
+        host.host_key.unlink(missing_ok=True)
+        Path(f"{host.host_key}.pub").unlink(missing_ok=True)
+    else:
+        shutil.copyfile(host.host_key, ssh_dir / "ssh_host_ed25519_key")
+        os.chmod(ssh_dir / "ssh_host_ed25519_key", 0o600)
+        shutil.copyfile(f"{host.host_key}.pub", ssh_dir / "ssh_host_ed25519_key.pub")
+        os.chmod(ssh_dir / "ssh_host_ed25519_key.pub", 0o644)
     script = (
         "set -e\n"
         f"getent group {OPERATOR_GROUP} >/dev/null || groupadd --system {OPERATOR_GROUP}\n"
@@ -856,6 +878,46 @@ def provision(host: Host) -> None:
     marker = root / PROVISIONED_MARKER
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{host.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+
+
+def cmd_pin_key(inst: Instance, index: int) -> None:
+    """Pin the key the running host has now (after a restore brought back its earlier identity
+    onto a host booted from an image, which had made a new key at first boot)."""
+    with inst.locked():
+        check_instance_id(inst)
+        host = inst.host(select(inst, index, False)[0])
+        if not host.pid():
+            raise StagingError(f"{host.name} is not running")
+        shutil.copyfile(host.root / "etc/ssh/ssh_host_ed25519_key.pub", f"{host.host_key}.pub")
+        shutil.copyfile(host.root / "etc/ssh/ssh_host_ed25519_key", host.host_key)
+        host.host_key.chmod(0o600)
+        hosts = [inst.host(i) for i in inst.known_indices()]
+        write_state_files(inst, hosts)
+        secrets_hook(inst, hosts)
+    log(f"{host.name}: pinned {host.host_public_key().split()[1][:16]}...")
+
+
+def collect_host_key(host: Host, timeout: float = BOOT_TIMEOUT) -> None:
+    """An image host's own key, made at its first boot: kept beside the host like a generated
+    one (known_hosts, the staging secrets' recipient)."""
+    made = host.root / "etc/ssh/ssh_host_ed25519_key.pub"
+    deadline = time.monotonic() + timeout
+    while not (made.exists() and made.read_text().strip()):
+        if not host.pid():
+            raise StagingError(
+                f"{host.name}: exited before it made its host key; console log "
+                f"{host.console}:\n{console_tail(host)}"
+            )
+        if time.monotonic() > deadline:
+            raise StagingError(
+                f"{host.name}: no host key after {timeout:.0f}s (rave-host-identity.service); "
+                f"console log {host.console}:\n{console_tail(host)}"
+            )
+        time.sleep(0.5)
+    time.sleep(0.5)  # ssh-keygen writes the private key first, the public one last
+    shutil.copyfile(made, f"{host.host_key}.pub")
+    shutil.copyfile(host.root / "etc/ssh/ssh_host_ed25519_key", host.host_key)
+    host.host_key.chmod(0o600)
 
 
 def start_container(host: Host) -> int:
@@ -984,15 +1046,22 @@ def bring_up(inst: Instance, indices: list[int]) -> list[Host]:
         teardown_host_network(inst.host(stray))
     starting = []
     for host in hosts:
-        ensure_host_key(host)
+        image = host.image()
+        if image is None:
+            ensure_host_key(host)
         if host.pid() and netns_exists(host.netns):
             ensure_host_ipv6(host)  # a host booted by a harness without IPv6 gets it now
             continue
         teardown_host(host)  # stale netns, veth, mounts, processes of a killed session
-        mount_overlay(host, lower)
+        if image is None:
+            mount_overlay(host, lower)
+        else:
+            mount_overlay(host, Path(image["root"]), image["recipe"])
         provision(host)
         setup_host_network(host)
         start_container(host)
+        if image is not None and not host.host_key.exists():
+            collect_host_key(host)
         starting.append(host)
     write_state_files(inst, hosts)
     if starting:
@@ -1023,7 +1092,9 @@ def wipe_host(host: Host) -> None:
     host.console.unlink(missing_ok=True)
 
 
-def cmd_up(inst: Instance, count: int | None, fresh: bool = False) -> None:
+def cmd_up(
+    inst: Instance, count: int | None, fresh: bool = False, image: Path | None = None
+) -> None:
     existing = inst.known_indices()
     if count is None:
         count = max(len(existing), 1)
@@ -1040,9 +1111,27 @@ def cmd_up(inst: Instance, count: int | None, fresh: bool = False) -> None:
         if fresh:
             for index in inst.known_indices():
                 wipe_host(inst.host(index))
+                inst.host(index).image_file.unlink(missing_ok=True)
+        if image is not None:
+            set_image(inst, list(range(1, count + 1)), image)
         hosts = bring_up(inst, list(range(1, count + 1)))
     log(f"{len(hosts)} host(s) up in {time.monotonic() - started:.1f}s")
     print_info(inst)
+
+
+def set_image(inst: Instance, indices: list[int], tarball: Path) -> None:
+    """Boot these hosts from a RAVE image (rave-staging image build) instead of the cached
+    root; a host whose upper layer was made on another root is wiped by mount_overlay."""
+    from rave.image import extract_root
+
+    if not tarball.is_file():
+        raise StagingError(f"no image at {tarball}")
+    log(f"unpacking the image {tarball} (once per image) ...")
+    root, recipe = extract_root(tarball, CACHE_DIR / "images")
+    for index in indices:
+        host = inst.host(index)
+        host.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(host.image_file, json.dumps({"root": str(root), "recipe": recipe}) + "\n")
 
 
 def cmd_down(inst: Instance) -> None:
@@ -1193,6 +1282,12 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="boot the staging hosts (no-op for running ones)")
     up.add_argument("--hosts", type=int, default=None, help="number of hosts (default: 1)")
     up.add_argument("--fresh", action="store_true", help="wipe every host's changes first")
+    up.add_argument(
+        "--image",
+        type=Path,
+        default=os.environ.get("RAVE_STAGING_IMAGE") or None,
+        help="boot from this RAVE image tarball (default $RAVE_STAGING_IMAGE; docs/image.md)",
+    )
     sub.add_parser("down", help="stop everything this instance started")
     reset = sub.add_parser("reset", help="wipe a host's changes and boot it fresh")
     group = reset.add_mutually_exclusive_group()
@@ -1200,6 +1295,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--all", action="store_true")
     reboot = sub.add_parser("reboot", help="restart host(s), keeping their changes")
     reboot.add_argument("--host", type=int)
+    pin = sub.add_parser("pin-key", help="pin a host's current SSH host key (docs/image.md)")
+    pin.add_argument("--host", type=int, required=True)
     status = sub.add_parser("status", help="what runs (exit 1 unless every host answers ssh)")
     status.add_argument("--json", action="store_true")
     sub.add_parser("info", help="how to reach the hosts")
@@ -1211,14 +1308,20 @@ def main(argv: list[str] | None = None) -> int:
     vm_status = vm_sub.add_parser("status", help="what runs (exit 1 unless ssh answers)")
     vm_status.add_argument("--json", action="store_true")
     vm_sub.add_parser("info", help="how to reach the VM")
+    from rave.staging_image import add_image_parser
+
+    add_image_parser(sub)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0 and "info" not in (args.command, getattr(args, "vm_command", None)):
+    printing_only = "info" in (args.command, getattr(args, "vm_command", None)) or getattr(
+        args, "image_command", None
+    ) in ("quadlet", "qemu-unit")
+    if os.geteuid() != 0 and not printing_only:
         log("must run as root (mounts, network namespaces, systemd-nspawn)")
         return 2
     try:
         inst = Instance(instance_id())
         if args.command == "up":
-            cmd_up(inst, args.hosts, args.fresh)
+            cmd_up(inst, args.hosts, args.fresh, args.image)
         elif args.command == "down":
             cmd_down(inst)
         elif args.command == "reset":
@@ -1227,10 +1330,16 @@ def main(argv: list[str] | None = None) -> int:
             cmd_reboot(inst, args.host)
         elif args.command == "status":
             return cmd_status(inst, args.json)
+        elif args.command == "pin-key":
+            cmd_pin_key(inst, args.host)
         elif args.command == "info":
             print_info(inst)
         elif args.command == "vm":
             return vm_command(inst, args)
+        elif args.command == "image":
+            from rave.staging_image import image_command
+
+            return image_command(inst, args)
     except StagingError as error:
         log(f"error: {error}")
         return 1
