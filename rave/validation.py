@@ -174,6 +174,8 @@ def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> l
         env = Environment.for_host(s.rave_environment, s.secrets_file, s.secrets_recipients_file)
     except StoreError:
         return []  # the secrets task reports a bad environment name itself
+    if not env.exists():
+        return []  # no secrets file at all: the secrets task refuses it, naming the file
     present = env.present()
     missing = missing_credentials(s.backup_repository, present)
     source = origin.get("backup_repository", "defaults (no file sets it)")

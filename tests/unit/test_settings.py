@@ -77,6 +77,7 @@ def _remote_repository_layers(tmp_path, repository, present):
 
     encrypted = tmp_path / "prod.age"
     env = Environment.for_host("prod", str(encrypted), None)
+    encrypted.write_text("(stands in for the age file: only its public .present is read)\n")
     # pgBackRest's cipher pass is there: these tests are about restic's repository
     env.present_path.write_text(
         json.dumps({**(present or {}), "backup_pgbackrest_cipher_password": True})
