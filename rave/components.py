@@ -166,7 +166,9 @@ COMPONENTS: tuple[Component, ...] = (
     Component(
         name="postgresql",
         unit="postgresql@15-main",
-        packages=("postgresql-15",),
+        # pgBackRest is PostgreSQL's archive_command: installed with it, never on a host without
+        # a database (its postgresql-common would bring a postgresql.service to a monitoring host)
+        packages=("postgresql-15", "pgbackrest"),
         user="postgres",
         ports=(Port(number=5432, exposure=Exposure.LOOPBACK, purpose="PostgreSQL"),),
         # the pgBackRest cipher pass: archive-push runs as postgres (PostgreSQL's archive_command)
@@ -276,7 +278,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component(
         name="backup",
         unit="rave-backup",
-        packages=("restic", "pgbackrest", "python3-psycopg"),
+        packages=("restic", "python3-psycopg"),
         user="root",
         secrets=(
             "backup_repository_password",
