@@ -108,6 +108,14 @@ def pgbackrest_figures(host: Host) -> list[tuple[str, str]]:
         db=DB,
     )
     written = time.monotonic()
+    # the restore target: just after the write, so inside the WAL waited for below (a later
+    # target is past the last pushed segment and PostgreSQL refuses it: "recovery ended before
+    # configured recovery target was reached")
+    now = host.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    ).strip()
+    # and a commit after the target, so the pushed WAL reaches past it
+    host.psql("INSERT INTO rpo_probe VALUES (now())", db=DB)
     segment = host.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
     while True:
         info = json.loads(host.run(f"{PGBACKREST} info --output=json"))[0]
@@ -118,9 +126,6 @@ def pgbackrest_figures(host: Host) -> list[tuple[str, str]]:
             sys.exit("the WAL of a write was not pushed within archive_timeout + 120 s")
         time.sleep(1)
     rpo = time.monotonic() - written
-    now = host.psql(
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-    ).strip()
     seconds, out = host.timed(f"{RB} restore --target-time {now} --yes")
     assert "RESTORED" in out, out
     return [
