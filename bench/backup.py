@@ -13,6 +13,12 @@ cluster restore from pgBackRest (to a point in time: backup plus WAL replay), an
 point after a host loss: how long after a write its WAL is in the pgBackRest repository
 (archive_timeout, no switch forced). It prints the figures and drops rave_bench (unless --keep).
 A script, not a test.
+
+`--wal-lag SECONDS` measures only the WAL push lag under load instead: it runs
+bench/webhook_chaos.py for SECONDS (at --chaos-rate deliveries/s) and samples pg_stat_archiver
+about once a second meanwhile: the lag rave_wal_archive_lag_seconds reports (seconds since the
+last pushed segment), the segments waiting (.ready), and each segment's push delay (from the
+first sample that shows it complete to the first that shows it archived; about 1 s resolution).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from rave.staging import Instance, instance_id
 
@@ -100,6 +108,14 @@ def pgbackrest_figures(host: Host) -> list[tuple[str, str]]:
         db=DB,
     )
     written = time.monotonic()
+    # the restore target: just after the write, so inside the WAL waited for below (a later
+    # target is past the last pushed segment and PostgreSQL refuses it: "recovery ended before
+    # configured recovery target was reached")
+    now = host.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+    ).strip()
+    # and a commit after the target, so the pushed WAL reaches past it
+    host.psql("INSERT INTO rpo_probe VALUES (now())", db=DB)
     segment = host.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
     while True:
         info = json.loads(host.run(f"{PGBACKREST} info --output=json"))[0]
@@ -110,9 +126,6 @@ def pgbackrest_figures(host: Host) -> list[tuple[str, str]]:
             sys.exit("the WAL of a write was not pushed within archive_timeout + 120 s")
         time.sleep(1)
     rpo = time.monotonic() - written
-    now = host.psql(
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-    ).strip()
     seconds, out = host.timed(f"{RB} restore --target-time {now} --yes")
     assert "RESTORED" in out, out
     return [
@@ -128,14 +141,106 @@ def pgbackrest_figures(host: Host) -> list[tuple[str, str]]:
     ]
 
 
+ARCHIVER_SAMPLE = (
+    "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, ''), "
+    "coalesce(extract(epoch FROM now() - last_archived_time), -1), failed_count, "
+    "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') "
+    "FROM pg_stat_archiver"
+)
+
+
+def wal_lag_figures(host: Host, seconds: float, rate: float) -> list[tuple[str, str]]:
+    """WAL push lag while bench/webhook_chaos.py loads (and disturbs) the host."""
+    chaos = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.webhook_chaos",
+            "--seconds",
+            str(seconds),
+            "--rate",
+            str(rate),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    metric_lags: list[float] = []
+    ready_counts: list[int] = []
+    completed_at: dict[str, float] = {}  # segment -> the first sample that shows it complete
+    push_delays: dict[str, float] = {}
+    failed_first = failed_last = -1
+    previous = ""
+    while chaos.poll() is None:
+        # PostgreSQL is stopped for a few seconds by the chaos run: skip those samples
+        probe = subprocess.run(
+            [
+                "ssh",
+                "-F",
+                host.ssh_config,
+                host.name,
+                "sudo runuser -u postgres -- psql -X -q -At -F '|' -d postgres -c "
+                + shlex.quote(ARCHIVER_SAMPLE),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        sampled = time.monotonic()
+        if probe.returncode == 0 and probe.stdout.strip():
+            current, archived, lag, failed, ready = probe.stdout.strip().split("|")
+            failed_last = int(failed)
+            failed_first = failed_last if failed_first < 0 else failed_first
+            if float(lag) >= 0:
+                metric_lags.append(float(lag))
+            ready_counts.append(int(ready))
+            # the segment written at the previous sample is complete once another one is
+            if previous and current != previous:
+                completed_at.setdefault(previous, sampled)
+            previous = current
+            for segment, since in completed_at.items():
+                if segment <= archived and segment not in push_delays:
+                    push_delays[segment] = sampled - since
+        time.sleep(1)
+    delays = sorted(push_delays.values())
+    figures = [
+        ("WAL lag: load", f"webhook_chaos {seconds:.0f} s at {rate:g}/s (exit {chaos.returncode})"),
+        ("WAL lag: samples", f"{len(metric_lags)}"),
+        (
+            "WAL lag: rave_wal_archive_lag_seconds (since last push) median / max",
+            f"{statistics.median(metric_lags):.1f} / {max(metric_lags):.1f} s"
+            if metric_lags
+            else "no sample",
+        ),
+        ("WAL lag: segments waiting (.ready) max", f"{max(ready_counts, default=-1)}"),
+        ("WAL lag: failed archive-push during the load", f"{failed_last - failed_first}"),
+        (
+            "WAL lag: segments pushed; push delay median / max",
+            f"{len(delays)}; {statistics.median(delays):.1f} / {max(delays):.1f} s"
+            if delays
+            else "0 segments completed",
+        ),
+    ]
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="rave-staging-1")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunks", type=int, default=28, help="32-char pieces per payload body")
     parser.add_argument("--keep", action="store_true", help="keep the rave_bench database")
+    parser.add_argument(
+        "--wal-lag",
+        type=float,
+        metavar="SECONDS",
+        help="only measure the WAL push lag during a webhook_chaos run of SECONDS",
+    )
+    parser.add_argument("--chaos-rate", type=float, default=50.0, help="deliveries/s for --wal-lag")
     args = parser.parse_args()
     host = Host(args.host)
+    if args.wal_lag:
+        print_figures(args.host, wal_lag_figures(host, args.wal_lag, args.chaos_rate))
+        return 0
     config = json.loads(host.run("cat /etc/rave/backup.json"))
     repo = config["repository"]
     pgbackrest_repo = config["pgbackrest"]["repo_path"] if config.get("wal_archiving") else None
@@ -207,11 +312,15 @@ def main() -> int:
     finally:
         if not args.keep:
             host.psql(f"DROP DATABASE IF EXISTS {DB}")
+    print_figures(f"{args.host} ({repo})", figures)
+    return 0
+
+
+def print_figures(where: str, figures: list[tuple[str, str]]) -> None:
     width = max(len(label) for label, _ in figures)
-    print(f"\nbackup benchmark on {args.host} ({repo}):")
+    print(f"\nbackup benchmark on {where}:")
     for label, value in figures:
         print(f"  {label:<{width}}  {value}")
-    return 0
 
 
 if __name__ == "__main__":
