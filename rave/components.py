@@ -171,11 +171,13 @@ COMPONENTS: tuple[Component, ...] = (
         packages=("postgresql-15", "pgbackrest"),
         user="postgres",
         ports=(Port(number=5432, exposure=Exposure.LOOPBACK, purpose="PostgreSQL"),),
-        # the pgBackRest cipher pass: archive-push runs as postgres (PostgreSQL's archive_command)
+        # pgBackRest's cipher pass and s3 keys: archive-push runs as postgres (archive_command)
         secrets=(
             "postgres_webhook_password",
             "postgres_exporter_password",
             "backup_pgbackrest_cipher_password",
+            "backup_pgbackrest_s3_key",
+            "backup_pgbackrest_s3_key_secret",
         ),
     ),
     Component(

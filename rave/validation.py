@@ -185,12 +185,23 @@ def credential_problems(name: str, s: HostSettings, origin: dict[str, str]) -> l
         f"repository's cipher pass), which {env.encrypted_path} does not hold: set it with "
         f"`rave-secrets set {cipher} --env {s.rave_environment}` (docs/backup.md)"
     ]
-    return (no_cipher if pgbackrest_used(s) and not present.get(cipher) else []) + [
-        f"host {name}: backup_repository in {source} ({s.backup_repository.split(':', 1)[0]}:) "
-        f"needs the secret {needed}, which {env.encrypted_path} does not hold: set it with "
-        f"`rave-secrets edit --env {s.rave_environment}` (docs/backup.md)"
-        for needed in missing
+    s3_keys = [
+        f"host {name}: backup_pgbackrest_repo_type s3 needs the secret {secret}, which "
+        f"{env.encrypted_path} does not hold: set it with `rave-secrets set {secret} --env "
+        f"{s.rave_environment}` (docs/backup.md)"
+        for secret in ("backup_pgbackrest_s3_key", "backup_pgbackrest_s3_key_secret")
+        if pgbackrest_used(s) and s.backup_pgbackrest_repo_type == "s3" and not present.get(secret)
     ]
+    return (
+        (no_cipher if pgbackrest_used(s) and not present.get(cipher) else [])
+        + s3_keys
+        + [
+            f"host {name}: backup_repository in {source} ({s.backup_repository.split(':', 1)[0]}:) "
+            f"needs the secret {needed}, which {env.encrypted_path} does not hold: set it with "
+            f"`rave-secrets edit --env {s.rave_environment}` (docs/backup.md)"
+            for needed in missing
+        ]
+    )
 
 
 # how pyinfra connects: read from the same layers, never validated as settings

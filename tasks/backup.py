@@ -52,6 +52,8 @@ STANZA = "rave"
 # "<system identifier> <repository path>" of the cluster the stanza was created and checked for
 STANZA_MARKER = f"{STATE_DIR}/pgbackrest-stanza"
 CIPHER_SECRET = "backup_pgbackrest_cipher_password"
+S3_KEY_SECRET = "backup_pgbackrest_s3_key"
+S3_SECRET_KEY_SECRET = "backup_pgbackrest_s3_key_secret"
 # the hand-written WAL spool this replaced (removed from hosts that had it)
 OLD_ARCHIVE_SCRIPT = "/usr/local/sbin/rave-wal-archive"
 CACHE_DIR = "/var/cache/rave-backup"
@@ -165,6 +167,7 @@ def host_config(s: HostSettings) -> dict[str, Any]:
             "stanza": STANZA,
             "repo_type": s.backup_pgbackrest_repo_type,
             "repo_path": s.backup_pgbackrest_repo_path,
+            "repo_id": repository_identity(s),
             "full_interval_days": s.backup_pgbackrest_full_interval_days,
             "stanza_marker": STANZA_MARKER,
             "controldata": f"/usr/lib/postgresql/{s.postgres_version}/bin/pg_controldata",
@@ -285,6 +288,7 @@ def pgbackrest_conf(s: HostSettings) -> str:
             "[global]",
             f"repo1-type={s.backup_pgbackrest_repo_type}",
             f"repo1-path={s.backup_pgbackrest_repo_path}",
+            *s3_options(s),
             "repo1-cipher-type=aes-256-cbc",
             "repo1-retention-full-type=count",
             f"repo1-retention-full={s.backup_pgbackrest_retention_full}",
@@ -304,22 +308,58 @@ def pgbackrest_conf(s: HostSettings) -> str:
     )
 
 
-def pgbackrest_wrapper() -> str:
-    """pgBackRest with the cipher pass in its environment, read from the secrets (tmpfs) on
-    every call: never on a command line (ps), never in a file on disk."""
-    pass_file = secret_file_of("postgresql", CIPHER_SECRET)
-    return f"""#!/bin/sh
-# Managed by RAVE deploy (tasks/backup.py): pgBackRest (stanza {STANZA}) with the repository's
-# cipher pass from {pass_file} in its environment
-set -eu
-PGBACKREST_REPO1_CIPHER_PASS="$(cat {pass_file})"
-if [ -z "$PGBACKREST_REPO1_CIPHER_PASS" ]; then
-    echo "rave-pgbackrest: {CIPHER_SECRET} is empty (rave-secrets set ...)" >&2
-    exit 1
-fi
-export PGBACKREST_REPO1_CIPHER_PASS
-exec /usr/bin/pgbackrest --stanza={STANZA} "$@"
-"""
+def s3_options(s: HostSettings) -> list[str]:
+    """repo1-s3-* of an s3 repository (the key pair is not here: see pgbackrest_wrapper)."""
+    if s.backup_pgbackrest_repo_type != "s3":
+        return []
+    return [
+        f"repo1-s3-endpoint={s.backup_pgbackrest_s3_endpoint}",
+        f"repo1-s3-bucket={s.backup_pgbackrest_s3_bucket}",
+        f"repo1-s3-region={s.backup_pgbackrest_s3_region}",
+        f"repo1-s3-uri-style={s.backup_pgbackrest_s3_uri_style}",
+    ]
+
+
+def repository_identity(s: HostSettings) -> str:
+    """What the stanza marker records: another bucket or path is another repository."""
+    if s.backup_pgbackrest_repo_type == "s3":
+        return (
+            f"s3://{s.backup_pgbackrest_s3_bucket}@{s.backup_pgbackrest_s3_endpoint}"
+            f"{s.backup_pgbackrest_repo_path}"
+        )
+    return s.backup_pgbackrest_repo_path
+
+
+# secret -> pgBackRest's environment variable (the option it sets, from the secrets on tmpfs)
+WRAPPER_SECRETS = {"posix": {CIPHER_SECRET: "PGBACKREST_REPO1_CIPHER_PASS"}}
+WRAPPER_SECRETS["s3"] = {
+    **WRAPPER_SECRETS["posix"],
+    S3_KEY_SECRET: "PGBACKREST_REPO1_S3_KEY",
+    S3_SECRET_KEY_SECRET: "PGBACKREST_REPO1_S3_KEY_SECRET",
+}
+
+
+def pgbackrest_wrapper(repo_type: str = "posix") -> str:
+    """pgBackRest with the cipher pass (and an s3 repository's key pair) in its environment,
+    read from the secrets (tmpfs) on every call: never on a command line (ps), never in a file
+    on disk."""
+    lines = [
+        "#!/bin/sh",
+        f"# Managed by RAVE deploy (tasks/backup.py): pgBackRest (stanza {STANZA}) with the "
+        "repository's secrets from /run in its environment",
+        "set -eu",
+    ]
+    for secret, variable in WRAPPER_SECRETS[repo_type].items():
+        lines += [
+            f'{variable}="$(cat {secret_file_of("postgresql", secret)})"',
+            f'if [ -z "${variable}" ]; then',
+            f'    echo "rave-pgbackrest: {secret} is empty (rave-secrets set ...)" >&2',
+            "    exit 1",
+            "fi",
+            f"export {variable}",
+        ]
+    lines.append(f'exec /usr/bin/pgbackrest --stanza={STANZA} "$@"')
+    return "\n".join(lines) + "\n"
 
 
 def secret_file_of(component_name: str, name: str) -> str:
@@ -454,7 +494,7 @@ def wal_archive(s: HostSettings) -> None:
         put_text(
             "Install rave-pgbackrest (pgBackRest with its cipher pass)",
             PGBACKREST,
-            pgbackrest_wrapper(),
+            pgbackrest_wrapper(s.backup_pgbackrest_repo_type),
             mode="755",
         )
         conf = put_template(
@@ -484,7 +524,7 @@ def wal_archive(s: HostSettings) -> None:
             marker=STANZA_MARKER,
             controldata=f"/usr/lib/postgresql/{s.postgres_version}/bin/pg_controldata",
             data_dir=f"/var/lib/postgresql/{s.postgres_version}/main",
-            repo_path=s.backup_pgbackrest_repo_path,
+            repo_path=repository_identity(s),
             _sudo=True,
         )
         if stanza != "ok":

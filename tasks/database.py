@@ -29,15 +29,24 @@ from rave.deploykit import (
 from rave.sandbox import Sandbox, dropin_text, limits_dropin_text
 from rave.secrets.deploy import secret_path, secrets_changed
 from rave.settings import HostSettings
-from tasks.backup import PGBACKREST_LOG
+from tasks.backup import PGBACKREST_LOG, wal_archiving
 
 
 def postgres_sandbox(s: HostSettings) -> Sandbox:
     """SANDBOX plus what archive-push writes (its lock is in the unit's private /tmp)."""
     extra = [f"-{PGBACKREST_LOG}"]
+    update: dict[str, object] = {}
     if s.backup_pgbackrest_repo_type == "posix":
         extra.append(f"-{s.backup_pgbackrest_repo_path}")
-    return SANDBOX.model_copy(update={"read_write_paths": (*SANDBOX.read_write_paths, *extra)})
+    elif wal_archiving(s):
+        # archive-push reaches an s3 endpoint, a name systemd's IPAddressAllow cannot hold:
+        # PostgreSQL itself still listens on localhost only (and the firewall filters)
+        update["extra"] = tuple(
+            ("IPAddressAllow", "any") if key == "IPAddressAllow" else (key, value)
+            for key, value in SANDBOX.extra
+        )
+    update["read_write_paths"] = (*SANDBOX.read_write_paths, *extra)
+    return SANDBOX.model_copy(update=update)
 
 
 DATABASE = "rave_webhook"

@@ -918,7 +918,8 @@ def own_repository(config: dict[str, Any]) -> None:
 def write_stanza_marker(config: dict[str, Any]) -> None:
     spec = config["pgbackrest"]
     marker = Path(spec["stanza_marker"])
-    marker.write_text(f"{system_identifier(config)} {spec['repo_path']}\n")
+    # repo_id: the path, or an s3 repository's bucket, endpoint and path
+    marker.write_text(f"{system_identifier(config)} {spec.get('repo_id', spec['repo_path'])}\n")
     os.chmod(marker, 0o600)
 
 

@@ -143,6 +143,13 @@ class SecretsModel(BaseModel):
         description="pgBackRest's repository cipher pass (repo1-cipher-type aes-256-cbc); "
         "fixed for the life of the repository (pgBackRest cannot re-key one)",
     )
+    # optional: only a pgBackRest s3 repository (backup_pgbackrest_repo_type) needs them
+    backup_pgbackrest_s3_key: str = Field(
+        "", description="pgBackRest s3 repository: access key id (repo1-s3-key)"
+    )
+    backup_pgbackrest_s3_key_secret: str = Field(
+        "", description="pgBackRest s3 repository: secret access key (repo1-s3-key-secret)"
+    )
     # optional (a local repository needs none): files that lack them still decrypt and install
     backup_repository_env: dict[str, str] = Field(
         default_factory=dict,
@@ -212,6 +219,13 @@ class SecretsModel(BaseModel):
     @classmethod
     def _previous_password(cls, value: str) -> str:
         return _password(value, "password") if value else value
+
+    @field_validator("backup_pgbackrest_s3_key", "backup_pgbackrest_s3_key_secret")
+    @classmethod
+    def _s3_key(cls, value: str) -> str:
+        if value and (value != value.strip() or any(c in value for c in "\n\0")):
+            raise ValueError("must be one line without surrounding spaces")
+        return value
 
     @field_validator("backup_repository_env")
     @classmethod

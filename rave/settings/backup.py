@@ -12,7 +12,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rave.settings.base import Concern
 
@@ -21,6 +21,8 @@ REPOSITORY_PATTERN = r"^(/[^\s]*|(sftp|s3|rest|b2|azure|gs|swift|rclone):[^\s]+)
 # systemd OnCalendar: a shorthand or a calendar expression (checked again by systemd-analyze)
 CALENDAR_PATTERN = r"^[A-Za-z0-9*:,./~ -]+$"
 SNAPSHOT_PATTERN = r"^(latest|[0-9a-f]{8,64})$"
+# pgBackRest's repo1-s3-endpoint: a host name (or address), an optional port, nothing else
+S3_ENDPOINT_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
 # what a remote repository needs from the secrets (backup_repository_env keys, or a secret)
 REQUIRED_CREDENTIALS: dict[str, tuple[str, ...]] = {
     "s3": (
@@ -164,9 +166,31 @@ class BackupSettings(Concern):
         description="PostgreSQL archive_timeout: a WAL segment is pushed at least this often "
         "while anything is written; the recovery point after a lost host (repository off it)",
     )
-    backup_pgbackrest_repo_type: Literal["posix"] = Field(
+    backup_pgbackrest_repo_type: Literal["posix", "s3"] = Field(
         "posix",
-        description="pgBackRest repository type (repo1-type); posix: a path, local or a mount",
+        description="pgBackRest repository type (repo1-type); posix: a path, local or a mount; "
+        "s3: an S3-compatible bucket (backup_pgbackrest_s3_*; the key pair from the secrets "
+        "backup_pgbackrest_s3_key and backup_pgbackrest_s3_key_secret)",
+    )
+    backup_pgbackrest_s3_endpoint: str | None = Field(
+        None,
+        pattern=S3_ENDPOINT_PATTERN,
+        description="s3: the endpoint host (repo1-s3-endpoint), e.g. s3.eu-central-1.amazonaws.com",
+    )
+    backup_pgbackrest_s3_bucket: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="s3: the bucket (repo1-s3-bucket)",
+    )
+    backup_pgbackrest_s3_region: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9-]{1,64}$",
+        description="s3: the region (repo1-s3-region), e.g. eu-central-1",
+    )
+    backup_pgbackrest_s3_uri_style: Literal["host", "path"] = Field(
+        "host",
+        description="s3: bucket in the host name (host) or in the path (path: most "
+        "self-hosted S3-compatible stores) (repo1-s3-uri-style)",
     )
     backup_pgbackrest_repo_path: str = Field(
         "/var/backups/rave/pgbackrest",
@@ -221,6 +245,20 @@ class BackupSettings(Concern):
         description="ops: read the repository password from this host file instead of the "
         "secret (for drills and the wrong-password test)",
     )
+
+    @model_validator(mode="after")
+    def _s3_repository_is_complete(self) -> BackupSettings:
+        if self.backup_pgbackrest_repo_type == "s3":
+            missing = [
+                f"backup_pgbackrest_s3_{name}"
+                for name in ("endpoint", "bucket", "region")
+                if getattr(self, f"backup_pgbackrest_s3_{name}") is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"backup_pgbackrest_repo_type 's3' needs {', '.join(missing)} (docs/backup.md)"
+                )
+        return self
 
     @field_validator("backup_repository")
     @classmethod

@@ -159,3 +159,35 @@ def test_every_shell_or_ssh_option_character_in_the_sftp_host_or_user_is_refused
         for user in users:
             with pytest.raises(ValidationError, match="backup_repository"):
                 make_settings(backup_repository=form.format(user=user, host="backup.example"))
+
+
+S3 = {
+    "backup_pgbackrest_repo_type": "s3",
+    "backup_pgbackrest_s3_endpoint": "s3.eu-central-1.amazonaws.com",
+    "backup_pgbackrest_s3_bucket": "rave-pgbackrest",
+    "backup_pgbackrest_s3_region": "eu-central-1",
+}
+
+
+@pytest.mark.parametrize("missing", ["endpoint", "bucket", "region"])
+def test_an_s3_pgbackrest_repository_names_what_it_lacks(missing):
+    data = {k: v for k, v in S3.items() if k != f"backup_pgbackrest_s3_{missing}"}
+    with pytest.raises(ValidationError, match=f"backup_pgbackrest_s3_{missing}"):
+        make_settings(**data)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        # each would end the line of pgbackrest.conf and start an option of its own
+        ("backup_pgbackrest_s3_endpoint", "s3.example.org\nrepo1-path=/tmp"),
+        ("backup_pgbackrest_s3_endpoint", "https://s3.example.org"),
+        ("backup_pgbackrest_s3_bucket", "Bucket_With_Capitals"),
+        ("backup_pgbackrest_s3_bucket", "b\nrepo1-s3-verify-tls=n"),
+        ("backup_pgbackrest_s3_region", "eu central"),
+        ("backup_pgbackrest_s3_uri_style", "virtual"),
+    ],
+)
+def test_s3_settings_cannot_inject_options(field, value):
+    with pytest.raises(ValidationError, match=field):
+        make_settings(**{**S3, field: value})

@@ -249,3 +249,65 @@ def test_a_monitoring_host_backs_up_its_files_but_never_touches_postgresql():
     assert task.runs_database(single) and task.wal_archiving(single)
     service = render("backup/rave-backup.service.j2", **task.unit_templates(single)[SERVICE][1])
     assert "rave-secrets.service postgresql@15-main.service\nWants=" in service
+
+
+def test_an_s3_repository_is_rendered_with_its_keys_from_the_secrets():
+    s = make_settings(
+        backup_pgbackrest_repo_type="s3",
+        backup_pgbackrest_s3_endpoint="minio.example.org:9000",
+        backup_pgbackrest_s3_bucket="rave-pgbackrest",
+        backup_pgbackrest_s3_region="us-east-1",
+        backup_pgbackrest_s3_uri_style="path",
+    )
+    conf = task.pgbackrest_conf(s).splitlines()
+    global_section = conf[conf.index("[global]") + 1 : conf.index(f"[{task.STANZA}]")]
+    assert {
+        "repo1-type=s3",
+        "repo1-path=/var/backups/rave/pgbackrest",
+        "repo1-s3-endpoint=minio.example.org:9000",
+        "repo1-s3-bucket=rave-pgbackrest",
+        "repo1-s3-region=us-east-1",
+        "repo1-s3-uri-style=path",
+        "repo1-cipher-type=aes-256-cbc",
+    } <= set(global_section)
+    assert not any("key" in line for line in conf)  # the key pair is never in a file on disk
+    posix = task.pgbackrest_conf(make_settings())
+    assert "repo1-type=posix" in posix and "repo1-s3" not in posix
+
+    wrapper = task.pgbackrest_wrapper("s3")
+    secrets = "/run/rave/secrets/postgresql"
+    assert f'PGBACKREST_REPO1_S3_KEY="$(cat {secrets}/backup_pgbackrest_s3_key)"' in wrapper
+    assert (
+        f'PGBACKREST_REPO1_S3_KEY_SECRET="$(cat {secrets}/backup_pgbackrest_s3_key_secret)"'
+        in wrapper
+    )
+    assert "export PGBACKREST_REPO1_S3_KEY_SECRET" in wrapper
+    assert "S3_KEY" not in task.pgbackrest_wrapper("posix")
+    # archive_command runs as postgres: the keys are the postgresql component's secrets
+    assert {"backup_pgbackrest_s3_key", "backup_pgbackrest_s3_key_secret"} <= set(
+        component("postgresql").secrets
+    )
+    # another bucket is another repository: the stanza is created again
+    config = json.loads(task.config_text(s))
+    assert config["pgbackrest"]["repo_id"] == (
+        "s3://rave-pgbackrest@minio.example.org:9000/var/backups/rave/pgbackrest"
+    )
+    assert json.loads(task.config_text(make_settings()))["pgbackrest"]["repo_id"] == (
+        "/var/backups/rave/pgbackrest"
+    )
+
+
+def test_the_wrapper_refuses_an_empty_s3_key(tmp_path):
+    wrapper = task.pgbackrest_wrapper("s3").replace("/run/rave/secrets/postgresql", str(tmp_path))
+    wrapper = wrapper.replace("/usr/bin/pgbackrest", "echo")
+    (tmp_path / "backup_pgbackrest_cipher_password").write_text("pass")
+    (tmp_path / "backup_pgbackrest_s3_key").write_text("")
+    (tmp_path / "backup_pgbackrest_s3_key_secret").write_text("secret")
+    script = tmp_path / "wrapper"
+    script.write_text(wrapper)
+    result = subprocess.run(["sh", str(script), "info"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "backup_pgbackrest_s3_key is empty" in result.stderr
+    (tmp_path / "backup_pgbackrest_s3_key").write_text("AKIA")
+    result = subprocess.run(["sh", str(script), "info"], capture_output=True, text=True)
+    assert result.returncode == 0 and "secret" not in result.stdout

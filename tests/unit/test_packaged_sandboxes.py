@@ -91,6 +91,19 @@ def test_postgresql_runs_as_its_owner_without_capabilities_on_localhost():
     assert f"-{PGBACKREST_LOG}" in writable
     assert "-/var/backups/rave/pgbackrest" in writable
     assert d["MemoryDenyWriteExecute"] == ["no"], "the LLVM JIT needs W+X"
+    s3 = _as_dict(
+        postgres_sandbox(
+            make_settings(
+                backup_pgbackrest_repo_type="s3",
+                backup_pgbackrest_s3_endpoint="s3.example.org",
+                backup_pgbackrest_s3_bucket="rave-pgbackrest",
+                backup_pgbackrest_s3_region="eu-central-1",
+            )
+        )
+    )
+    # archive-push reaches the endpoint (a name); no posix repository to write
+    assert s3["IPAddressAllow"] == ["any"] and s3["IPAddressDeny"] == ["any"]
+    assert "-/var/backups/rave/pgbackrest" not in s3["ReadWritePaths"][0].split()
 
 
 def test_fail2ban_may_ban_and_read_the_logs_only():

@@ -32,6 +32,9 @@ COMMON_NAMES = {
     "backup_repository_previous_password",
     # optional: pgBackRest's repository cipher pass (issue 21)
     "backup_pgbackrest_cipher_password",
+    # optional: the key pair of a pgBackRest s3 repository (issue 21)
+    "backup_pgbackrest_s3_key",
+    "backup_pgbackrest_s3_key_secret",
 }
 
 

@@ -220,3 +220,24 @@ def test_pgbackrest_needs_its_cipher_pass_in_the_secrets(tmp_path):
         tmp_path, {}, backup_local_repository_acknowledged=True, backup_wal_archiving=False
     )
     assert validate_host("h1", off).backup_wal_archiving is False
+
+
+S3 = {
+    "backup_pgbackrest_repo_type": "s3",
+    "backup_pgbackrest_s3_endpoint": "s3.eu-central-1.amazonaws.com",
+    "backup_pgbackrest_s3_bucket": "rave-pgbackrest",
+    "backup_pgbackrest_s3_region": "eu-central-1",
+}
+
+
+def test_an_s3_pgbackrest_repository_needs_its_key_pair_in_the_secrets(tmp_path):
+    cipher = {"backup_pgbackrest_cipher_password": True}
+    with pytest.raises(HostDataError) as error:
+        validate_host("h1", _pgbackrest_layers(tmp_path, cipher, **S3))
+    message = str(error.value)
+    assert "needs the secret backup_pgbackrest_s3_key," in message
+    assert "needs the secret backup_pgbackrest_s3_key_secret" in message
+    keys = {**cipher, "backup_pgbackrest_s3_key": True, "backup_pgbackrest_s3_key_secret": True}
+    # off the host: no acknowledgement asked for
+    settings = validate_host("h1", _pgbackrest_layers(tmp_path, keys, **S3))
+    assert settings.backup_pgbackrest_repo_type == "s3"
