@@ -141,21 +141,7 @@ def build_qcow2(inst: Instance, tarball: Path, output: Path) -> dict[str, object
     run("mount", "-t", "overlay", "overlay", "-o", options, str(merged))
     started = time.monotonic()
     try:
-        resolv = merged / "etc/resolv.conf"
-        resolv.unlink(missing_ok=True)
-        shutil.copyfile("/etc/resolv.conf", resolv)
-        script = (
-            "set -e\n"
-            "export DEBIAN_FRONTEND=noninteractive\n"
-            "apt-get update -q\n"
-            f"apt-get install -y -q --no-install-recommends {' '.join(sv.VM_PACKAGES)}\n"
-            "apt-get clean\n"
-        )
-        result = run("chroot", str(merged), "/bin/sh", "-c", script, check=False, timeout=1800)
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-            raise StagingError(f"installing the kernel into the image failed:\n{tail}")
-        resolv.write_text("")
+        sv.install_kernel(merged, "the image")
         kernel, initrd = sv.kernel_files(merged)
         output.parent.mkdir(parents=True, exist_ok=True)
         stem = output.name.removesuffix(".qcow2")

@@ -155,23 +155,11 @@ def ensure_vm_root() -> Path:
         st.log("building the cached VM root: the container root + a kernel (about 2 minutes) ...")
         started = time.monotonic()
         st.run("cp", "-a", "--reflink=auto", str(base), str(temp), timeout=600)
-        # the control machine's resolver for the build only; provisioning empties it again
-        resolv = temp / "etc/resolv.conf"
-        resolv.unlink(missing_ok=True)
-        shutil.copyfile("/etc/resolv.conf", resolv)
-        script = (
-            "set -e\n"
-            "export DEBIAN_FRONTEND=noninteractive\n"
-            "apt-get update -q\n"
-            f"apt-get install -y -q --no-install-recommends {' '.join(VM_PACKAGES)}\n"
-            "apt-get clean\n"
-        )
-        result = st.run("chroot", str(temp), "/bin/sh", "-c", script, check=False, timeout=1800)
-        if result.returncode != 0:
+        try:
+            install_kernel(temp, "the VM root")
+        except st.StagingError:
             shutil.rmtree(temp, ignore_errors=True)
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-            raise st.StagingError(f"installing the kernel failed ({result.returncode}):\n{tail}")
-        resolv.write_text("")
+            raise
         kernel_files(temp)  # fails here, not at boot, if the kernel package left no initrd
         (temp / VM_MARKER).write_text(VM_RECIPE + "\n")
         if root.exists():
@@ -179,6 +167,29 @@ def ensure_vm_root() -> Path:
         temp.rename(root)
         st.log(f"cached VM root ready in {time.monotonic() - started:.0f}s: {root}")
     return root
+
+
+def install_kernel(root: Path, what: str) -> None:
+    """Debian's kernel and initrd (VM_PACKAGES) into a root, in a chroot. The control machine's
+    resolver serves the install only; the root's resolv.conf is left empty (provisioning fills
+    it)."""
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    shutil.copyfile("/etc/resolv.conf", resolv)
+    script = (
+        "set -e\n"
+        "export DEBIAN_FRONTEND=noninteractive\n"
+        "apt-get update -q\n"
+        f"apt-get install -y -q --no-install-recommends {' '.join(VM_PACKAGES)}\n"
+        "apt-get clean\n"
+    )
+    result = st.run("chroot", str(root), "/bin/sh", "-c", script, check=False, timeout=1800)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise st.StagingError(
+            f"installing the kernel into {what} failed ({result.returncode}):\n{tail}"
+        )
+    resolv.write_text("")
 
 
 # -- the VM's disk ----------------------------------------------------------------------------

@@ -91,7 +91,8 @@ def rave_staging(*args: str, timeout: float = 900) -> subprocess.CompletedProces
     return process
 
 
-def _strict_client(address: str) -> paramiko.SSHClient:
+def strict_client(address: str, **connect_options: float) -> paramiko.SSHClient:
+    """A new login as the operator with the harness's key, the host key pinned."""
     client = paramiko.SSHClient()
     client.load_host_keys(str(INSTANCE.known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -102,6 +103,7 @@ def _strict_client(address: str) -> paramiko.SSHClient:
         look_for_keys=False,
         allow_agent=False,
         timeout=10,
+        **connect_options,
     )
     return client
 
@@ -142,7 +144,7 @@ class StagingHosts:
         infra = testinfra.get_host(spec, ssh_config=str(self.instance.ssh_config), sudo=True)
         backend = infra.backend
         if "client" not in backend.__dict__:
-            backend.__dict__["client"] = _strict_client(self.address(name))
+            backend.__dict__["client"] = strict_client(self.address(name))
         return infra
 
     def reconnect(self, name: str) -> None:
@@ -150,7 +152,7 @@ class StagingHosts:
         old = backend.__dict__.pop("client", None)
         if old is not None:
             old.close()
-        backend.__dict__["client"] = _strict_client(self.address(name))
+        backend.__dict__["client"] = strict_client(self.address(name))
 
     def reboot(self, name: str) -> None:
         """Restart the host keeping its state; returns once sshd answers again."""

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from rave import hardening as h
 from rave.deployrun import run_deploy
 from rave.staging import OPERATOR
-from tests.host.conftest import INSTANCE, host_settings
+from tests.host.conftest import INSTANCE, host_settings, strict_client
 from tests.host.test_hardening import sh, wait_for_ssh, wait_until
 from tests.unit.webhook_strategies import property_settings
 
@@ -47,20 +47,7 @@ def address(staging, host_name) -> str:
 
 def new_login(address: str) -> paramiko.SSHClient:
     """A NEW login as the operator with the deploy's key, host key pinned."""
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(INSTANCE.known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        address,
-        username=OPERATOR,
-        key_filename=str(INSTANCE.key),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=10,
-        banner_timeout=15,
-        auth_timeout=15,
-    )
-    return client
+    return strict_client(address, banner_timeout=15, auth_timeout=15)
 
 
 def can_log_in(address: str) -> bool:

@@ -22,8 +22,8 @@ from rave import hardening as h
 from rave.deployrun import DeployResult, run_deploy
 from rave.staging import OPERATOR, Instance, instance_id
 from rave.staging_vm import vm_host
-from tests.host.conftest import _strict_client
 from tests.host.conftest import rave_staging as host_rave_staging
+from tests.host.conftest import strict_client
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = "inventories/staging_vm.py"
@@ -64,7 +64,7 @@ def vm() -> Iterator[testinfra.host.Host]:
     infra = testinfra.get_host(
         f"paramiko://{OPERATOR}@{VM.name}", ssh_config=str(INSTANCE.ssh_config), sudo=True
     )
-    infra.backend.__dict__["client"] = _strict_client(VM.address)
+    infra.backend.__dict__["client"] = strict_client(VM.address)
     yield infra
     client = infra.backend.__dict__.pop("client", None)
     if client is not None:
@@ -211,7 +211,7 @@ def test_up_recovers_from_a_killed_qemu_and_keeps_the_disk(vm):
     TIMES["vm up after a killed qemu (boot only)"] = time.monotonic() - started
     assert len(_qemu_pids()) == 1
     vm.backend.__dict__.pop("client").close()
-    vm.backend.__dict__["client"] = _strict_client(VM.address)
+    vm.backend.__dict__["client"] = strict_client(VM.address)
     assert sh(vm, "cat /proc/sys/kernel/random/boot_id").strip() != boot_before
     assert vm.file("/var/lib/rave-staging/vm-kill-test").exists
     # the deployed controls come back at boot: every rule (the secrets directory they watch is
